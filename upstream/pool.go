@@ -1,0 +1,222 @@
+// Package upstream is lsmux's Live Stream client: it holds one connection
+// (or one pool of maxConnections connections) to a Live Stream endpoint,
+// reads it continuously, drops duplicate hits and hands every hit's raw
+// bytes to a sink. Reconnects follow one policy (see Backoff) that never
+// comes back sooner than the configured delay, because Live Stream answers
+// quick reconnects with 409 and 503.
+package upstream
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"path"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/sirupsen/logrus"
+)
+
+// Sink receives every hit once, in the order the pool read it. raw is a
+// fresh copy the sink may keep; received is when the record was read. The
+// sink must not block (the reader never waits for subscribers) and must be
+// safe for concurrent use: each connection slot calls it from its own
+// goroutine.
+type Sink func(raw []byte, received time.Time)
+
+// Config configures a Pool. Zero durations take the documented defaults.
+type Config struct {
+	StreamURL string      // https://livestream.adobe.net/api/1/stream/<name>
+	ClientID  string      // sent as x-api-key
+	Tokens    TokenSource // where bearer tokens come from
+
+	MaxConnections      int    // 1..8, default 1
+	Reset               string // "", "smallest" or "largest"
+	Smoothing           bool
+	SmoothingBucketSize int // 0 = not sent
+
+	Policy       Policy
+	StallTimeout time.Duration // default 5 min; silence shorter than this is normal
+
+	DialTimeout           time.Duration // default 10 s
+	TLSHandshakeTimeout   time.Duration // default 10 s
+	ResponseHeaderTimeout time.Duration // default 30 s
+	TLSConfig             *tls.Config   // nil: system roots
+
+	MaxRecordSize int // default DefaultMaxRecordSize
+	DedupWindow   int // default DefaultDedupWindow
+
+	Sink   Sink
+	Logger logrus.FieldLogger
+}
+
+// Pool runs MaxConnections connection slots to one stream and merges their
+// hits into one deduplicated stream.
+type Pool struct {
+	cfg    Config
+	name   string
+	client *http.Client
+	dedup  *Dedup
+	slots  []*slot
+	log    logrus.FieldLogger
+}
+
+// StreamName returns the last path element of a Live Stream URL, which
+// names the stream in lsmux's endpoints.
+func StreamName(streamURL string) (string, error) {
+	u, err := url.Parse(streamURL)
+	if err != nil {
+		return "", fmt.Errorf("stream URL %q: %w", streamURL, err)
+	}
+	if u.Scheme != "http" && u.Scheme != "https" {
+		return "", fmt.Errorf("stream URL %q: scheme must be https (or http for the simulator)", streamURL)
+	}
+	name := path.Base(u.Path)
+	if name == "" || name == "/" || name == "." {
+		return "", fmt.Errorf("stream URL %q: no stream name in the path (want .../api/1/stream/<name>)", streamURL)
+	}
+	return name, nil
+}
+
+// NewPool validates cfg and returns a Pool ready to Run.
+func NewPool(cfg Config) (*Pool, error) {
+	name, err := StreamName(cfg.StreamURL)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.MaxConnections == 0 {
+		cfg.MaxConnections = 1
+	}
+	if cfg.MaxConnections < 1 || cfg.MaxConnections > 8 {
+		return nil, fmt.Errorf("maxConnections %d: Live Stream allows 1 to 8", cfg.MaxConnections)
+	}
+	switch cfg.Reset {
+	case "", "smallest", "largest":
+	default:
+		return nil, fmt.Errorf("reset %q: want smallest or largest", cfg.Reset)
+	}
+	if cfg.SmoothingBucketSize < 0 || cfg.SmoothingBucketSize > 7200 {
+		return nil, fmt.Errorf("smoothingBucketSize %d: Live Stream allows 1 to 7200 seconds", cfg.SmoothingBucketSize)
+	}
+	if cfg.Tokens == nil {
+		return nil, fmt.Errorf("stream %s: %w: configure client credentials, an access token or a token file", name, ErrNoToken)
+	}
+	if cfg.Sink == nil {
+		return nil, errors.New("upstream: no sink for hits")
+	}
+	if cfg.StallTimeout <= 0 {
+		cfg.StallTimeout = 5 * time.Minute
+	}
+	cfg.Policy = cfg.Policy.withDefaults()
+	if cfg.Logger == nil {
+		l := logrus.New()
+		l.Out = nilWriter{}
+		cfg.Logger = l
+	}
+	p := &Pool{
+		cfg:    cfg,
+		name:   name,
+		client: &http.Client{Transport: newTransport(cfg), CheckRedirect: noRedirects},
+		dedup:  NewDedup(cfg.DedupWindow),
+		log:    cfg.Logger.WithField("stream", name),
+	}
+	for i := range cfg.MaxConnections {
+		p.slots = append(p.slots, newSlot(p, i))
+	}
+	return p, nil
+}
+
+// Name is the stream's name.
+func (p *Pool) Name() string { return p.name }
+
+// Run holds the connections until ctx ends. It returns only then: upstream
+// trouble is retried, never returned, because a process that exits and is
+// restarted would itself become a reconnect storm.
+func (p *Pool) Run(ctx context.Context) {
+	var wg sync.WaitGroup
+	for _, s := range p.slots {
+		wg.Go(func() { s.run(ctx) })
+	}
+	wg.Wait()
+}
+
+// Status returns a snapshot of every connection slot.
+func (p *Pool) Status() []ConnStatus {
+	out := make([]ConnStatus, len(p.slots))
+	for i, s := range p.slots {
+		out[i] = s.status()
+	}
+	return out
+}
+
+// Streaming reports whether every slot is streaming.
+func (p *Pool) Streaming() bool {
+	for _, s := range p.slots {
+		if s.status().State != StateStreaming {
+			return false
+		}
+	}
+	return true
+}
+
+// newTransport builds an HTTP/1.1-only transport. Live Stream answers 505
+// to HTTP/2, and Go's default transport would negotiate HTTP/2 over TLS.
+// Keep-alives are off: every attempt is a fresh connection, so no idle
+// socket lingers that Live Stream's balancer might count.
+func newTransport(cfg Config) *http.Transport {
+	dial := cfg.DialTimeout
+	if dial <= 0 {
+		dial = 10 * time.Second
+	}
+	tlsTimeout := cfg.TLSHandshakeTimeout
+	if tlsTimeout <= 0 {
+		tlsTimeout = 10 * time.Second
+	}
+	header := cfg.ResponseHeaderTimeout
+	if header <= 0 {
+		header = 30 * time.Second
+	}
+	var protos http.Protocols
+	protos.SetHTTP1(true)
+	return &http.Transport{
+		Proxy:                 http.ProxyFromEnvironment,
+		DialContext:           (&net.Dialer{Timeout: dial, KeepAlive: 30 * time.Second}).DialContext,
+		TLSHandshakeTimeout:   tlsTimeout,
+		TLSClientConfig:       cfg.TLSConfig,
+		ResponseHeaderTimeout: header,
+		DisableCompression:    true, // we ask for gzip ourselves and decode it ourselves
+		DisableKeepAlives:     true,
+		Protocols:             &protos,
+	}
+}
+
+// noRedirects makes http.Client hand 3xx answers back to us. Go's client
+// drops Authorization when a redirect changes host, and Live Stream's 302s
+// do change host, so redirects are followed by hand (see slot.open).
+func noRedirects(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+
+func (p *Pool) requestURL() string {
+	u, _ := url.Parse(p.cfg.StreamURL) // validated in NewPool
+	q := u.Query()
+	q.Set("maxConnections", strconv.Itoa(p.cfg.MaxConnections))
+	if p.cfg.Reset != "" {
+		q.Set("reset", p.cfg.Reset)
+	}
+	if p.cfg.Smoothing {
+		q.Set("smoothing", "1")
+	}
+	if p.cfg.SmoothingBucketSize > 0 {
+		q.Set("smoothingBucketSize", strconv.Itoa(p.cfg.SmoothingBucketSize))
+	}
+	u.RawQuery = q.Encode()
+	return u.String()
+}
+
+type nilWriter struct{}
+
+func (nilWriter) Write(b []byte) (int, error) { return len(b), nil }
