@@ -1,0 +1,217 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"time"
+
+	"lsmux/upstream"
+)
+
+// config is everything `lsmux serve` and `lsmux demo` read from flags and
+// LSMUX_* environment variables. Every flag has an environment variable
+// named LSMUX_ + its name in upper case with '-' as '_'; a flag given on
+// the command line wins over the environment (env for the sidecar, flags
+// for humans).
+type config struct {
+	Listen string
+
+	StreamURL       string
+	ClientID        string
+	ClientSecret    string
+	Scopes          string
+	TokenURL        string
+	AccessToken     string
+	AccessTokenFile string
+
+	MaxConnections      int
+	Reset               string
+	Smoothing           bool
+	SmoothingBucketSize int
+	ReconnectDelay      time.Duration
+	ReconnectMaxDelay   time.Duration
+	StallTimeout        time.Duration
+	MaxRecordSize       byteSize
+	DedupWindow         int
+
+	BufferHits      int
+	BufferBytes     byteSize
+	WriteTimeout    time.Duration
+	SlowPolicy      string
+	PingInterval    time.Duration
+	ShutdownTimeout time.Duration
+	AuthToken       string
+	AllowedOrigins  string
+
+	LogLevel  string
+	LogFormat string
+}
+
+// secretFlags are never printed, logged or shown in status.
+var secretFlags = map[string]bool{"client-secret": true, "access-token": true, "auth-token": true}
+
+func (c *config) flags(fs *flag.FlagSet) {
+	fs.StringVar(&c.Listen, "listen", ":8080", "address to serve subscribers on")
+	fs.StringVar(&c.StreamURL, "stream-url", "", "Live Stream URL, https://livestream.adobe.net/api/1/stream/<name>; the stream's name is its last path element")
+	fs.StringVar(&c.ClientID, "client-id", "", "OAuth Server-to-Server client id (also sent as x-api-key)")
+	fs.StringVar(&c.ClientSecret, "client-secret", "", "OAuth client secret (never logged)")
+	fs.StringVar(&c.Scopes, "scopes", "openid,AdobeID,read_organizations,additional_info.projectedProductContext,additional_info.job_function", "IMS scopes, comma-separated as in the Developer Console")
+	fs.StringVar(&c.TokenURL, "token-url", upstream.DefaultTokenURL, "IMS token endpoint")
+	fs.StringVar(&c.AccessToken, "access-token", "", "a ready access token instead of client credentials (never logged)")
+	fs.StringVar(&c.AccessTokenFile, "access-token-file", "", "file holding an access token, re-read on every connect")
+	fs.IntVar(&c.MaxConnections, "max-connections", 1, "upstream connections (Live Stream's maxConnections, 1-8)")
+	fs.StringVar(&c.Reset, "reset", "", "where a new upstream connection starts: smallest or largest (Live Stream's default when empty)")
+	fs.BoolVar(&c.Smoothing, "smoothing", false, "ask Live Stream to smooth the stream (smoothing=1)")
+	fs.IntVar(&c.SmoothingBucketSize, "smoothing-bucket-size", 0, "smoothing bucket in seconds, 1-7200 (0: Live Stream's default)")
+	fs.DurationVar(&c.ReconnectDelay, "reconnect-delay", 60*time.Second, "wait after a lost upstream connection; first step of the backoff")
+	fs.DurationVar(&c.ReconnectMaxDelay, "reconnect-max-delay", 5*time.Minute, "cap of the backoff; pace of retries after configuration errors")
+	fs.DurationVar(&c.StallTimeout, "stall-timeout", 5*time.Minute, "end an upstream connection that sends nothing for this long")
+	c.MaxRecordSize = upstream.DefaultMaxRecordSize
+	fs.Var(&c.MaxRecordSize, "max-record-size", "largest hit accepted from upstream; larger ones are skipped and counted (e.g. 4MiB)")
+	fs.IntVar(&c.DedupWindow, "dedup-window", upstream.DefaultDedupWindow, "how many recent hit ids are remembered to drop duplicates")
+	fs.IntVar(&c.BufferHits, "buffer-hits", 200_000, "hits kept for resume and slow subscribers")
+	c.BufferBytes = 512 << 20
+	fs.Var(&c.BufferBytes, "buffer-bytes", "bytes kept for resume and slow subscribers (e.g. 512MiB)")
+	fs.DurationVar(&c.WriteTimeout, "write-timeout", 10*time.Second, "drop a subscriber whose socket write blocks this long")
+	fs.StringVar(&c.SlowPolicy, "slow-policy", "gap", "a subscriber that falls off the buffer: gap (notice, continue) or disconnect")
+	fs.DurationVar(&c.PingInterval, "ping-interval", 15*time.Second, "WebSocket ping and SSE comment interval (under load balancers' 60s idle timeout)")
+	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 10*time.Second, "how long a shutdown may drain subscribers before closing them hard")
+	fs.StringVar(&c.AuthToken, "auth-token", "", "bearer token(s) subscribers must present, comma-separated (empty: no auth)")
+	fs.StringVar(&c.AllowedOrigins, "allowed-origins", "", "browser origins allowed besides same-origin, comma-separated, or *")
+	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&c.LogFormat, "log-format", "auto", "text, json, or auto (text on a terminal, json otherwise)")
+}
+
+// envName is the environment variable of a flag.
+func envName(prefix, flagName string) string {
+	return prefix + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+// parseFlags parses args, then fills every flag not given on the command
+// line from its environment variable.
+func parseFlags(fs *flag.FlagSet, args []string, envPrefix string, getenv func(string) string) error {
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	var errs []error
+	fs.VisitAll(func(f *flag.Flag) {
+		if given[f.Name] {
+			return
+		}
+		env := envName(envPrefix, f.Name)
+		if v := getenv(env); v != "" {
+			if err := fs.Set(f.Name, v); err != nil {
+				shown := v
+				if secretFlags[f.Name] {
+					shown = "(hidden)"
+				}
+				errs = append(errs, fmt.Errorf("%s=%s: %w", env, shown, err))
+			}
+		}
+	})
+	return errors.Join(errs...)
+}
+
+// loadConfig parses serve's flags and environment and checks them.
+func loadConfig(args []string, getenv func(string) string, stderr io.Writer) (*config, error) {
+	c := &config{}
+	fs := flag.NewFlagSet("lsmux serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	c.flags(fs)
+	if err := parseFlags(fs, args, "LSMUX_", getenv); err != nil {
+		return nil, err
+	}
+	return c, c.check()
+}
+
+func (c *config) check() error {
+	var errs []error
+	if c.MaxConnections < 1 || c.MaxConnections > 8 {
+		errs = append(errs, fmt.Errorf("LSMUX_MAX_CONNECTIONS=%d: Live Stream allows 1 to 8", c.MaxConnections))
+	}
+	if c.Reset != "" && c.Reset != "smallest" && c.Reset != "largest" {
+		errs = append(errs, fmt.Errorf("LSMUX_RESET=%q: want smallest or largest", c.Reset))
+	}
+	if c.SmoothingBucketSize < 0 || c.SmoothingBucketSize > 7200 {
+		errs = append(errs, fmt.Errorf("LSMUX_SMOOTHING_BUCKET_SIZE=%d: want 1 to 7200 seconds", c.SmoothingBucketSize))
+	}
+	for name, d := range map[string]time.Duration{"LSMUX_RECONNECT_DELAY": c.ReconnectDelay, "LSMUX_RECONNECT_MAX_DELAY": c.ReconnectMaxDelay,
+		"LSMUX_STALL_TIMEOUT": c.StallTimeout, "LSMUX_WRITE_TIMEOUT": c.WriteTimeout, "LSMUX_PING_INTERVAL": c.PingInterval, "LSMUX_SHUTDOWN_TIMEOUT": c.ShutdownTimeout} {
+		if d <= 0 {
+			errs = append(errs, fmt.Errorf("%s=%v: must be positive", name, d))
+		}
+	}
+	if c.ReconnectMaxDelay < c.ReconnectDelay {
+		errs = append(errs, fmt.Errorf("LSMUX_RECONNECT_MAX_DELAY=%v is below LSMUX_RECONNECT_DELAY=%v", c.ReconnectMaxDelay, c.ReconnectDelay))
+	}
+	if c.BufferHits < 1 || c.BufferBytes < 1<<20 {
+		errs = append(errs, fmt.Errorf("LSMUX_BUFFER_HITS=%d, LSMUX_BUFFER_BYTES=%d: want at least 1 hit and 1MiB", c.BufferHits, c.BufferBytes))
+	}
+	if c.SlowPolicy != "gap" && c.SlowPolicy != "disconnect" {
+		errs = append(errs, fmt.Errorf("LSMUX_SLOW_POLICY=%q: want gap or disconnect", c.SlowPolicy))
+	}
+	switch c.LogFormat {
+	case "auto", "text", "json":
+	default:
+		errs = append(errs, fmt.Errorf("LSMUX_LOG_FORMAT=%q: want text, json or auto", c.LogFormat))
+	}
+	return errors.Join(errs...)
+}
+
+// tokenSource picks the token source the operator configured, in order:
+// a token file, a static token, client credentials.
+func (c *config) tokenSource() (upstream.TokenSource, error) {
+	switch {
+	case c.AccessTokenFile != "":
+		return upstream.FileToken(c.AccessTokenFile), nil
+	case c.AccessToken != "":
+		return upstream.StaticToken(c.AccessToken), nil
+	case c.ClientID != "" && c.ClientSecret != "":
+		return upstream.NewClientCredentials(c.TokenURL, c.ClientID, c.ClientSecret, c.Scopes, 0, nil), nil
+	}
+	return nil, errors.New("no upstream credentials: set LSMUX_CLIENT_ID and LSMUX_CLIENT_SECRET (OAuth Server-to-Server), or LSMUX_ACCESS_TOKEN, or LSMUX_ACCESS_TOKEN_FILE")
+}
+
+// byteSize is a flag value that takes plain bytes or KiB/MiB/GiB (also KB,
+// MB, GB as powers of ten).
+type byteSize int64
+
+func (b *byteSize) String() string { return strconv.FormatInt(int64(*b), 10) }
+
+func (b *byteSize) Set(s string) error {
+	v, err := parseByteSize(s)
+	if err != nil {
+		return err
+	}
+	*b = byteSize(v)
+	return nil
+}
+
+func parseByteSize(s string) (int64, error) {
+	s = strings.TrimSpace(s)
+	units := []struct {
+		suffix string
+		mult   int64
+	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9}, {"B", 1}}
+	mult := int64(1)
+	for _, u := range units {
+		if strings.HasSuffix(s, u.suffix) {
+			s, mult = strings.TrimSpace(strings.TrimSuffix(s, u.suffix)), u.mult
+			break
+		}
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n < 0 || n > (1<<62)/mult {
+		return 0, fmt.Errorf("size %q: want a whole number of bytes, optionally with KiB, MiB or GiB", s)
+	}
+	return n * mult, nil
+}

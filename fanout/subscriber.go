@@ -1,0 +1,133 @@
+package fanout
+
+import (
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Info describes a subscriber for status pages.
+type Info struct {
+	Transport string // "ws", "sse", "ndjson"
+	Remote    string
+	Filter    string
+}
+
+// Subscriber is a cursor into a hub's ring. It holds no copies of hits:
+// memory does not grow with the number of subscribers or their slowness.
+// A Subscriber is used by one goroutine (its writer); the counters are
+// atomic so status can read them.
+type Subscriber struct {
+	ID    uint64
+	Info  Info
+	Since time.Time
+
+	hub       *Hub
+	cursor    atomic.Uint64
+	gaps      atomic.Uint64
+	lost      atomic.Uint64
+	delivered atomic.Uint64
+	buf       []*Entry
+}
+
+// MaxBatch caps the entries one Poll hands out, so one writer's batch
+// stays a bounded buffer even when it is far behind.
+const MaxBatch = 512
+
+// Subscribe starts a subscriber at from (a sequence number, Live or Oldest).
+// Call Close when the subscriber leaves.
+func (h *Hub) Subscribe(from uint64, info Info) *Subscriber {
+	s := &Subscriber{Info: info, Since: time.Now(), hub: h, buf: make([]*Entry, 0, MaxBatch)}
+	s.cursor.Store(h.Start(from))
+	h.subs.add(s)
+	return s
+}
+
+// Close removes the subscriber from the hub's registry.
+func (s *Subscriber) Close() { s.hub.subs.remove(s) }
+
+// Poll returns the entries ready for this subscriber (at most MaxBatch and
+// about maxBytes of the encoding size measures) and advances its cursor.
+// If the subscriber fell off the ring, gap says which hits it lost and the
+// entries continue from the oldest still held. When nothing is ready,
+// wake is closed as soon as something is. The returned slice is reused by
+// the next Poll.
+func (s *Subscriber) Poll(size func(*Entry) int, maxBytes int) (entries []*Entry, gap *Gap, wake <-chan struct{}) {
+	entries, next, gap, wake := s.hub.Read(s.cursor.Load(), s.buf, maxBytes, size)
+	if gap != nil {
+		s.gaps.Add(1)
+		if gap.To >= gap.From {
+			s.lost.Add(gap.To - gap.From + 1)
+		}
+	}
+	s.cursor.Store(next)
+	s.delivered.Add(uint64(len(entries)))
+	return entries, gap, wake
+}
+
+// Cursor is the next sequence number the subscriber will get.
+func (s *Subscriber) Cursor() uint64 { return s.cursor.Load() }
+
+// SubscriberStatus is what status pages show of a subscriber.
+type SubscriberStatus struct {
+	ID        uint64    `json:"id"`
+	Transport string    `json:"transport"`
+	Remote    string    `json:"remote"`
+	Filter    string    `json:"filter,omitempty"`
+	Since     time.Time `json:"connectedSince"`
+	Lag       uint64    `json:"lag"`
+	Gaps      uint64    `json:"gaps"`
+	Lost      uint64    `json:"lostHits"`
+	Delivered uint64    `json:"delivered"`
+}
+
+// Subscribers lists the hub's subscribers, oldest first.
+func (h *Hub) Subscribers() []SubscriberStatus {
+	next := h.Stats().Newest + 1
+	h.subs.mu.Lock()
+	out := make([]SubscriberStatus, 0, len(h.subs.subs))
+	for _, s := range h.subs.subs {
+		cur := s.cursor.Load()
+		lag := uint64(0)
+		if next > cur {
+			lag = next - cur
+		}
+		out = append(out, SubscriberStatus{ID: s.ID, Transport: s.Info.Transport, Remote: s.Info.Remote, Filter: s.Info.Filter,
+			Since: s.Since, Lag: lag, Gaps: s.gaps.Load(), Lost: s.lost.Load(), Delivered: s.delivered.Load()})
+	}
+	h.subs.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}
+
+// SubscriberCounts returns the number of subscribers by transport.
+func (h *Hub) SubscriberCounts() map[string]int {
+	h.subs.mu.Lock()
+	defer h.subs.mu.Unlock()
+	out := map[string]int{}
+	for _, s := range h.subs.subs {
+		out[s.Info.Transport]++
+	}
+	return out
+}
+
+type registry struct {
+	mu   sync.Mutex
+	last uint64
+	subs map[uint64]*Subscriber
+}
+
+func (r *registry) add(s *Subscriber) {
+	r.mu.Lock()
+	r.last++
+	s.ID = r.last
+	r.subs[s.ID] = s
+	r.mu.Unlock()
+}
+
+func (r *registry) remove(s *Subscriber) {
+	r.mu.Lock()
+	delete(r.subs, s.ID)
+	r.mu.Unlock()
+}

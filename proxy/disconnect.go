@@ -1,0 +1,26 @@
+package proxy
+
+// Why a subscriber's connection ends, and what each transport sends for it.
+// Every reason is listed here once; logs and (later) metrics use these names.
+//
+//	reason          WebSocket close                 SSE final event
+//	shutdown        1001 going away                 event: close  data: {"reason":"shutdown"}
+//	slow            1008 policy violation           event: close  data: {"reason":"slow"}
+//	                (fell off the ring with the disconnect policy)
+//	write-timeout   none: the socket is stuck, it is closed
+//	ping-timeout    none: no pong within the deadline, closed
+//	client          echo of the client's close      none (the client went away)
+//	too-big         1009 message too big (sent by gorilla's reader)
+const (
+	reasonShutdown     = "shutdown"
+	reasonSlow         = "slow"
+	reasonWriteTimeout = "write-timeout"
+	reasonPingTimeout  = "ping-timeout"
+	reasonClient       = "client"
+)
+
+// WebSocket close codes (RFC 6455 §7.4.1).
+const (
+	closeGoingAway       = 1001
+	closePolicyViolation = 1008
+)

@@ -1,0 +1,103 @@
+package proxy
+
+import (
+	"net/http"
+
+	"lsmux/fanout"
+	"lsmux/upstream"
+)
+
+func (s *Server) handleHealthz(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]string{"status": "alive"})
+}
+
+type readyStream struct {
+	Name     string           `json:"name"`
+	Upstream []upstream.State `json:"upstream"`
+}
+
+// handleReadyz answers 200 while lsmux can serve subscribers. It does not
+// depend on the upstream unless ?upstream=1 asks for it: during a rolling
+// update the new pod cannot get the stream until the old pod lets go, so
+// readiness that waited for the upstream would deadlock the rollout.
+func (s *Server) handleReadyz(w http.ResponseWriter, r *http.Request) {
+	strict := r.URL.Query().Get("upstream") == "1" || r.URL.Query().Get("upstream") == "true"
+	ready := !s.ShuttingDown()
+	body := struct {
+		Ready        bool          `json:"ready"`
+		ShuttingDown bool          `json:"shuttingDown"`
+		Streams      []readyStream `json:"streams"`
+	}{ShuttingDown: s.ShuttingDown(), Streams: []readyStream{}}
+	for _, name := range s.order {
+		rs := readyStream{Name: name, Upstream: []upstream.State{}}
+		for _, c := range s.upstream(s.streams[name]) {
+			rs.Upstream = append(rs.Upstream, c.State)
+			if strict && c.State != upstream.StateStreaming {
+				ready = false
+			}
+		}
+		body.Streams = append(body.Streams, rs)
+	}
+	body.Ready = ready
+	status := http.StatusOK
+	if !ready {
+		status = http.StatusServiceUnavailable
+	}
+	writeJSON(w, status, body)
+}
+
+func (s *Server) upstream(st *Stream) []upstream.ConnStatus {
+	if st.Upstream == nil {
+		return nil
+	}
+	return st.Upstream()
+}
+
+type streamSummary struct {
+	Name        string            `json:"name"`
+	Endpoints   map[string]string `json:"endpoints"`
+	Upstream    []upstream.State  `json:"upstream"`
+	Subscribers map[string]int    `json:"subscribers"`
+	Hub         fanout.Stats      `json:"hub"`
+}
+
+func (s *Server) handleStreams(w http.ResponseWriter, r *http.Request) {
+	out := []streamSummary{}
+	for _, name := range s.order {
+		st := s.streams[name]
+		sum := streamSummary{Name: name, Subscribers: st.Hub.SubscriberCounts(), Hub: st.Hub.Stats(), Upstream: []upstream.State{},
+			Endpoints: map[string]string{"ws": "/v1/streams/" + name + "/ws", "sse": "/v1/streams/" + name + "/sse"}}
+		for _, c := range s.upstream(st) {
+			sum.Upstream = append(sum.Upstream, c.State)
+		}
+		out = append(out, sum)
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+type streamStatus struct {
+	Name             string                    `json:"name"`
+	Upstream         []upstream.ConnStatus     `json:"upstream"`
+	Hub              fanout.Stats              `json:"hub"`
+	SubscriberCounts map[string]int            `json:"subscriberCounts"`
+	Subscribers      []fanout.SubscriberStatus `json:"subscribers"`
+}
+
+// handleStatus is the operator's view: every upstream connection and every
+// subscriber. It holds no secret: ConnStatus carries none.
+func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) {
+	body := struct {
+		ShuttingDown bool           `json:"shuttingDown"`
+		Streams      []streamStatus `json:"streams"`
+	}{ShuttingDown: s.ShuttingDown(), Streams: []streamStatus{}}
+	for _, name := range s.order {
+		st := s.streams[name]
+		ups := s.upstream(st)
+		if ups == nil {
+			ups = []upstream.ConnStatus{}
+		}
+		body.Streams = append(body.Streams, streamStatus{Name: name, Upstream: ups, Hub: st.Hub.Stats(),
+			SubscriberCounts: st.Hub.SubscriberCounts(), Subscribers: st.Hub.Subscribers()})
+	}
+	writeJSON(w, http.StatusOK, body)
+}

@@ -1,0 +1,215 @@
+// Package proxy serves a stream's hub to local subscribers over WebSocket,
+// Server-Sent Events and (later) a drop-in NDJSON endpoint, plus health
+// and status. No request here ever touches the upstream connection.
+package proxy
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/go-chi/chi/v5/middleware"
+	"github.com/sirupsen/logrus"
+
+	"lsmux/fanout"
+	"lsmux/upstream"
+)
+
+// Stream is one Live Stream endpoint as the proxy sees it.
+type Stream struct {
+	Name     string
+	Hub      *fanout.Hub
+	Upstream func() []upstream.ConnStatus // nil: no upstream (tests)
+}
+
+// Options configure a Server. Zero values take the defaults noted.
+type Options struct {
+	PingInterval   time.Duration // WebSocket ping and SSE comment, default 15s
+	PongWait       time.Duration // how long past a ping a pong may take, default 10s
+	WriteTimeout   time.Duration // a stuck socket write drops the subscriber, default 10s
+	SlowDisconnect bool          // a subscriber that falls off the ring is disconnected instead of told of the gap
+	MaxMessageSize int64         // largest WebSocket message a client may send, default 4 KiB
+	BatchBytes     int           // bytes one write may carry, default 256 KiB
+	Web            http.Handler  // serves GET / (the dashboard); nil: none
+	Logger         logrus.FieldLogger
+}
+
+// Server is the HTTP side of lsmux.
+type Server struct {
+	opts    Options
+	streams map[string]*Stream
+	order   []string
+	log     logrus.FieldLogger
+	srv     *http.Server
+	router  chi.Router
+
+	closing   chan struct{} // closed when shutdown starts
+	closeOnce sync.Once
+	spread    time.Duration // subscribers close at random times within this
+	handlers  sync.WaitGroup
+	connsMu   sync.Mutex
+	conns     map[net.Conn]struct{} // hijacked WebSocket connections
+}
+
+// New returns a Server for streams.
+func New(streams []*Stream, opts Options) *Server {
+	if opts.PingInterval <= 0 {
+		opts.PingInterval = 15 * time.Second
+	}
+	if opts.PongWait <= 0 {
+		opts.PongWait = 10 * time.Second
+	}
+	if opts.WriteTimeout <= 0 {
+		opts.WriteTimeout = 10 * time.Second
+	}
+	if opts.MaxMessageSize <= 0 {
+		opts.MaxMessageSize = 4 << 10
+	}
+	if opts.BatchBytes <= 0 {
+		opts.BatchBytes = 256 << 10
+	}
+	if opts.Logger == nil {
+		l := logrus.New()
+		l.Level = logrus.PanicLevel
+		opts.Logger = l
+	}
+	s := &Server{
+		opts:    opts,
+		streams: map[string]*Stream{},
+		log:     opts.Logger,
+		closing: make(chan struct{}),
+		conns:   map[net.Conn]struct{}{},
+	}
+	for _, st := range streams {
+		s.streams[st.Name] = st
+		s.order = append(s.order, st.Name)
+	}
+	s.router = s.routes()
+	s.srv = &http.Server{
+		Handler:           s.router,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          nil,
+	}
+	return s
+}
+
+func (s *Server) routes() chi.Router {
+	r := chi.NewRouter()
+	r.Use(middleware.Recoverer)
+	r.Get("/healthz", s.handleHealthz)
+	r.Get("/readyz", s.handleReadyz)
+	r.Get("/v1/streams", s.handleStreams)
+	r.Get("/v1/status", s.handleStatus)
+	r.Get("/v1/streams/{name}/ws", s.handleWS)
+	r.Get("/v1/streams/{name}/sse", s.handleSSE)
+	if s.opts.Web != nil {
+		r.Handle("/*", s.opts.Web)
+	}
+	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, "no such endpoint: "+r.URL.Path)
+	})
+	return r
+}
+
+// Handler is the router with every endpoint, for tests and embedding.
+func (s *Server) Handler() http.Handler { return s.router }
+
+// Serve serves on ln until Shutdown.
+func (s *Server) Serve(ln net.Listener) error {
+	err := s.srv.Serve(ln)
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
+// Shutdown stops accepting connections and closes every subscriber
+// properly (a WebSocket close frame with 1001, a final SSE event), spread
+// over the first half of the time ctx allows so that thousands of clients
+// do not all reconnect elsewhere in the same instant. Whatever is still
+// open when ctx ends is closed hard. Streaming handlers never keep
+// http.Server.Shutdown waiting, because they all return on the closing
+// signal.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.closeOnce.Do(func() {
+		s.connsMu.Lock() // see begin: no handler registers after this
+		if dl, ok := ctx.Deadline(); ok {
+			s.spread = time.Until(dl) / 2
+		}
+		close(s.closing)
+		s.connsMu.Unlock()
+	})
+	shutErr := make(chan error, 1)
+	go func() { shutErr <- s.srv.Shutdown(ctx) }() // listeners and SSE handlers
+	done := make(chan struct{})
+	go func() { s.handlers.Wait(); close(done) }() // WebSocket sessions too
+	select {
+	case <-done:
+		return <-shutErr
+	case <-ctx.Done():
+		s.srv.Close()
+		s.connsMu.Lock()
+		for c := range s.conns {
+			c.Close()
+		}
+		s.connsMu.Unlock()
+		<-done
+		<-shutErr
+		return ctx.Err()
+	}
+}
+
+// ShuttingDown reports whether Shutdown has started.
+func (s *Server) ShuttingDown() bool {
+	select {
+	case <-s.closing:
+		return true
+	default:
+		return false
+	}
+}
+
+// closeDelay is how long a subscriber waits after the closing signal
+// before it closes itself: a random point in the spread.
+func (s *Server) closeDelay() time.Duration {
+	if s.spread <= 0 {
+		return 0
+	}
+	return rand.N(s.spread)
+}
+
+// stream resolves {name}, answering 404 itself when there is none.
+func (s *Server) stream(w http.ResponseWriter, r *http.Request) *Stream {
+	name := chi.URLParam(r, "name")
+	st := s.streams[name]
+	if st == nil {
+		writeError(w, http.StatusNotFound, "no stream named "+quote(name)+"; GET /v1/streams lists them")
+	}
+	return st
+}
+
+func writeError(w http.ResponseWriter, status int, msg string) {
+	writeJSON(w, status, map[string]string{"error": msg})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
+}
+
+func quote(s string) string {
+	b, _ := json.Marshal(truncate(s))
+	return string(b)
+}
