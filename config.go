@@ -215,3 +215,22 @@ func parseByteSize(s string) (int64, error) {
 	}
 	return n * mult, nil
 }
+
+// configTable renders the README's configuration table from the flags
+// themselves, so the documentation cannot drift from the code (a test
+// compares the two).
+func configTable() string {
+	fs := flag.NewFlagSet("lsmux serve", flag.ContinueOnError)
+	(&config{}).flags(fs)
+	var b strings.Builder
+	b.WriteString("| Environment variable | Flag | Default | Meaning |\n|---|---|---|---|\n")
+	fs.VisitAll(func(f *flag.Flag) {
+		def := f.DefValue
+		if def == "" {
+			def = "(none)"
+		}
+		usage := strings.ReplaceAll(f.Usage, "|", "\\|")
+		fmt.Fprintf(&b, "| `%s` | `--%s` | `%s` | %s |\n", envName("LSMUX_", f.Name), f.Name, def, usage)
+	})
+	return b.String()
+}

@@ -1,0 +1,407 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"go.uber.org/goleak"
+
+	"lsmux/proxy/proxytest"
+	"lsmux/upstream/simulator"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+type running struct {
+	app  *app
+	sim  *simulator.Server
+	base string // http://addr/v1/streams/demo
+	root string
+	stop context.CancelFunc
+	done chan struct{} // closed when run returned
+	err  error         // what run returned, after done
+}
+
+// startApp runs the real wiring (config → upstream → hub → proxy) against
+// a simulator, with test-sized delays set through the ordinary flags.
+func startApp(t *testing.T, sim *simulator.Server, extra ...string) *running {
+	t.Helper()
+	args := append([]string{"-listen", "127.0.0.1:0", "-stream-url", sim.StreamURL("demo"), "-token-url", sim.TokenURL(),
+		"-client-id", sim.ClientID(), "-client-secret", sim.ClientSecret(), "-reconnect-delay", "200ms",
+		"-reconnect-max-delay", "1s", "-shutdown-timeout", "2s", "-log-level", "warn"}, extra...)
+	cfg, err := loadConfig(args, func(string) string { return "" }, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log, _ := newLogger(cfg.LogLevel, "text", io.Discard)
+	tokens, err := cfg.tokenSource()
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := newApp(cfg, tokens, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &running{app: a, sim: sim, root: "http://" + a.addr(), base: "http://" + a.addr() + "/v1/streams/demo", stop: cancel, done: make(chan struct{})}
+	go func() { r.err = a.run(ctx); close(r.done) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-r.done:
+		case <-time.After(10 * time.Second):
+			t.Error("lsmux did not stop")
+		}
+	})
+	return r
+}
+
+func newSim(t *testing.T, rate float64) *simulator.Server {
+	t.Helper()
+	sim, err := simulator.New(simulator.Options{Rate: rate})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(sim.Close)
+	return sim
+}
+
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// collect drains a subscription into a slice until the channel closes.
+type collected struct {
+	mu   sync.Mutex
+	msgs []proxytest.Msg
+}
+
+func collect(ch <-chan proxytest.Msg) *collected {
+	c := &collected{}
+	go func() {
+		for m := range ch {
+			c.mu.Lock()
+			c.msgs = append(c.msgs, m)
+			c.mu.Unlock()
+		}
+	}()
+	return c
+}
+
+func (c *collected) hits() []proxytest.Msg {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]proxytest.Msg(nil), c.msgs...)
+}
+
+// TestChurningSubscribersNeverTouchTheUpstream is the fan-out promise end
+// to end: 200 subscribers (half WebSocket, half SSE) connect, read a
+// little and vanish in a loop for 10 s, while two steady subscribers stay.
+// The simulator sees one connection; the steady subscribers get every hit
+// it sent, once, in order, byte for byte.
+func TestChurningSubscribersNeverTouchTheUpstream(t *testing.T) {
+	sim := newSim(t, 300)
+	r := startApp(t, sim)
+	steadyWS, _, err := proxytest.DialWS(r.base+"/ws?from=oldest", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer steadyWS.Close()
+	steadySSE, err := proxytest.DialSSE(r.base+"/sse?from=oldest", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer steadySSE.Close()
+	ws, sse := collect(steadyWS.Msgs), collect(steadySSE.Msgs)
+
+	var sessions, failures atomic.Int64
+	var lastSeq atomic.Uint64
+	end := time.Now().Add(10 * time.Second)
+	var wg sync.WaitGroup
+	for i := range 200 {
+		wg.Go(func() {
+			for time.Now().Before(end) {
+				from := "live"
+				if s := lastSeq.Load(); s > 0 && rand.IntN(2) == 0 {
+					from = strconv.FormatUint(s-uint64(rand.IntN(50)), 10) // resume a little back
+				}
+				if err := churnOnce(r.base, i%2 == 0, from, 1+rand.IntN(5), &lastSeq); err != nil {
+					failures.Add(1)
+				}
+				sessions.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	t.Logf("%d churn sessions, %d failed to read", sessions.Load(), failures.Load())
+	if failures.Load() > sessions.Load()/100 {
+		t.Fatalf("%d of %d churn sessions failed", failures.Load(), sessions.Load())
+	}
+
+	// Pause the simulator so what it sent and what arrived can be compared.
+	sim.Stall(time.Hour)
+	sent := sim.SentHits("demo")
+	waitFor(t, 10*time.Second, "steady subscribers to catch up", func() bool {
+		return len(ws.hits()) >= len(sent) && len(sse.hits()) >= len(sent)
+	})
+	for name, got := range map[string][]proxytest.Msg{"ws": ws.hits(), "sse": sse.hits()} {
+		if len(got) != len(sent) {
+			t.Fatalf("%s steady subscriber got %d messages, simulator sent %d hits", name, len(got), len(sent))
+		}
+		for i, m := range got {
+			if m.Type != "hit" || !bytes.Equal(m.Hit, sent[i]) {
+				t.Fatalf("%s message %d differs from hit %d sent (type %s)", name, i, i, m.Type)
+			}
+			if i > 0 && m.Seq != got[i-1].Seq+1 {
+				t.Fatalf("%s: seq %d after %d", name, m.Seq, got[i-1].Seq)
+			}
+		}
+	}
+	if a := sim.Attempts(); len(a) != 1 || sim.PeakActive("demo") != 1 {
+		t.Fatalf("simulator saw %d attempts, peak %d connections; want exactly one", len(a), sim.PeakActive("demo"))
+	}
+	waitFor(t, 5*time.Second, "churned subscribers to be gone", func() bool {
+		c := r.app.hub.SubscriberCounts()
+		return c["ws"] == 1 && c["sse"] == 1
+	})
+	t.Logf("steady subscribers got %d hits each", len(sent))
+}
+
+// churnOnce is one flapping subscriber: connect, read n messages, vanish
+// without closing (half the time) or close properly.
+func churnOnce(base string, useWS bool, from string, n int, lastSeq *atomic.Uint64) error {
+	if useWS {
+		c, _, err := proxytest.DialWS(base+"/ws?from="+from, nil)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		for range n {
+			m, err := proxytest.Next(c.Msgs, 5*time.Second)
+			if err != nil {
+				return err
+			}
+			lastSeq.Store(max(lastSeq.Load(), m.Seq))
+		}
+		if rand.IntN(2) == 0 {
+			c.Conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, ""), time.Now().Add(time.Second))
+		}
+		return nil
+	}
+	c, err := proxytest.DialSSE(base+"/sse?from="+from, nil)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	for range n {
+		if _, err := proxytest.Next(c.Msgs, 5*time.Second); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func TestGracefulShutdownClosesSubscribersAndTheUpstream(t *testing.T) {
+	sim := newSim(t, 200)
+	r := startApp(t, sim)
+	ws, _, err := proxytest.DialWS(r.base+"/ws", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.Close()
+	sse, err := proxytest.DialSSE(r.base+"/sse", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sse.Close()
+	if _, err := proxytest.Next(ws.Msgs, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	r.stop()
+	select {
+	case <-r.done:
+		if r.err != nil {
+			t.Fatalf("run returned %v, want a clean exit", r.err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("lsmux did not exit within its 2s shutdown deadline (+3s)")
+	}
+	t.Logf("shutdown took %v", time.Since(start))
+	for m := range ws.Msgs {
+		_ = m // drain hits still in flight
+	}
+	var ce *websocket.CloseError
+	if err := <-ws.Done; !errors.As(err, &ce) || ce.Code != websocket.CloseGoingAway {
+		t.Fatalf("websocket ended with %v, want close 1001", err)
+	}
+	select {
+	case reason := <-sse.Closed:
+		if !strings.Contains(reason, "shutdown") {
+			t.Fatalf("sse final event %q", reason)
+		}
+	case <-time.After(time.Second):
+		t.Fatal("sse subscriber got no final event")
+	}
+	waitFor(t, 2*time.Second, "the simulator to see the upstream closed", func() bool {
+		a := sim.Attempts()
+		return sim.Active("demo") == 0 && len(a) == 1 && !a[0].End.IsZero()
+	})
+}
+
+func TestUpstreamStaysOpenWithNoSubscribers(t *testing.T) {
+	sim := newSim(t, 200)
+	r := startApp(t, sim)
+	for range 3 {
+		c, err := proxytest.DialSSE(r.base+"/sse", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := proxytest.Next(c.Msgs, 5*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		c.Close()
+		waitFor(t, 2*time.Second, "zero subscribers", func() bool { return len(r.app.hub.Subscribers()) == 0 })
+		before := r.app.hub.Stats().Appended
+		waitFor(t, 2*time.Second, "hits still arriving with nobody listening", func() bool { return r.app.hub.Stats().Appended > before+10 })
+	}
+	if n := len(sim.Attempts()); n != 1 {
+		t.Fatalf("%d upstream attempts while subscribers came and went, want 1", n)
+	}
+	resp, err := http.Get(r.root + "/readyz?upstream=1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("strict readiness %d with a streaming upstream", resp.StatusCode)
+	}
+}
+
+func TestRunCommands(t *testing.T) {
+	var out, errOut bytes.Buffer
+	if code := run(context.Background(), []string{"version"}, func(string) string { return "" }, &out, &errOut); code != 0 || !strings.HasPrefix(out.String(), "lsmux ") {
+		t.Fatalf("version: %d %q", code, out.String())
+	}
+	out.Reset()
+	if code := run(context.Background(), []string{"bogus"}, func(string) string { return "" }, &out, &errOut); code != 2 {
+		t.Fatalf("unknown command exit %d, want 2", code)
+	}
+	errOut.Reset()
+	code := run(context.Background(), []string{"serve"}, func(string) string { return "" }, &out, &errOut)
+	if code != 1 || !strings.Contains(errOut.String(), "LSMUX_STREAM_URL") || !strings.Contains(errOut.String(), "lsmux demo") {
+		t.Fatalf("serve without a stream: %d %q", code, errOut.String())
+	}
+	errOut.Reset()
+	env := map[string]string{"LSMUX_STREAM_URL": "https://x/api/1/stream/s"}
+	code = run(context.Background(), []string{"serve"}, func(k string) string { return env[k] }, &out, &errOut)
+	if code != 1 || !strings.Contains(errOut.String(), "LSMUX_CLIENT_ID") {
+		t.Fatalf("serve without credentials: %d %q", code, errOut.String())
+	}
+}
+
+func TestDemoServesHitsWithoutCredentials(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	var out syncBuf
+	done := make(chan int, 1)
+	go func() {
+		done <- run(ctx, []string{"demo", "-listen", "127.0.0.1:0", "-log-level", "error"}, func(string) string { return "" }, &out, io.Discard)
+	}()
+	var url string
+	waitFor(t, 5*time.Second, "the demo to print its URL", func() bool {
+		for _, line := range strings.Split(out.String(), "\n") {
+			if i := strings.Index(line, "curl -N "); i >= 0 {
+				url = strings.TrimSpace(line[i+len("curl -N "):])
+				return true
+			}
+		}
+		return false
+	})
+	c, err := proxytest.DialSSE(url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m, err := proxytest.Next(c.Msgs, 5*time.Second); err != nil || m.Type != "hit" {
+		t.Fatalf("demo: %+v %v", m, err)
+	}
+	c.Close()
+	cancel()
+	if code := <-done; code != 0 {
+		t.Fatalf("demo exited %d", code)
+	}
+	if !strings.Contains(out.String(), "Open the dashboard:") {
+		t.Fatalf("demo output:\n%s", out.String())
+	}
+}
+
+type syncBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuf) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuf) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+
+func TestHealthcheckCommand(t *testing.T) {
+	sim := newSim(t, 100)
+	r := startApp(t, sim)
+	env := func(k string) string {
+		if k == "LSMUX_LISTEN" {
+			return r.app.addr()
+		}
+		return ""
+	}
+	var out, errOut bytes.Buffer
+	if code := run(context.Background(), []string{"healthcheck"}, env, &out, &errOut); code != 0 {
+		t.Fatalf("healthcheck of a ready instance: exit %d: %s", code, errOut.String())
+	}
+	waitFor(t, 5*time.Second, "the upstream to stream", func() bool { return r.app.pool.Streaming() })
+	if code := run(context.Background(), []string{"healthcheck", "-upstream"}, env, &out, &errOut); code != 0 {
+		t.Fatalf("strict healthcheck with a streaming upstream: exit %d: %s", code, errOut.String())
+	}
+	// Not ready: the upstream is down (strict), or the instance is gone.
+	sim.FailNext(100, http.StatusServiceUnavailable)
+	sim.DropConnections()
+	waitFor(t, 5*time.Second, "the upstream to wait", func() bool { return !r.app.pool.Streaming() })
+	errOut.Reset()
+	if code := run(context.Background(), []string{"healthcheck", "-upstream"}, env, &out, &errOut); code != 1 || !strings.Contains(errOut.String(), "503") {
+		t.Fatalf("strict healthcheck with the upstream down: exit %d: %s", code, errOut.String())
+	}
+	if code := run(context.Background(), []string{"healthcheck"}, env, &out, &errOut); code != 0 {
+		t.Fatalf("default healthcheck must not hinge on the upstream: exit %d", code)
+	}
+	r.stop()
+	<-r.done
+	errOut.Reset()
+	if code := run(context.Background(), []string{"healthcheck"}, env, &out, &errOut); code != 1 || !strings.Contains(errOut.String(), "not ready") {
+		t.Fatalf("healthcheck of a stopped instance: exit %d: %s", code, errOut.String())
+	}
+}

@@ -1,0 +1,215 @@
+package fanout
+
+import (
+	"bytes"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func hit(i int) []byte { return []byte(fmt.Sprintf(`{"hitIdHigh":1,"hitIdLow":%d,"pageName":"p%d"}`, i, i)) }
+
+func anySize(e *Entry) int { return len(e.Raw()) }
+
+func poll(s *Subscriber) ([]*Entry, *Gap) {
+	e, g, _ := s.Poll(anySize, 1<<30)
+	return append([]*Entry(nil), e...), g
+}
+
+func TestSequenceNumbersAndOrder(t *testing.T) {
+	h := NewHub(Options{FirstSeq: 100})
+	sub := h.Subscribe(Oldest, Info{})
+	defer sub.Close()
+	for i := range 5 {
+		if seq := h.Append(hit(i), time.Now()); seq != uint64(100+i) {
+			t.Fatalf("hit %d got seq %d", i, seq)
+		}
+	}
+	got, gap := poll(sub)
+	if gap != nil || len(got) != 5 {
+		t.Fatalf("got %d entries, gap %v", len(got), gap)
+	}
+	for i, e := range got {
+		if e.Seq != uint64(100+i) || !bytes.Equal(e.Raw(), hit(i)) {
+			t.Fatalf("entry %d: seq %d raw %s", i, e.Seq, e.Raw())
+		}
+	}
+}
+
+func TestDefaultFirstSeqIsStartTimeInMicroseconds(t *testing.T) {
+	before := uint64(time.Now().UnixMicro())
+	h := NewHub(Options{})
+	seq := h.Append(hit(0), time.Now())
+	if seq < before || seq > uint64(time.Now().UnixMicro()) {
+		t.Fatalf("first seq %d is not the start time in µs (%d)", seq, before)
+	}
+	if seq >= 1<<53 {
+		t.Fatalf("seq %d exceeds JavaScript's safe integers", seq)
+	}
+}
+
+func TestRingIsBoundedByCountAndBytes(t *testing.T) {
+	h := NewHub(Options{MaxHits: 10, FirstSeq: 1})
+	for i := range 25 {
+		h.Append(hit(i), time.Now())
+	}
+	st := h.Stats()
+	if st.Hits != 10 || st.Oldest != 16 || st.Newest != 25 || st.Evicted != 15 {
+		t.Fatalf("stats %+v, want 10 hits 16..25", st)
+	}
+	big := bytes.Repeat([]byte("x"), 10_000)
+	hb := NewHub(Options{MaxHits: 1000, MaxBytes: 100_000, FirstSeq: 1})
+	for range 100 {
+		hb.Append(big, time.Now())
+		if b := hb.Stats().Bytes; b > 100_000 {
+			t.Fatalf("ring holds %d bytes over its 100000 bound", b)
+		}
+	}
+	if n := hb.Stats().Hits; n < 2 || n > 4 {
+		t.Fatalf("ring of 100 KB holds %d hits of ~30 KB encoded", n)
+	}
+}
+
+func TestSlowSubscriberGetsAGapThenTheOldest(t *testing.T) {
+	h := NewHub(Options{MaxHits: 10, FirstSeq: 1})
+	slow := h.Subscribe(Oldest, Info{})
+	defer slow.Close()
+	for i := range 30 {
+		h.Append(hit(i), time.Now()) // the subscriber never reads meanwhile: Append must not care
+	}
+	got, gap := poll(slow)
+	if gap == nil || gap.From != 1 || gap.To != 20 {
+		t.Fatalf("gap %+v, want 1..20", gap)
+	}
+	if len(got) != 10 || got[0].Seq != 21 {
+		t.Fatalf("after the gap: %d entries from %d, want 10 from 21", len(got), got[0].Seq)
+	}
+	if s := h.Subscribers()[0]; s.Gaps != 1 || s.Lost != 20 || s.Lag != 0 {
+		t.Fatalf("subscriber status %+v", s)
+	}
+}
+
+func TestResumeFromAnEarlierRunOrTheFutureIsAGap(t *testing.T) {
+	h := NewHub(Options{FirstSeq: 1_000_000})
+	for i := range 3 {
+		h.Append(hit(i), time.Now())
+	}
+	old := h.Subscribe(999_990, Info{}) // from a previous run: below this run's first number
+	defer old.Close()
+	got, gap := poll(old)
+	if gap == nil || *gap != (Gap{999_990, 999_999}) || len(got) != 3 {
+		t.Fatalf("old id: gap %+v, %d entries", gap, len(got))
+	}
+	future := h.Subscribe(5_000_000, Info{}) // a previous run whose clock was ahead
+	defer future.Close()
+	got, gap = poll(future)
+	if gap == nil || *gap != (Gap{5_000_000, 5_000_000}) || len(got) != 3 || got[0].Seq != 1_000_000 {
+		t.Fatalf("future id: gap %+v, %d entries", gap, len(got))
+	}
+	exact := h.Subscribe(1_000_001, Info{})
+	defer exact.Close()
+	if got, gap = poll(exact); gap != nil || len(got) != 2 || got[0].Seq != 1_000_001 {
+		t.Fatalf("resume inside the ring: gap %+v, %d entries", gap, len(got))
+	}
+	next := h.Subscribe(1_000_003, Info{}) // the next number: nothing missed, nothing yet
+	defer next.Close()
+	if got, gap = poll(next); gap != nil || len(got) != 0 {
+		t.Fatalf("resume at next: gap %+v, %d entries", gap, len(got))
+	}
+}
+
+func TestLiveStartsAfterWhatIsHeld(t *testing.T) {
+	h := NewHub(Options{FirstSeq: 1})
+	h.Append(hit(0), time.Now())
+	live := h.Subscribe(Live, Info{})
+	defer live.Close()
+	_, _, wake := live.Poll(anySize, 1<<20)
+	if wake == nil {
+		t.Fatal("nothing ready but no wake channel")
+	}
+	select {
+	case <-wake:
+		t.Fatal("woken before any append")
+	default:
+	}
+	h.Append(hit(1), time.Now())
+	select {
+	case <-wake:
+	case <-time.After(time.Second):
+		t.Fatal("Append did not wake the waiting subscriber")
+	}
+	got, _ := poll(live)
+	if len(got) != 1 || got[0].Seq != 2 {
+		t.Fatalf("live subscriber got %d entries", len(got))
+	}
+}
+
+func TestPollRespectsTheBatchBounds(t *testing.T) {
+	h := NewHub(Options{FirstSeq: 1})
+	sub := h.Subscribe(Oldest, Info{})
+	defer sub.Close()
+	for i := range MaxBatch + 10 {
+		h.Append(hit(i), time.Now())
+	}
+	e, _, _ := sub.Poll(anySize, 1<<30)
+	if len(e) != MaxBatch {
+		t.Fatalf("batch of %d, want the cap %d", len(e), MaxBatch)
+	}
+	e, _, _ = sub.Poll(anySize, 1) // a byte budget below one entry still moves on
+	if len(e) != 1 {
+		t.Fatalf("batch of %d under a 1-byte budget, want 1", len(e))
+	}
+}
+
+func TestEncodingsAreTheHitBytesUnchanged(t *testing.T) {
+	for _, size := range []int{10, 125 - 40, 200, 70_000} {
+		raw := []byte(`{"v":"` + strings.Repeat("é", size/2) + `"}`)
+		e := newEntry(42, raw, time.Now())
+		payload := wsPayload(t, e.WSFrame())
+		var msg struct {
+			Type string          `json:"type"`
+			Seq  uint64          `json:"seq"`
+			Hit  json.RawMessage `json:"hit"`
+		}
+		if err := json.Unmarshal(payload, &msg); err != nil || msg.Type != "hit" || msg.Seq != 42 || !bytes.Equal(msg.Hit, raw) {
+			t.Fatalf("size %d: ws message %q (%v)", size, payload[:min(len(payload), 80)], err)
+		}
+		if want := "id: 42\nevent: hit\ndata: " + string(raw) + "\n\n"; string(e.SSEEvent()) != want {
+			t.Fatalf("sse event %q", e.SSEEvent()[:60])
+		}
+		if string(e.NDJSON()) != string(raw)+"\r\n" || !bytes.Equal(e.Raw(), raw) {
+			t.Fatal("ndjson line or raw differ from the hit")
+		}
+	}
+	// A bare CR is JSON whitespace but an SSE line end.
+	e := newEntry(1, []byte("{\"a\":\r1}"), time.Now())
+	if bytes.Contains(e.SSEEvent(), []byte("\r")) || !bytes.Equal(e.Raw(), []byte("{\"a\":\r1}")) {
+		t.Fatalf("CR handling: sse %q raw %q", e.SSEEvent(), e.Raw())
+	}
+}
+
+// wsPayload decodes one unmasked frame and checks its header.
+func wsPayload(t *testing.T, f []byte) []byte {
+	t.Helper()
+	if f[0] != 0x81 {
+		t.Fatalf("first byte %#x, want FIN|text", f[0])
+	}
+	n, off := int(f[1]), 2
+	switch n {
+	case 126:
+		n, off = int(binary.BigEndian.Uint16(f[2:])), 4
+	case 127:
+		n, off = int(binary.BigEndian.Uint64(f[2:])), 10
+	}
+	if len(f)-off != n {
+		t.Fatalf("frame says %d bytes, carries %d", n, len(f)-off)
+	}
+	return f[off:]
+}

@@ -1,0 +1,51 @@
+package proxy_test
+
+import (
+	"net/http"
+	"testing"
+	"time"
+
+	"lsmux/proxy/proxytest"
+)
+
+type msg = proxytest.Msg
+
+func mustWS(t *testing.T, url string) *proxytest.WSClient {
+	t.Helper()
+	c, _, err := proxytest.DialWS(url, nil)
+	if err != nil {
+		t.Fatalf("dial %s: %v", url, err)
+	}
+	t.Cleanup(c.Close)
+	return c
+}
+
+func mustSSE(t *testing.T, url string, header http.Header) *proxytest.SSEClient {
+	t.Helper()
+	c, err := proxytest.DialSSE(url, header)
+	if err != nil {
+		t.Fatalf("sse %s: %v", url, err)
+	}
+	t.Cleanup(c.Close)
+	return c
+}
+
+func next(t *testing.T, ch <-chan msg, timeout time.Duration) msg {
+	t.Helper()
+	m, err := proxytest.Next(ch, timeout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}

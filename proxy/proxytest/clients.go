@@ -1,0 +1,184 @@
+// Package proxytest has subscriber clients for tests of lsmux: a WebSocket
+// and an SSE client that turn what lsmux sends into messages on a channel,
+// with the time each arrived.
+package proxytest
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gorilla/websocket"
+)
+
+// Msg is one thing a subscriber received: a hit or a gap notice.
+type Msg struct {
+	Type     string          `json:"type"` // "hit" or "gap"
+	Seq      uint64          `json:"seq"`
+	Hit      json.RawMessage `json:"hit"`
+	From, To uint64
+	At       time.Time `json:"-"`
+}
+
+// WSClient reads a WebSocket subscription.
+type WSClient struct {
+	Conn *websocket.Conn
+	Msgs <-chan Msg
+	// Done yields the error that ended the subscription (a
+	// *websocket.CloseError when lsmux closed it properly).
+	Done  <-chan error
+	pings atomic.Int64
+}
+
+// Pings is how many pings lsmux sent (each was answered with a pong).
+func (c *WSClient) Pings() int64 { return c.pings.Load() }
+
+// DialWS subscribes over WebSocket; url may start with http or ws.
+func DialWS(url string, header http.Header) (*WSClient, *http.Response, error) {
+	url = strings.Replace(url, "http", "ws", 1)
+	conn, resp, err := websocket.DefaultDialer.Dial(url, header)
+	if err != nil {
+		return nil, resp, err
+	}
+	msgs, done := make(chan Msg, 100_000), make(chan error, 1)
+	c := &WSClient{Conn: conn, Msgs: msgs, Done: done}
+	conn.SetPingHandler(func(data string) error {
+		c.pings.Add(1)
+		return conn.WriteControl(websocket.PongMessage, []byte(data), time.Now().Add(time.Second))
+	})
+	go func() {
+		defer close(msgs)
+		for {
+			_, data, err := conn.ReadMessage()
+			if err != nil {
+				done <- err
+				return
+			}
+			var m Msg
+			if err := json.Unmarshal(data, &m); err != nil {
+				done <- fmt.Errorf("bad message %q: %w", data, err)
+				conn.Close()
+				return
+			}
+			m.At = time.Now()
+			msgs <- m
+		}
+	}()
+	return c, resp, nil
+}
+
+// Close drops the connection without a close frame, as a vanishing client.
+func (c *WSClient) Close() { c.Conn.Close() }
+
+// SSEClient reads an event stream.
+type SSEClient struct {
+	Resp   *http.Response
+	Msgs   <-chan Msg
+	Closed <-chan string // the data of a final "event: close"
+	cancel context.CancelFunc
+	mu     sync.Mutex
+	lastID string
+}
+
+// DialSSE subscribes over Server-Sent Events.
+func DialSSE(url string, header http.Header) (*SSEClient, error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	for k, v := range header {
+		req.Header[k] = v
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		cancel()
+		resp.Body.Close()
+		return nil, &StatusError{Status: resp.StatusCode}
+	}
+	msgs, closed := make(chan Msg, 100_000), make(chan string, 1)
+	c := &SSEClient{Resp: resp, Msgs: msgs, Closed: closed, cancel: cancel}
+	go func() {
+		defer close(msgs)
+		sc := bufio.NewScanner(resp.Body)
+		sc.Buffer(make([]byte, 64<<10), 8<<20)
+		var id, event, data string
+		for sc.Scan() {
+			line := sc.Text()
+			switch {
+			case line == "":
+				switch event {
+				case "hit":
+					seq, _ := strconv.ParseUint(id, 10, 64)
+					msgs <- Msg{Type: "hit", Seq: seq, Hit: json.RawMessage(data), At: time.Now()}
+				case "gap":
+					var g struct{ From, To uint64 }
+					json.Unmarshal([]byte(data), &g)
+					msgs <- Msg{Type: "gap", From: g.From, To: g.To, At: time.Now()}
+				case "close":
+					closed <- data
+				}
+				id, event, data = "", "", ""
+			case strings.HasPrefix(line, "id: "):
+				id = line[4:]
+				c.mu.Lock()
+				c.lastID = id
+				c.mu.Unlock()
+			case strings.HasPrefix(line, "event: "):
+				event = line[7:]
+			case strings.HasPrefix(line, "data: "):
+				data = line[6:]
+			}
+		}
+	}()
+	return c, nil
+}
+
+// LastID is the last event id seen, what a browser sends as Last-Event-ID.
+func (c *SSEClient) LastID() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.lastID
+}
+
+// Close ends the subscription.
+func (c *SSEClient) Close() { c.cancel(); c.Resp.Body.Close() }
+
+// StatusError is a subscription refused with an HTTP status.
+type StatusError struct{ Status int }
+
+func (e *StatusError) Error() string { return "subscription refused: " + strconv.Itoa(e.Status) }
+
+// ErrTimeout is returned by Next when nothing arrived in time.
+var ErrTimeout = errors.New("no message in time")
+
+// ErrEnded is returned by Next when the subscription ended.
+var ErrEnded = errors.New("subscription ended")
+
+// Next returns the next message, or an error after timeout.
+func Next(ch <-chan Msg, timeout time.Duration) (Msg, error) {
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case m, ok := <-ch:
+		if !ok {
+			return Msg{}, ErrEnded
+		}
+		return m, nil
+	case <-t.C:
+		return Msg{}, ErrTimeout
+	}
+}
