@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strings"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -16,36 +17,52 @@ import (
 	"lsmux/web"
 )
 
-// app is one running lsmux: upstream pool → hub → proxy for a stream.
+// app is one running lsmux: for each stream an upstream pool feeding a
+// hub, and one proxy serving them all. Streams share nothing but the
+// process: one stream's upstream trouble never touches another's.
 type app struct {
-	cfg    *config
-	log    *logrus.Logger
-	hub    *fanout.Hub
-	pool   *upstream.Pool
-	server *proxy.Server
-	ln     net.Listener
+	cfg     *config
+	log     *logrus.Logger
+	streams []*appStream
+	server  *proxy.Server
+	ln      net.Listener
+}
+
+type appStream struct {
+	hub  *fanout.Hub
+	pool *upstream.Pool
 }
 
 // newApp wires the pieces and binds the listener (so the address is known
 // before run, and a busy port fails at once).
 func newApp(cfg *config, tokens upstream.TokenSource, log *logrus.Logger) (*app, error) {
-	hub := fanout.NewHub(fanout.Options{MaxHits: cfg.BufferHits, MaxBytes: int64(cfg.BufferBytes)})
-	pool, err := upstream.NewPool(cfg.upstreamConfig(tokens, func(raw []byte, t time.Time) { hub.Append(raw, t) }, log))
+	specs, err := cfg.streamSpecs()
 	if err != nil {
 		return nil, err
 	}
-	server := proxy.New([]*proxy.Stream{{Name: pool.Name(), Hub: hub, Upstream: pool.Status}}, proxy.Options{
+	a := &app{cfg: cfg, log: log}
+	var served []*proxy.Stream
+	for _, sp := range specs {
+		hub := fanout.NewHub(fanout.Options{MaxHits: cfg.BufferHits, MaxBytes: int64(cfg.BufferBytes)})
+		pool, err := upstream.NewPool(cfg.upstreamConfig(sp, tokens, func(raw []byte, t time.Time) { hub.Append(raw, t) }, log))
+		if err != nil {
+			return nil, fmt.Errorf("stream %s: %w", sp.Name, err)
+		}
+		a.streams = append(a.streams, &appStream{hub: hub, pool: pool})
+		served = append(served, &proxy.Stream{Name: pool.Name(), Hub: hub, Upstream: pool.Status})
+	}
+	a.server = proxy.New(served, proxy.Options{
 		PingInterval:   cfg.PingInterval,
 		WriteTimeout:   cfg.WriteTimeout,
 		SlowDisconnect: cfg.SlowPolicy == "disconnect",
 		Web:            web.Handler(),
 		Logger:         log,
 	})
-	ln, err := net.Listen("tcp", cfg.Listen)
+	a.ln, err = net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return nil, fmt.Errorf("listen %s: %w (is another lsmux running? set LSMUX_LISTEN)", cfg.Listen, err)
 	}
-	return &app{cfg: cfg, log: log, hub: hub, pool: pool, server: server, ln: ln}, nil
+	return a, nil
 }
 
 // addr is the address the proxy listens on.
@@ -58,7 +75,9 @@ func (a *app) run(ctx context.Context) error {
 	upCtx, stopUpstream := context.WithCancel(context.Background())
 	defer stopUpstream()
 	g := new(errgroup.Group)
-	g.Go(func() error { a.pool.Run(upCtx); return nil })
+	for _, st := range a.streams {
+		g.Go(func() error { st.pool.Run(upCtx); return nil })
+	}
 	g.Go(func() error { return a.server.Serve(a.ln) })
 	g.Go(func() error {
 		<-ctx.Done()
@@ -67,13 +86,19 @@ func (a *app) run(ctx context.Context) error {
 		sctx, cancel := context.WithTimeout(context.Background(), a.cfg.ShutdownTimeout)
 		defer cancel()
 		err := a.server.Shutdown(sctx)
-		a.hub.Close()
+		for _, st := range a.streams {
+			st.hub.Close()
+		}
 		if errors.Is(err, context.DeadlineExceeded) {
 			a.log.Warn("shutdown timeout reached; remaining subscribers were closed hard")
 			return nil
 		}
 		return err
 	})
-	a.log.WithField("stream", a.pool.Name()).WithField("listen", a.addr()).Info("lsmux serving")
+	names := make([]string, len(a.streams))
+	for i, st := range a.streams {
+		names[i] = st.pool.Name()
+	}
+	a.log.WithField("streams", strings.Join(names, ",")).WithField("listen", a.addr()).Info("lsmux serving")
 	return g.Wait()
 }

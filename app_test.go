@@ -7,6 +7,8 @@ import (
 	"io"
 	"math/rand/v2"
 	"net/http"
+	"os"
+	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
@@ -179,7 +181,7 @@ func TestChurningSubscribersNeverTouchTheUpstream(t *testing.T) {
 		t.Fatalf("simulator saw %d attempts, peak %d connections; want exactly one", len(a), sim.PeakActive("demo"))
 	}
 	waitFor(t, 5*time.Second, "churned subscribers to be gone", func() bool {
-		c := r.app.hub.SubscriberCounts()
+		c := r.app.streams[0].hub.SubscriberCounts()
 		return c["ws"] == 1 && c["sse"] == 1
 	})
 	t.Logf("steady subscribers got %d hits each", len(sent))
@@ -279,9 +281,9 @@ func TestUpstreamStaysOpenWithNoSubscribers(t *testing.T) {
 			t.Fatal(err)
 		}
 		c.Close()
-		waitFor(t, 2*time.Second, "zero subscribers", func() bool { return len(r.app.hub.Subscribers()) == 0 })
-		before := r.app.hub.Stats().Appended
-		waitFor(t, 2*time.Second, "hits still arriving with nobody listening", func() bool { return r.app.hub.Stats().Appended > before+10 })
+		waitFor(t, 2*time.Second, "zero subscribers", func() bool { return len(r.app.streams[0].hub.Subscribers()) == 0 })
+		before := r.app.streams[0].hub.Stats().Appended
+		waitFor(t, 2*time.Second, "hits still arriving with nobody listening", func() bool { return r.app.streams[0].hub.Stats().Appended > before+10 })
 	}
 	if n := len(sim.Attempts()); n != 1 {
 		t.Fatalf("%d upstream attempts while subscribers came and went, want 1", n)
@@ -383,14 +385,14 @@ func TestHealthcheckCommand(t *testing.T) {
 	if code := run(context.Background(), []string{"healthcheck"}, env, &out, &errOut); code != 0 {
 		t.Fatalf("healthcheck of a ready instance: exit %d: %s", code, errOut.String())
 	}
-	waitFor(t, 5*time.Second, "the upstream to stream", func() bool { return r.app.pool.Streaming() })
+	waitFor(t, 5*time.Second, "the upstream to stream", func() bool { return r.app.streams[0].pool.Streaming() })
 	if code := run(context.Background(), []string{"healthcheck", "-upstream"}, env, &out, &errOut); code != 0 {
 		t.Fatalf("strict healthcheck with a streaming upstream: exit %d: %s", code, errOut.String())
 	}
 	// Not ready: the upstream is down (strict), or the instance is gone.
 	sim.FailNext(100, http.StatusServiceUnavailable)
 	sim.DropConnections()
-	waitFor(t, 5*time.Second, "the upstream to wait", func() bool { return !r.app.pool.Streaming() })
+	waitFor(t, 5*time.Second, "the upstream to wait", func() bool { return !r.app.streams[0].pool.Streaming() })
 	errOut.Reset()
 	if code := run(context.Background(), []string{"healthcheck", "-upstream"}, env, &out, &errOut); code != 1 || !strings.Contains(errOut.String(), "503") {
 		t.Fatalf("strict healthcheck with the upstream down: exit %d: %s", code, errOut.String())
@@ -404,4 +406,107 @@ func TestHealthcheckCommand(t *testing.T) {
 	if code := run(context.Background(), []string{"healthcheck"}, env, &out, &errOut); code != 1 || !strings.Contains(errOut.String(), "not ready") {
 		t.Fatalf("healthcheck of a stopped instance: exit %d: %s", code, errOut.String())
 	}
+}
+
+func TestTwoStreamsOneFailingTheOtherFlows(t *testing.T) {
+	sim, err := simulator.New(simulator.Options{Rate: 200, Streams: []string{"sales", "web"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sim.Close()
+	streams := "sales=" + sim.StreamURL("sales") + "?maxConnections=2," + sim.URL() + "/api/1/stream/retired"
+	cfg, err := loadConfig([]string{"-listen", "127.0.0.1:0", "-streams", streams, "-token-url", sim.TokenURL(),
+		"-client-id", sim.ClientID(), "-client-secret", sim.ClientSecret(), "-reconnect-delay", "50ms", "-reconnect-max-delay", "100ms"},
+		func(string) string { return "" }, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log, _ := newLogger("error", "text", io.Discard)
+	tokens, _ := cfg.tokenSource()
+	a, err := newApp(cfg, tokens, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.run(ctx) }()
+	defer func() { cancel(); <-done }()
+
+	root := "http://" + a.addr()
+	sales, _, err := proxytest.DialWS(root+"/v1/streams/sales/ws", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sales.Close()
+	retired, err := proxytest.DialSSE(root+"/v1/streams/retired/sse", nil)
+	if err != nil {
+		t.Fatalf("subscribing to the failing stream: %v", err)
+	}
+	defer retired.Close()
+	waitFor(t, 5*time.Second, "the retired stream to be reported failing", func() bool {
+		return a.streams[1].pool.Status()[0].State == "failing"
+	})
+	for range 50 {
+		if _, err := proxytest.Next(sales.Msgs, 5*time.Second); err != nil {
+			t.Fatalf("the healthy stream stopped while the other failed: %v", err)
+		}
+	}
+	if st := a.streams[0].pool.Status(); len(st) != 2 || st[0].State != "streaming" || st[1].State != "streaming" {
+		t.Fatalf("sales upstream %+v, want two streaming connections (maxConnections=2 from its URL)", st)
+	}
+	if n := sim.PeakActive("sales"); n != 2 {
+		t.Fatalf("sales had %d connections, want 2", n)
+	}
+	if a.streams[1].pool.Status()[0].LastStatus != 404 {
+		t.Fatalf("retired: %+v", a.streams[1].pool.Status()[0])
+	}
+}
+
+// TestCurlReadsTheDropInEndpoint: an existing Live Stream consumer (here the
+// real curl --compressed -N) pointed at lsmux gets the simulator's hits.
+func TestCurlReadsTheDropInEndpoint(t *testing.T) {
+	curl, err := exec.LookPath("curl")
+	if err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatal("curl is missing; .ci/run installs it")
+		}
+		t.Skip("curl not installed")
+	}
+	sim := newSim(t, 300)
+	r := startApp(t, sim)
+	waitFor(t, 5*time.Second, "hits in the hub", func() bool { return r.app.streams[0].hub.Stats().Hits > 20 })
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	cmd := exec.CommandContext(ctx, curl, "--compressed", "-N", "-s", "-H", "Authorization: Bearer whatever",
+		r.root+"/api/1/stream/demo?from=oldest&maxConnections=4")
+	var out syncBuf
+	cmd.Stdout = &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Wait()
+	waitFor(t, 5*time.Second, "curl to read", func() bool { return strings.Count(out.String(), "\n") > 100 })
+	sim.Stall(time.Hour)
+	sent := sim.SentHits("demo")
+	records := func() []string {
+		var recs []string
+		for _, line := range strings.Split(out.String(), "\r\n") {
+			if line != "" {
+				recs = append(recs, line)
+			}
+		}
+		return recs
+	}
+	waitFor(t, 5*time.Second, "curl to catch up", func() bool { return len(records()) >= len(sent) })
+	cancel()
+	got := records()
+	if len(got) != len(sent) {
+		t.Fatalf("curl read %d hits, the simulator sent %d", len(got), len(sent))
+	}
+	for i := range got {
+		if got[i] != string(sent[i]) {
+			t.Fatalf("hit %d differs:\n curl %.100s\n sim  %.100s", i, got[i], sent[i])
+		}
+	}
+	t.Logf("curl --compressed -N read %d hits identical to the simulator's", len(got))
 }

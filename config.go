@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -21,6 +22,7 @@ type config struct {
 	Listen string
 
 	StreamURL       string
+	Streams         string
 	ClientID        string
 	ClientSecret    string
 	Scopes          string
@@ -57,6 +59,7 @@ var secretFlags = map[string]bool{"client-secret": true, "access-token": true, "
 func (c *config) flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.Listen, "listen", ":8080", "address to serve subscribers on")
 	fs.StringVar(&c.StreamURL, "stream-url", "", "Live Stream URL, https://livestream.adobe.net/api/1/stream/<name>; the stream's name is its last path element")
+	fs.StringVar(&c.Streams, "streams", "", "several streams: comma-separated [name=]URL; maxConnections, reset, smoothing, smoothingBucketSize in a URL's query override the global settings for that stream")
 	fs.StringVar(&c.ClientID, "client-id", "", "OAuth Server-to-Server client id (also sent as x-api-key)")
 	fs.StringVar(&c.ClientSecret, "client-secret", "", "OAuth client secret (never logged)")
 	fs.StringVar(&c.Scopes, "scopes", "openid,AdobeID,read_organizations,additional_info.projectedProductContext,additional_info.job_function", "IMS scopes, comma-separated as in the Developer Console")
@@ -165,6 +168,94 @@ func (c *config) check() error {
 		errs = append(errs, fmt.Errorf("LSMUX_LOG_FORMAT=%q: want text, json or auto", c.LogFormat))
 	}
 	return errors.Join(errs...)
+}
+
+// streamSpec is one stream lsmux serves.
+type streamSpec struct {
+	Name                string
+	URL                 string // without the parameters lsmux sets itself
+	MaxConnections      int
+	Reset               string
+	Smoothing           bool
+	SmoothingBucketSize int
+}
+
+// streamSpecs combines LSMUX_STREAM_URL and LSMUX_STREAMS into the list
+// of streams, each with its own connection settings.
+func (c *config) streamSpecs() ([]streamSpec, error) {
+	var entries []string
+	if c.StreamURL != "" {
+		entries = append(entries, c.StreamURL)
+	}
+	for _, e := range strings.Split(c.Streams, ",") {
+		if e = strings.TrimSpace(e); e != "" {
+			entries = append(entries, e)
+		}
+	}
+	if len(entries) == 0 {
+		return nil, errors.New("no stream: set LSMUX_STREAM_URL (or --stream-url) to https://livestream.adobe.net/api/1/stream/<name>, or LSMUX_STREAMS for several; try 'lsmux demo' for a first run without credentials")
+	}
+	var specs []streamSpec
+	seen := map[string]bool{}
+	for _, e := range entries {
+		name, raw, named := strings.Cut(e, "=")
+		if !named || strings.Contains(name, "/") {
+			name, raw = "", e
+		}
+		u, err := url.Parse(raw)
+		if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+			return nil, fmt.Errorf("stream %q: want [name=]https://livestream.adobe.net/api/1/stream/<name>", e)
+		}
+		sp := streamSpec{Name: name, MaxConnections: c.MaxConnections, Reset: c.Reset, Smoothing: c.Smoothing, SmoothingBucketSize: c.SmoothingBucketSize}
+		q := u.Query()
+		if v := q.Get("maxConnections"); v != "" {
+			if sp.MaxConnections, err = strconv.Atoi(v); err != nil || sp.MaxConnections < 1 || sp.MaxConnections > 8 {
+				return nil, fmt.Errorf("stream %q: maxConnections=%s: want 1 to 8", e, v)
+			}
+		}
+		if v := q.Get("reset"); v != "" {
+			sp.Reset = v
+		}
+		if v := q.Get("smoothing"); v != "" {
+			sp.Smoothing = v == "1" || v == "true"
+		}
+		if v := q.Get("smoothingBucketSize"); v != "" {
+			if sp.SmoothingBucketSize, err = strconv.Atoi(v); err != nil {
+				return nil, fmt.Errorf("stream %q: smoothingBucketSize=%s: want 1 to 7200", e, v)
+			}
+		}
+		for _, k := range []string{"maxConnections", "reset", "smoothing", "smoothingBucketSize"} {
+			q.Del(k)
+		}
+		u.RawQuery = q.Encode()
+		sp.URL = u.String()
+		if sp.Name == "" {
+			if sp.Name, err = upstream.StreamName(sp.URL); err != nil {
+				return nil, err
+			}
+		}
+		if !validStreamName(sp.Name) {
+			return nil, fmt.Errorf("stream name %q: use letters, digits, '-', '_' and '.'", sp.Name)
+		}
+		if seen[sp.Name] {
+			return nil, fmt.Errorf("stream %q is configured twice", sp.Name)
+		}
+		seen[sp.Name] = true
+		specs = append(specs, sp)
+	}
+	return specs, nil
+}
+
+func validStreamName(s string) bool {
+	if s == "" || len(s) > 128 {
+		return false
+	}
+	for _, c := range s {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.') {
+			return false
+		}
+	}
+	return true
 }
 
 // tokenSource picks the token source the operator configured, in order:

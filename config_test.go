@@ -1,6 +1,7 @@
 package main
 
 import (
+	"flag"
 	"io"
 	"os"
 	"strings"
@@ -8,14 +9,30 @@ import (
 	"time"
 )
 
+var updateReadme = flag.Bool("update-readme", false, "rewrite README.md's configuration table from the flags")
+
+// TestReadmeConfigTableMatchesTheFlags fails when a flag is undocumented or
+// documented wrongly. Fix with: go test -run ReadmeConfig -update-readme .
 func TestReadmeConfigTableMatchesTheFlags(t *testing.T) {
 	readme, err := os.ReadFile("README.md")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := configTable(); !strings.Contains(string(readme), want) {
-		t.Fatalf("README.md's configuration table is out of date; replace it with:\n\n%s", want)
+	const begin, end = "<!-- config table -->\n", "<!-- end config table -->"
+	text := string(readme)
+	i, j := strings.Index(text, begin), strings.Index(text, end)
+	if i < 0 || j < i {
+		t.Fatalf("README.md lacks the %q ... %q markers", begin, end)
 	}
+	want := configTable()
+	if text[i+len(begin):j] == want {
+		return
+	}
+	if *updateReadme {
+		os.WriteFile("README.md", []byte(text[:i+len(begin)]+want+text[j:]), 0o644)
+		return
+	}
+	t.Fatalf("README.md's configuration table is out of date; run: go test -run ReadmeConfig -update-readme .")
 }
 
 func TestEnvironmentFillsFlagsAndFlagsWin(t *testing.T) {

@@ -155,8 +155,8 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 	if err != nil {
 		return err
 	}
-	if cfg.StreamURL == "" {
-		return errors.New("no stream: set LSMUX_STREAM_URL (or --stream-url) to https://livestream.adobe.net/api/1/stream/<name>; try 'lsmux demo' for a first run without credentials")
+	if _, err := cfg.streamSpecs(); err != nil {
+		return err
 	}
 	tokens, err := cfg.tokenSource()
 	if err != nil {
@@ -216,15 +216,16 @@ func displayAddr(addr string) string {
 	return net.JoinHostPort(host, port)
 }
 
-func (c *config) upstreamConfig(tokens upstream.TokenSource, sink upstream.Sink, log logrus.FieldLogger) upstream.Config {
+func (c *config) upstreamConfig(sp streamSpec, tokens upstream.TokenSource, sink upstream.Sink, log logrus.FieldLogger) upstream.Config {
 	return upstream.Config{
-		StreamURL:           c.StreamURL,
+		StreamURL:           sp.URL,
+		Name:                sp.Name,
 		ClientID:            c.ClientID,
 		Tokens:              tokens,
-		MaxConnections:      c.MaxConnections,
-		Reset:               c.Reset,
-		Smoothing:           c.Smoothing,
-		SmoothingBucketSize: c.SmoothingBucketSize,
+		MaxConnections:      sp.MaxConnections,
+		Reset:               sp.Reset,
+		Smoothing:           sp.Smoothing,
+		SmoothingBucketSize: sp.SmoothingBucketSize,
 		Policy:              upstream.Policy{Delay: c.ReconnectDelay, MaxDelay: c.ReconnectMaxDelay, Jitter: 0.1},
 		StallTimeout:        c.StallTimeout,
 		MaxRecordSize:       int(c.MaxRecordSize),

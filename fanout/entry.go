@@ -1,6 +1,7 @@
 package fanout
 
 import (
+	"sync/atomic"
 	"bytes"
 	"strconv"
 	"time"
@@ -16,6 +17,8 @@ type Entry struct {
 	wsEnd    int
 	sseEnd   int
 	rawStart int // offset of the raw hit inside the ndjson part
+
+	ext atomic.Pointer[derived] // filter/projection data, only when a subscriber asked
 }
 
 // Raw is the hit exactly as Live Stream sent it.

@@ -50,6 +50,11 @@ type Hub struct {
 	waiting atomic.Bool   // someone took wake since it was last replaced
 	closed  chan struct{}
 
+	// The derived window (see select.go); dmu is never held with mu.
+	dmu  sync.Mutex
+	dwin []*Entry
+	dpos int
+
 	appended atomic.Uint64
 	evicted  atomic.Uint64
 	subs     registry

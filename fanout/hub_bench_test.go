@@ -4,8 +4,11 @@ import (
 	"bytes"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"lsmux/upstream/simulator"
 )
 
 // BenchmarkFanout appends b.N hits of ~1.2 KB while N subscribers read
@@ -22,7 +25,7 @@ func BenchmarkFanout(b *testing.B) {
 			total := uint64(b.N)
 			start := make(chan struct{})
 			for range n {
-				sub := h.Subscribe(Oldest, Info{})
+				sub := h.Subscribe(Oldest, Info{}, nil)
 				wg.Go(func() {
 					defer sub.Close()
 					<-start
@@ -53,3 +56,65 @@ func BenchmarkFanout(b *testing.B) {
 }
 
 func wsSizeBench(e *Entry) int { return len(e.WSFrame()) }
+
+// BenchmarkFilters: 1,000 subscribers sharing 10 distinct filters against
+// 1,000 without, on the simulator's realistic hits. One op is one hit
+// offered to all 1,000 subscribers.
+func BenchmarkFilters(b *testing.B) {
+	sim, err := simulator.New(simulator.Options{Rate: 1})
+	if err != nil {
+		b.Fatal(err)
+	}
+	hits := make([][]byte, 4096)
+	for k := range hits {
+		hits[k] = sim.Hit("demo", uint64(k))
+	}
+	sim.Close()
+	exprs := []string{`hit.geoCountry == "fra"`, `hit.geoCountry == "usa"`, `hit.pageName.startsWith("checkout")`,
+		`has(hit.events.purchase)`, `has(hit.events.prodView)`, `hit.browser == "Safari"`, `hit.geoDMA > 700`,
+		`hit.language == "de-DE"`, `hit.products.size() > 0`, `hit.evars.evars.eVar1 != ""`}
+	for _, nf := range []int{0, 10} {
+		b.Run(fmt.Sprintf("subscribers=1000/filters=%d", nf), func(b *testing.B) {
+			c, _ := NewCompiler(0)
+			h := NewHub(Options{MaxHits: 100_000, MaxBytes: 1 << 40, FirstSeq: 1})
+			total := uint64(b.N)
+			var wg sync.WaitGroup
+			start := make(chan struct{})
+			var delivered atomic.Int64
+			for i := range 1000 {
+				var sel *Selector
+				if nf > 0 {
+					f, err := c.Filter(exprs[i%nf])
+					if err != nil {
+						b.Fatal(err)
+					}
+					sel = &Selector{Filter: f}
+				}
+				sub := h.Subscribe(Oldest, Info{}, sel)
+				wg.Go(func() {
+					defer sub.Close()
+					<-start
+					n := 0
+					for sub.Cursor() < 1+total {
+						e, _, wake := sub.Poll(wsSizeBench, 256<<10)
+						n += len(e)
+						if len(e) == 0 && wake != nil && sub.Cursor() < 1+total {
+							<-wake
+						}
+					}
+					delivered.Add(int64(n))
+				})
+			}
+			b.ReportAllocs()
+			b.ResetTimer()
+			close(start)
+			for i := range b.N {
+				h.Append(hits[i%len(hits)], time.Time{})
+			}
+			wg.Wait()
+			b.StopTimer()
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "hits/s")
+			b.ReportMetric(float64(delivered.Load())/b.Elapsed().Seconds(), "deliveries/s")
+		})
+	}
+}

@@ -25,7 +25,7 @@ func poll(s *Subscriber) ([]*Entry, *Gap) {
 
 func TestSequenceNumbersAndOrder(t *testing.T) {
 	h := NewHub(Options{FirstSeq: 100})
-	sub := h.Subscribe(Oldest, Info{})
+	sub := h.Subscribe(Oldest, Info{}, nil)
 	defer sub.Close()
 	for i := range 5 {
 		if seq := h.Append(hit(i), time.Now()); seq != uint64(100+i) {
@@ -79,7 +79,7 @@ func TestRingIsBoundedByCountAndBytes(t *testing.T) {
 
 func TestSlowSubscriberGetsAGapThenTheOldest(t *testing.T) {
 	h := NewHub(Options{MaxHits: 10, FirstSeq: 1})
-	slow := h.Subscribe(Oldest, Info{})
+	slow := h.Subscribe(Oldest, Info{}, nil)
 	defer slow.Close()
 	for i := range 30 {
 		h.Append(hit(i), time.Now()) // the subscriber never reads meanwhile: Append must not care
@@ -101,24 +101,24 @@ func TestResumeFromAnEarlierRunOrTheFutureIsAGap(t *testing.T) {
 	for i := range 3 {
 		h.Append(hit(i), time.Now())
 	}
-	old := h.Subscribe(999_990, Info{}) // from a previous run: below this run's first number
+	old := h.Subscribe(999_990, Info{}, nil) // from a previous run: below this run's first number
 	defer old.Close()
 	got, gap := poll(old)
 	if gap == nil || *gap != (Gap{999_990, 999_999}) || len(got) != 3 {
 		t.Fatalf("old id: gap %+v, %d entries", gap, len(got))
 	}
-	future := h.Subscribe(5_000_000, Info{}) // a previous run whose clock was ahead
+	future := h.Subscribe(5_000_000, Info{}, nil) // a previous run whose clock was ahead
 	defer future.Close()
 	got, gap = poll(future)
 	if gap == nil || *gap != (Gap{5_000_000, 5_000_000}) || len(got) != 3 || got[0].Seq != 1_000_000 {
 		t.Fatalf("future id: gap %+v, %d entries", gap, len(got))
 	}
-	exact := h.Subscribe(1_000_001, Info{})
+	exact := h.Subscribe(1_000_001, Info{}, nil)
 	defer exact.Close()
 	if got, gap = poll(exact); gap != nil || len(got) != 2 || got[0].Seq != 1_000_001 {
 		t.Fatalf("resume inside the ring: gap %+v, %d entries", gap, len(got))
 	}
-	next := h.Subscribe(1_000_003, Info{}) // the next number: nothing missed, nothing yet
+	next := h.Subscribe(1_000_003, Info{}, nil) // the next number: nothing missed, nothing yet
 	defer next.Close()
 	if got, gap = poll(next); gap != nil || len(got) != 0 {
 		t.Fatalf("resume at next: gap %+v, %d entries", gap, len(got))
@@ -128,7 +128,7 @@ func TestResumeFromAnEarlierRunOrTheFutureIsAGap(t *testing.T) {
 func TestLiveStartsAfterWhatIsHeld(t *testing.T) {
 	h := NewHub(Options{FirstSeq: 1})
 	h.Append(hit(0), time.Now())
-	live := h.Subscribe(Live, Info{})
+	live := h.Subscribe(Live, Info{}, nil)
 	defer live.Close()
 	_, _, wake := live.Poll(anySize, 1<<20)
 	if wake == nil {
@@ -153,7 +153,7 @@ func TestLiveStartsAfterWhatIsHeld(t *testing.T) {
 
 func TestPollRespectsTheBatchBounds(t *testing.T) {
 	h := NewHub(Options{FirstSeq: 1})
-	sub := h.Subscribe(Oldest, Info{})
+	sub := h.Subscribe(Oldest, Info{}, nil)
 	defer sub.Close()
 	for i := range MaxBatch + 10 {
 		h.Append(hit(i), time.Now())

@@ -29,16 +29,24 @@ type Subscriber struct {
 	lost      atomic.Uint64
 	delivered atomic.Uint64
 	buf       []*Entry
+	sel       *Selector // nil: every hit unchanged (the zero-decode path)
+	out       []*Entry
 }
 
 // MaxBatch caps the entries one Poll hands out, so one writer's batch
 // stays a bounded buffer even when it is far behind.
 const MaxBatch = 512
 
-// Subscribe starts a subscriber at from (a sequence number, Live or Oldest).
-// Call Close when the subscriber leaves.
-func (h *Hub) Subscribe(from uint64, info Info) *Subscriber {
-	s := &Subscriber{Info: info, Since: time.Now(), hub: h, buf: make([]*Entry, 0, MaxBatch)}
+// Subscribe starts a subscriber at from (a sequence number, Live or Oldest)
+// with an optional selector. Call Close when the subscriber leaves.
+func (h *Hub) Subscribe(from uint64, info Info, sel *Selector) *Subscriber {
+	if sel != nil && sel.Filter == nil && len(sel.Named) == 0 && sel.Fields == nil && sel.Sample == 0 {
+		sel = nil
+	}
+	if sel != nil && info.Filter == "" {
+		info.Filter = sel.Describe()
+	}
+	s := &Subscriber{Info: info, Since: time.Now(), hub: h, buf: make([]*Entry, 0, MaxBatch), sel: sel}
 	s.cursor.Store(h.Start(from))
 	h.subs.add(s)
 	return s
@@ -53,15 +61,42 @@ func (s *Subscriber) Close() { s.hub.subs.remove(s) }
 // entries continue from the oldest still held. When nothing is ready,
 // wake is closed as soon as something is. The returned slice is reused by
 // the next Poll.
+//
+// With a selector, entries that do not match are skipped (the cursor moves
+// past them) and projected entries replace the originals; Poll keeps
+// reading until something matches or the ring is exhausted.
 func (s *Subscriber) Poll(size func(*Entry) int, maxBytes int) (entries []*Entry, gap *Gap, wake <-chan struct{}) {
 	entries, next, gap, wake := s.hub.Read(s.cursor.Load(), s.buf, maxBytes, size)
+	s.cursor.Store(next)
+	if s.sel != nil {
+		s.out = s.out[:0]
+		for {
+			for _, e := range entries {
+				if sel := s.apply(e); sel != nil {
+					s.out = append(s.out, sel)
+				}
+			}
+			if len(s.out) > 0 || wake != nil {
+				break
+			}
+			var more *Gap
+			entries, next, more, wake = s.hub.Read(next, s.buf, maxBytes, size)
+			s.cursor.Store(next)
+			if gap == nil {
+				gap = more
+			} else if more != nil {
+				gap.To = more.To // fell off again while skipping: one notice
+			}
+		}
+		clear(s.buf[:cap(s.buf)])
+		entries = s.out
+	}
 	if gap != nil {
 		s.gaps.Add(1)
 		if gap.To >= gap.From {
 			s.lost.Add(gap.To - gap.From + 1)
 		}
 	}
-	s.cursor.Store(next)
 	s.delivered.Add(uint64(len(entries)))
 	return entries, gap, wake
 }

@@ -49,3 +49,6 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool)
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// proxyNext is Next without failing: for reading until the stream is quiet.
+func proxyNext(ch <-chan msg, timeout time.Duration) (msg, error) { return proxytest.Next(ch, timeout) }

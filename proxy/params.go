@@ -3,6 +3,7 @@ package proxy
 import (
 	"fmt"
 	"net/http"
+	"sort"
 	"strconv"
 	"strings"
 
@@ -39,4 +40,90 @@ func truncate(s string) string {
 		return s[:64] + "…"
 	}
 	return s
+}
+
+// parseSelector reads filter=, filter.<name>=, fields= and sample= into a
+// selector (nil when none is given). Errors are the 400's message; a
+// filter's carries the compiler's position.
+func (s *Server) parseSelector(r *http.Request, allowNamed bool) (*fanout.Selector, error) {
+	q := r.URL.Query()
+	sel := &fanout.Selector{}
+	if text := q.Get("filter"); text != "" {
+		f, err := s.compiler.Filter(text)
+		if err != nil {
+			return nil, err
+		}
+		sel.Filter = f
+	}
+	var names []string
+	for key := range q {
+		if name, ok := strings.CutPrefix(key, "filter."); ok {
+			names = append(names, name)
+		}
+	}
+	if len(names) > 0 && !allowNamed {
+		return nil, fmt.Errorf("named filters (filter.<name>=) are for SSE; use one filter= here")
+	}
+	if len(names) > 16 {
+		return nil, fmt.Errorf("%d named filters, the limit is 16", len(names))
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		if !validName(name) {
+			return nil, fmt.Errorf("filter.%s: a name is letters, digits, '-' and '_' (up to 64)", truncate(name))
+		}
+		f, err := s.compiler.Filter(q.Get("filter." + name))
+		if err != nil {
+			return nil, fmt.Errorf("filter.%s: %w", name, err)
+		}
+		sel.Named = append(sel.Named, fanout.NamedFilter{Name: name, Filter: f})
+	}
+	if text := q.Get("fields"); text != "" {
+		p, err := s.compiler.Fields(text)
+		if err != nil {
+			return nil, err
+		}
+		sel.Fields = p
+	}
+	if text := q.Get("sample"); text != "" {
+		v, err := strconv.ParseFloat(text, 64)
+		if err != nil || !(v > 0 && v <= 1) {
+			return nil, fmt.Errorf("sample=%q: want a fraction in (0, 1], e.g. 0.1", truncate(text))
+		}
+		if v < 1 {
+			sel.Sample = v
+		}
+	}
+	if sel.Filter == nil && sel.Named == nil && sel.Fields == nil && sel.Sample == 0 {
+		return nil, nil
+	}
+	return sel, nil
+}
+
+func validName(s string) bool {
+	if s == "" || len(s) > 64 {
+		return false
+	}
+	for _, c := range s {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+			return false
+		}
+	}
+	return true
+}
+
+// parseSubscription reads where and what a subscriber wants, answering 400
+// itself (before any stream starts) when a parameter is wrong.
+func (s *Server) parseSubscription(w http.ResponseWriter, r *http.Request, allowNamed bool) (uint64, *fanout.Selector, bool) {
+	from, err := parseFrom(r)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return 0, nil, false
+	}
+	sel, err := s.parseSelector(r, allowNamed)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return 0, nil, false
+	}
+	return from, sel, true
 }

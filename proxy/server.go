@@ -36,14 +36,16 @@ type Options struct {
 	SlowDisconnect bool          // a subscriber that falls off the ring is disconnected instead of told of the gap
 	MaxMessageSize int64         // largest WebSocket message a client may send, default 4 KiB
 	BatchBytes     int           // bytes one write may carry, default 256 KiB
+	Compiler       *fanout.Compiler // filters and projections; nil: a default one
 	Web            http.Handler  // serves GET / (the dashboard); nil: none
 	Logger         logrus.FieldLogger
 }
 
 // Server is the HTTP side of lsmux.
 type Server struct {
-	opts    Options
-	streams map[string]*Stream
+	opts     Options
+	compiler *fanout.Compiler
+	streams  map[string]*Stream
 	order   []string
 	log     logrus.FieldLogger
 	srv     *http.Server
@@ -79,8 +81,16 @@ func New(streams []*Stream, opts Options) *Server {
 		l.Level = logrus.PanicLevel
 		opts.Logger = l
 	}
+	if opts.Compiler == nil {
+		c, err := fanout.NewCompiler(0)
+		if err != nil {
+			panic(err) // the CEL environment is fixed; this cannot fail at run time
+		}
+		opts.Compiler = c
+	}
 	s := &Server{
-		opts:    opts,
+		opts:     opts,
+		compiler: opts.Compiler,
 		streams: map[string]*Stream{},
 		log:     opts.Logger,
 		closing: make(chan struct{}),
@@ -110,6 +120,7 @@ func (s *Server) routes() chi.Router {
 	r.Get("/v1/status", s.handleStatus)
 	r.Get("/v1/streams/{name}/ws", s.handleWS)
 	r.Get("/v1/streams/{name}/sse", s.handleSSE)
+	r.Get("/api/{version:[12]}/stream/{name}", s.handleNDJSON)
 	if s.opts.Web != nil {
 		r.Handle("/*", s.opts.Web)
 	}
@@ -206,6 +217,7 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.WriteHeader(status)
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
+	enc.SetEscapeHTML(false)
 	enc.Encode(v)
 }
 

@@ -20,9 +20,8 @@ func (s *Server) handleSSE(w http.ResponseWriter, r *http.Request) {
 	if st == nil {
 		return
 	}
-	from, err := parseFrom(r)
-	if err != nil {
-		writeError(w, http.StatusBadRequest, err.Error())
+	from, sel, ok := s.parseSubscription(w, r, true)
+	if !ok {
 		return
 	}
 	if !s.begin() {
@@ -55,7 +54,7 @@ func (s *Server) handleSSE(w http.ResponseWriter, r *http.Request) {
 	if flush() != nil {
 		return
 	}
-	sub := st.Hub.Subscribe(from, fanout.Info{Transport: "sse", Remote: r.RemoteAddr})
+	sub := st.Hub.Subscribe(from, fanout.Info{Transport: "sse", Remote: r.RemoteAddr}, sel)
 	defer sub.Close()
 
 	ping := time.NewTicker(s.opts.PingInterval)

@@ -76,9 +76,8 @@ func (s *Server) handleWS(w http.ResponseWriter, r *http.Request) {
 	if st == nil {
 		return
 	}
-	from, err := parseFrom(r)
-	if err != nil {
-		writeError(w, http.StatusBadRequest, err.Error())
+	from, sel, ok := s.parseSubscription(w, r, false)
+	if !ok {
 		return
 	}
 	if !s.begin() {
@@ -95,7 +94,7 @@ func (s *Server) handleWS(w http.ResponseWriter, r *http.Request) {
 	defer s.track(hw.conn.Conn, false)
 	defer conn.Close()
 
-	sub := st.Hub.Subscribe(from, fanout.Info{Transport: "ws", Remote: r.RemoteAddr})
+	sub := st.Hub.Subscribe(from, fanout.Info{Transport: "ws", Remote: r.RemoteAddr}, sel)
 	defer sub.Close()
 	ws := &wsSession{s: s, conn: conn, lc: hw.conn, sub: sub, hub: st.Hub,
 		pings: make(chan []byte, 1), readDone: make(chan struct{})}

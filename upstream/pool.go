@@ -32,6 +32,7 @@ type Sink func(raw []byte, received time.Time)
 // Config configures a Pool. Zero durations take the documented defaults.
 type Config struct {
 	StreamURL string      // https://livestream.adobe.net/api/1/stream/<name>
+	Name      string      // the stream's name in lsmux; default the URL's last path element
 	ClientID  string      // sent as x-api-key
 	Tokens    TokenSource // where bearer tokens come from
 
@@ -88,6 +89,9 @@ func NewPool(cfg Config) (*Pool, error) {
 	name, err := StreamName(cfg.StreamURL)
 	if err != nil {
 		return nil, err
+	}
+	if cfg.Name != "" {
+		name = cfg.Name
 	}
 	if cfg.MaxConnections == 0 {
 		cfg.MaxConnections = 1

@@ -1,0 +1,230 @@
+package fanout
+
+import (
+	"hash/fnv"
+	"strconv"
+	"sync"
+	"sync/atomic"
+
+	"github.com/google/cel-go/interpreter"
+)
+
+// Selector is what one subscriber asked for beyond "every hit": a filter,
+// named filters (one SSE connection serving several views), a projection
+// and a sample rate. The zero Selector selects everything unchanged.
+type Selector struct {
+	Filter *Filter
+	Named  []NamedFilter
+	Fields *Projection
+	Sample float64 // in (0,1]; 0 means no sampling
+}
+
+// NamedFilter is one of several filters on a connection; a hit is sent
+// once, tagged with the names it matched.
+type NamedFilter struct {
+	Name   string
+	Filter *Filter
+}
+
+// Describe renders the selector for status pages.
+func (s *Selector) Describe() string {
+	if s == nil {
+		return ""
+	}
+	var parts []string
+	if s.Filter != nil {
+		parts = append(parts, "filter="+s.Filter.Text)
+	}
+	for _, n := range s.Named {
+		parts = append(parts, "filter."+n.Name+"="+n.Filter.Text)
+	}
+	if s.Fields != nil {
+		parts = append(parts, "fields="+s.Fields.Text)
+	}
+	if s.Sample > 0 {
+		parts = append(parts, "sample="+strconv.FormatFloat(s.Sample, 'g', -1, 64))
+	}
+	out := ""
+	for i, p := range parts {
+		if i > 0 {
+			out += "&"
+		}
+		out += p
+	}
+	return out
+}
+
+// derived holds what subscribers with selectors computed about one entry,
+// shared by all of them: the decoded hit (decoded at most once while the
+// entry is in the hub's derived window), filter results, the visitor's
+// sample point and projected encodings.
+type derived struct {
+	once    sync.Once
+	act     interpreter.Activation
+	done    atomic.Uint64 // filter result slots computed
+	match   atomic.Uint64 // ... and their results
+	visitor atomic.Uint64 // sample point in [0,2^63) | 1<<63 once computed
+	proj    [projectionSlots]atomic.Pointer[Entry]
+}
+
+// derivedWindow is how many entries keep derived data. A decoded hit is
+// several times the size of its bytes, so only the most recently used
+// entries keep it; a subscriber far behind the others decodes again.
+const derivedWindow = 4096
+
+func (h *Hub) derived(e *Entry) *derived {
+	if d := e.ext.Load(); d != nil {
+		return d
+	}
+	d := &derived{}
+	if !e.ext.CompareAndSwap(nil, d) {
+		if cur := e.ext.Load(); cur != nil {
+			return cur
+		}
+		return d
+	}
+	h.dmu.Lock()
+	if h.dwin == nil {
+		h.dwin = make([]*Entry, derivedWindow)
+	}
+	if old := h.dwin[h.dpos]; old != nil {
+		old.ext.Store(nil)
+	}
+	h.dwin[h.dpos] = e
+	h.dpos = (h.dpos + 1) % len(h.dwin)
+	h.dmu.Unlock()
+	return d
+}
+
+func (d *derived) activation(e *Entry) interpreter.Activation {
+	d.once.Do(func() { d.act = decodeHit(e.Raw()) })
+	return d.act
+}
+
+// matches evaluates f on e, sharing the result with every subscriber that
+// uses the same filter.
+func (h *Hub) matches(f *Filter, e *Entry) bool {
+	d := h.derived(e)
+	if f.slot < 0 {
+		return f.eval(d.activation(e))
+	}
+	bit := uint64(1) << f.slot
+	if d.done.Load()&bit != 0 {
+		return d.match.Load()&bit != 0
+	}
+	ok := f.eval(d.activation(e))
+	if ok {
+		d.match.Or(bit)
+	}
+	d.done.Or(bit)
+	return ok
+}
+
+// sampled reports whether e's visitor falls in the sample: the same
+// visitors are always in or out, so their sessions stay whole.
+func (h *Hub) sampled(rate float64, e *Entry) bool {
+	if rate >= 1 {
+		return true
+	}
+	d := h.derived(e)
+	v := d.visitor.Load()
+	if v == 0 {
+		v = visitorPoint(e.Raw()) | 1<<63
+		d.visitor.Store(v)
+	}
+	return float64(v&^(1<<63))/(1<<63) < rate
+}
+
+// visitorPoint hashes the hit's visitor (mcVisIdHigh/Low, else
+// visIdHigh/Low, else the hit id) to a point in [0, 2^63).
+func visitorPoint(raw []byte) uint64 {
+	vals := map[string][]byte{}
+	obj := raw[skipWS(raw, 0):]
+	eachMember(obj, func(key, _ []byte, vstart int) {
+		switch k := string(key); k {
+		case "mcVisIdHigh", "mcVisIdLow", "visIdHigh", "visIdLow", "hitIdHigh", "hitIdLow":
+			vals[k] = obj[vstart:valueEnd(obj, vstart)]
+		}
+	})
+	h := fnv.New64a()
+	for _, pair := range [][2]string{{"mcVisIdHigh", "mcVisIdLow"}, {"visIdHigh", "visIdLow"}, {"hitIdHigh", "hitIdLow"}} {
+		if a, b := vals[pair[0]], vals[pair[1]]; a != nil && b != nil {
+			h.Write(a)
+			h.Write([]byte{0})
+			h.Write(b)
+			return mix(h.Sum64()) >> 1
+		}
+	}
+	h.Write(raw)
+	return mix(h.Sum64()) >> 1
+}
+
+func mix(x uint64) uint64 {
+	x ^= x >> 33
+	x *= 0xff51afd7ed558ccd
+	x ^= x >> 33
+	return x
+}
+
+// projected returns e with the projection applied, encoded once per
+// projection and shared by its subscribers.
+func (h *Hub) projected(p *Projection, e *Entry) *Entry {
+	if p.slot < 0 {
+		return newEntry(e.Seq, p.Apply(e.Raw()), e.Received)
+	}
+	d := h.derived(e)
+	if pe := d.proj[p.slot].Load(); pe != nil {
+		return pe
+	}
+	pe := newEntry(e.Seq, p.Apply(e.Raw()), e.Received)
+	d.proj[p.slot].Store(pe)
+	return pe
+}
+
+// tagged wraps a hit for named filters: {"filters":["a","b"],"hit":<hit>}.
+func tagged(e *Entry, names []string) *Entry {
+	raw := e.Raw()
+	b := make([]byte, 0, len(raw)+32+16*len(names))
+	b = append(b, `{"filters":[`...)
+	for i, n := range names {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = strconv.AppendQuote(b, n)
+	}
+	b = append(b, `],"hit":`...)
+	b = append(b, raw...)
+	b = append(b, '}')
+	return newEntry(e.Seq, b, e.Received)
+}
+
+// apply returns what the subscriber gets for e, or nil when it gets
+// nothing.
+func (s *Subscriber) apply(e *Entry) *Entry {
+	sel, h := s.sel, s.hub
+	if sel.Sample > 0 && !h.sampled(sel.Sample, e) {
+		return nil
+	}
+	if sel.Filter != nil && !h.matches(sel.Filter, e) {
+		return nil
+	}
+	var names []string
+	if len(sel.Named) > 0 {
+		for _, n := range sel.Named {
+			if h.matches(n.Filter, e) {
+				names = append(names, n.Name)
+			}
+		}
+		if len(names) == 0 {
+			return nil
+		}
+	}
+	if sel.Fields != nil {
+		e = h.projected(sel.Fields, e)
+	}
+	if names != nil {
+		e = tagged(e, names)
+	}
+	return e
+}
+
