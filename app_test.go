@@ -371,7 +371,6 @@ func (s *syncBuf) String() string {
 	return s.b.String()
 }
 
-
 func TestHealthcheckCommand(t *testing.T) {
 	sim := newSim(t, 100)
 	r := startApp(t, sim)

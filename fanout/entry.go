@@ -1,9 +1,9 @@
 package fanout
 
 import (
-	"sync/atomic"
 	"bytes"
 	"strconv"
+	"sync/atomic"
 	"time"
 )
 

@@ -14,7 +14,9 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-func hit(i int) []byte { return []byte(fmt.Sprintf(`{"hitIdHigh":1,"hitIdLow":%d,"pageName":"p%d"}`, i, i)) }
+func hit(i int) []byte {
+	return []byte(fmt.Sprintf(`{"hitIdHigh":1,"hitIdLow":%d,"pageName":"p%d"}`, i, i))
+}
 
 func anySize(e *Entry) int { return len(e.Raw()) }
 

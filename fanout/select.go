@@ -227,4 +227,3 @@ func (s *Subscriber) apply(e *Entry) *Entry {
 	}
 	return e
 }
-

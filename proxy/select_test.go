@@ -116,10 +116,10 @@ func TestInvalidFilterIs400WithThePositionBeforeAnyStream(t *testing.T) {
 		}
 	}
 	for q, want := range map[string]string{
-		"fields=a,,b":           "fields",
-		"sample=2":              "sample",
-		"sample=x":              "sample",
-		"filter.a%20b=true":     "filter.a b",
+		"fields=a,,b":            "fields",
+		"sample=2":               "sample",
+		"sample=x":               "sample",
+		"filter.a%20b=true":      "filter.a b",
 		"filter.ok=hit.x+%3D%3D": "filter.ok",
 	} {
 		resp, _ := http.Get(r.base + "/sse?" + q)

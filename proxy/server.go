@@ -30,14 +30,14 @@ type Stream struct {
 
 // Options configure a Server. Zero values take the defaults noted.
 type Options struct {
-	PingInterval   time.Duration // WebSocket ping and SSE comment, default 15s
-	PongWait       time.Duration // how long past a ping a pong may take, default 10s
-	WriteTimeout   time.Duration // a stuck socket write drops the subscriber, default 10s
-	SlowDisconnect bool          // a subscriber that falls off the ring is disconnected instead of told of the gap
-	MaxMessageSize int64         // largest WebSocket message a client may send, default 4 KiB
-	BatchBytes     int           // bytes one write may carry, default 256 KiB
+	PingInterval   time.Duration    // WebSocket ping and SSE comment, default 15s
+	PongWait       time.Duration    // how long past a ping a pong may take, default 10s
+	WriteTimeout   time.Duration    // a stuck socket write drops the subscriber, default 10s
+	SlowDisconnect bool             // a subscriber that falls off the ring is disconnected instead of told of the gap
+	MaxMessageSize int64            // largest WebSocket message a client may send, default 4 KiB
+	BatchBytes     int              // bytes one write may carry, default 256 KiB
 	Compiler       *fanout.Compiler // filters and projections; nil: a default one
-	Web            http.Handler  // serves GET / (the dashboard); nil: none
+	Web            http.Handler     // serves GET / (the dashboard); nil: none
 	Logger         logrus.FieldLogger
 }
 
@@ -46,10 +46,10 @@ type Server struct {
 	opts     Options
 	compiler *fanout.Compiler
 	streams  map[string]*Stream
-	order   []string
-	log     logrus.FieldLogger
-	srv     *http.Server
-	router  chi.Router
+	order    []string
+	log      logrus.FieldLogger
+	srv      *http.Server
+	router   chi.Router
 
 	closing   chan struct{} // closed when shutdown starts
 	closeOnce sync.Once
@@ -91,10 +91,10 @@ func New(streams []*Stream, opts Options) *Server {
 	s := &Server{
 		opts:     opts,
 		compiler: opts.Compiler,
-		streams: map[string]*Stream{},
-		log:     opts.Logger,
-		closing: make(chan struct{}),
-		conns:   map[net.Conn]struct{}{},
+		streams:  map[string]*Stream{},
+		log:      opts.Logger,
+		closing:  make(chan struct{}),
+		conns:    map[net.Conn]struct{}{},
 	}
 	for _, st := range streams {
 		s.streams[st.Name] = st
