@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"lsmux/fanout"
+	"lsmux/metrics"
 	"lsmux/proxy"
 	"lsmux/upstream"
 	"lsmux/web"
@@ -25,6 +26,7 @@ type app struct {
 	log     *logrus.Logger
 	streams []*appStream
 	server  *proxy.Server
+	metrics *metrics.Metrics
 	ln      net.Listener
 }
 
@@ -42,6 +44,7 @@ func newApp(cfg *config, tokens upstream.TokenSource, log *logrus.Logger) (*app,
 	}
 	a := &app{cfg: cfg, log: log}
 	var served []*proxy.Stream
+	var scraped []metrics.Stream
 	for _, sp := range specs {
 		hub := fanout.NewHub(fanout.Options{MaxHits: cfg.BufferHits, MaxBytes: int64(cfg.BufferBytes)})
 		pool, err := upstream.NewPool(cfg.upstreamConfig(sp, tokens, func(raw []byte, t time.Time) { hub.Append(raw, t) }, log))
@@ -50,13 +53,24 @@ func newApp(cfg *config, tokens upstream.TokenSource, log *logrus.Logger) (*app,
 		}
 		a.streams = append(a.streams, &appStream{hub: hub, pool: pool})
 		served = append(served, &proxy.Stream{Name: pool.Name(), Hub: hub, Upstream: pool.Status})
+		scraped = append(scraped, metrics.Stream{Name: pool.Name(), Hub: hub, Upstream: pool.Status})
 	}
+	a.metrics = metrics.New(version, func() []metrics.Stream { return scraped })
 	a.server = proxy.New(served, proxy.Options{
-		PingInterval:   cfg.PingInterval,
-		WriteTimeout:   cfg.WriteTimeout,
-		SlowDisconnect: cfg.SlowPolicy == "disconnect",
-		Web:            web.Handler(),
-		Logger:         log,
+		PingInterval:      cfg.PingInterval,
+		WriteTimeout:      cfg.WriteTimeout,
+		SlowDisconnect:    cfg.SlowPolicy == "disconnect",
+		MaxMessageSize:    int64(cfg.MaxMessageSize),
+		Web:               web.Handler(),
+		Metrics:           a.metrics.Handler(),
+		Observer:          a.metrics,
+		Logger:            log,
+		AuthTokens:        list(cfg.AuthToken),
+		ProtectHealth:     cfg.ProtectHealth,
+		AllowedOrigins:    list(cfg.AllowedOrigins),
+		MaxSubscribers:    cfg.MaxSubscribers,
+		MaxPerAddress:     cfg.MaxPerAddress,
+		ReadHeaderTimeout: cfg.HeaderTimeout,
 	})
 	a.ln, err = net.Listen("tcp", cfg.Listen)
 	if err != nil {

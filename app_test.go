@@ -33,6 +33,7 @@ type running struct {
 	stop context.CancelFunc
 	done chan struct{} // closed when run returned
 	err  error         // what run returned, after done
+	logs *syncBuf
 }
 
 // startApp runs the real wiring (config → upstream → hub → proxy) against
@@ -41,12 +42,13 @@ func startApp(t *testing.T, sim *simulator.Server, extra ...string) *running {
 	t.Helper()
 	args := append([]string{"-listen", "127.0.0.1:0", "-stream-url", sim.StreamURL("demo"), "-token-url", sim.TokenURL(),
 		"-client-id", sim.ClientID(), "-client-secret", sim.ClientSecret(), "-reconnect-delay", "200ms",
-		"-reconnect-max-delay", "1s", "-shutdown-timeout", "2s", "-log-level", "warn"}, extra...)
+		"-reconnect-max-delay", "1s", "-auth-retry-delay", "100ms", "-shutdown-timeout", "2s", "-log-level", "warn"}, extra...)
 	cfg, err := loadConfig(args, func(string) string { return "" }, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
-	log, _ := newLogger(cfg.LogLevel, "text", io.Discard)
+	logs := &syncBuf{}
+	log, _ := newLogger(cfg.LogLevel, "json", logs)
 	tokens, err := cfg.tokenSource()
 	if err != nil {
 		t.Fatal(err)
@@ -56,7 +58,7 @@ func startApp(t *testing.T, sim *simulator.Server, extra ...string) *running {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	r := &running{app: a, sim: sim, root: "http://" + a.addr(), base: "http://" + a.addr() + "/v1/streams/demo", stop: cancel, done: make(chan struct{})}
+	r := &running{app: a, sim: sim, root: "http://" + a.addr(), base: "http://" + a.addr() + "/v1/streams/demo", stop: cancel, done: make(chan struct{}), logs: logs}
 	go func() { r.err = a.run(ctx); close(r.done) }()
 	t.Cleanup(func() {
 		cancel()

@@ -36,6 +36,7 @@ type config struct {
 	SmoothingBucketSize int
 	ReconnectDelay      time.Duration
 	ReconnectMaxDelay   time.Duration
+	AuthRetryDelay      time.Duration
 	StallTimeout        time.Duration
 	MaxRecordSize       byteSize
 	DedupWindow         int
@@ -47,7 +48,12 @@ type config struct {
 	PingInterval    time.Duration
 	ShutdownTimeout time.Duration
 	AuthToken       string
+	ProtectHealth   bool
 	AllowedOrigins  string
+	MaxSubscribers  int
+	MaxPerAddress   int
+	MaxMessageSize  byteSize
+	HeaderTimeout   time.Duration
 
 	LogLevel  string
 	LogFormat string
@@ -72,6 +78,7 @@ func (c *config) flags(fs *flag.FlagSet) {
 	fs.IntVar(&c.SmoothingBucketSize, "smoothing-bucket-size", 0, "smoothing bucket in seconds, 1-7200 (0: Live Stream's default)")
 	fs.DurationVar(&c.ReconnectDelay, "reconnect-delay", 60*time.Second, "wait after a lost upstream connection; first step of the backoff")
 	fs.DurationVar(&c.ReconnectMaxDelay, "reconnect-max-delay", 5*time.Minute, "cap of the backoff; pace of retries after configuration errors")
+	fs.DurationVar(&c.AuthRetryDelay, "auth-retry-delay", 5*time.Second, "after a 401, the pause before one retry with a fresh token")
 	fs.DurationVar(&c.StallTimeout, "stall-timeout", 5*time.Minute, "end an upstream connection that sends nothing for this long")
 	c.MaxRecordSize = upstream.DefaultMaxRecordSize
 	fs.Var(&c.MaxRecordSize, "max-record-size", "largest hit accepted from upstream; larger ones are skipped and counted (e.g. 4MiB)")
@@ -84,7 +91,13 @@ func (c *config) flags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.PingInterval, "ping-interval", 15*time.Second, "WebSocket ping and SSE comment interval (under load balancers' 60s idle timeout)")
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 10*time.Second, "how long a shutdown may drain subscribers before closing them hard")
 	fs.StringVar(&c.AuthToken, "auth-token", "", "bearer token(s) subscribers must present, comma-separated (empty: no auth)")
-	fs.StringVar(&c.AllowedOrigins, "allowed-origins", "", "browser origins allowed besides same-origin, comma-separated, or *")
+	fs.BoolVar(&c.ProtectHealth, "protect-health", false, "with LSMUX_AUTH_TOKEN, also require the token for /healthz, /readyz and /metrics")
+	fs.StringVar(&c.AllowedOrigins, "allowed-origins", "", "browser origins allowed besides same-origin, comma-separated (https://dash.example.com), or *")
+	fs.IntVar(&c.MaxSubscribers, "max-subscribers", 10_000, "subscribers in total; past it new ones get 503 with Retry-After")
+	fs.IntVar(&c.MaxPerAddress, "max-subscribers-per-address", 1_000, "subscribers per remote address; past it new ones get 429 with Retry-After")
+	c.MaxMessageSize = 4 << 10
+	fs.Var(&c.MaxMessageSize, "max-message-size", "largest WebSocket message a client may send (e.g. 4KiB); larger closes with 1009")
+	fs.DurationVar(&c.HeaderTimeout, "read-header-timeout", 10*time.Second, "how long a client may take to send its request headers")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.LogFormat, "log-format", "auto", "text, json, or auto (text on a terminal, json otherwise)")
 }
@@ -147,7 +160,10 @@ func (c *config) check() error {
 	if c.SmoothingBucketSize < 0 || c.SmoothingBucketSize > 7200 {
 		errs = append(errs, fmt.Errorf("LSMUX_SMOOTHING_BUCKET_SIZE=%d: want 1 to 7200 seconds", c.SmoothingBucketSize))
 	}
-	for name, d := range map[string]time.Duration{"LSMUX_RECONNECT_DELAY": c.ReconnectDelay, "LSMUX_RECONNECT_MAX_DELAY": c.ReconnectMaxDelay,
+	if c.MaxSubscribers < 1 || c.MaxPerAddress < 1 || c.MaxMessageSize < 125 {
+		errs = append(errs, fmt.Errorf("LSMUX_MAX_SUBSCRIBERS=%d, LSMUX_MAX_SUBSCRIBERS_PER_ADDRESS=%d, LSMUX_MAX_MESSAGE_SIZE=%d: want at least 1, 1 and 125", c.MaxSubscribers, c.MaxPerAddress, c.MaxMessageSize))
+	}
+	for name, d := range map[string]time.Duration{"LSMUX_READ_HEADER_TIMEOUT": c.HeaderTimeout, "LSMUX_RECONNECT_DELAY": c.ReconnectDelay, "LSMUX_RECONNECT_MAX_DELAY": c.ReconnectMaxDelay, "LSMUX_AUTH_RETRY_DELAY": c.AuthRetryDelay,
 		"LSMUX_STALL_TIMEOUT": c.StallTimeout, "LSMUX_WRITE_TIMEOUT": c.WriteTimeout, "LSMUX_PING_INTERVAL": c.PingInterval, "LSMUX_SHUTDOWN_TIMEOUT": c.ShutdownTimeout} {
 		if d <= 0 {
 			errs = append(errs, fmt.Errorf("%s=%v: must be positive", name, d))
@@ -324,4 +340,15 @@ func configTable() string {
 		fmt.Fprintf(&b, "| `%s` | `--%s` | `%s` | %s |\n", envName("LSMUX_", f.Name), f.Name, def, usage)
 	})
 	return b.String()
+}
+
+// list splits a comma-separated setting.
+func list(s string) []string {
+	var out []string
+	for _, v := range strings.Split(s, ",") {
+		if v = strings.TrimSpace(v); v != "" {
+			out = append(out, v)
+		}
+	}
+	return out
 }

@@ -226,11 +226,14 @@ func (c *config) upstreamConfig(sp streamSpec, tokens upstream.TokenSource, sink
 		Reset:               sp.Reset,
 		Smoothing:           sp.Smoothing,
 		SmoothingBucketSize: sp.SmoothingBucketSize,
-		Policy:              upstream.Policy{Delay: c.ReconnectDelay, MaxDelay: c.ReconnectMaxDelay, Jitter: 0.1},
-		StallTimeout:        c.StallTimeout,
-		MaxRecordSize:       int(c.MaxRecordSize),
-		DedupWindow:         c.DedupWindow,
-		Sink:                sink,
-		Logger:              log,
+		// A connection that streamed as long as the longest wait counts as
+		// healthy: the doubling starts over.
+		Policy: upstream.Policy{Delay: c.ReconnectDelay, MaxDelay: c.ReconnectMaxDelay, AuthRetry: c.AuthRetryDelay,
+			HealthyAfter: c.ReconnectMaxDelay, Jitter: 0.1},
+		StallTimeout:  c.StallTimeout,
+		MaxRecordSize: int(c.MaxRecordSize),
+		DedupWindow:   c.DedupWindow,
+		Sink:          sink,
+		Logger:        log,
 	}
 }

@@ -19,6 +19,9 @@ const (
 	reasonClient       = "client"
 )
 
+// DisconnectReasons lists every reason, for metrics.
+var DisconnectReasons = []string{reasonShutdown, reasonSlow, reasonWriteTimeout, reasonPingTimeout, reasonClient}
+
 // WebSocket close codes (RFC 6455 §7.4.1).
 const (
 	closeGoingAway       = 1001

@@ -33,11 +33,11 @@ func (s *Server) handleNDJSON(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	if !s.begin() {
-		writeError(w, http.StatusServiceUnavailable, "lsmux is shutting down; reconnect to another instance")
+	release, ok := s.admit(w, r)
+	if !ok {
 		return
 	}
-	defer s.end()
+	defer release()
 	rc := http.NewResponseController(w)
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-cache")
@@ -67,14 +67,18 @@ func (s *Server) handleNDJSON(w http.ResponseWriter, r *http.Request) {
 	sub := st.Hub.Subscribe(from, fanout.Info{Transport: "ndjson", Remote: r.RemoteAddr}, sel)
 	defer sub.Close()
 	log := s.log.WithField("stream", st.Name).WithField("subscriber", sub.ID)
+	reason := reasonClient
+	defer func() { s.obs.Disconnected(st.Name, "ndjson", reason) }()
 
 	ping := time.NewTicker(s.opts.PingInterval)
 	defer ping.Stop()
 	for {
 		entries, gap, wake := sub.Poll(ndjsonSize, s.opts.BatchBytes)
 		if gap != nil {
+			s.obs.Gap(st.Name, "ndjson")
 			if s.opts.SlowDisconnect {
 				log.WithField("reason", reasonSlow).Warn("ndjson subscriber fell behind the buffer; disconnected")
+				reason = reasonSlow
 				return
 			}
 			log.WithField("from", gap.From).WithField("to", gap.To).Warn("ndjson subscriber missed hits (the format cannot carry a gap notice)")
@@ -84,8 +88,10 @@ func (s *Server) handleNDJSON(w http.ResponseWriter, r *http.Request) {
 		}
 		if len(entries) > 0 {
 			if flush() != nil {
+				reason = reasonWriteTimeout
 				return
 			}
+			s.obs.Delivered(st.Name, "ndjson", len(entries), entries[0].Received)
 			continue
 		}
 		select {
@@ -95,11 +101,13 @@ func (s *Server) handleNDJSON(w http.ResponseWriter, r *http.Request) {
 			// them, and it keeps idle-timeout proxies from cutting in.
 			out.Write([]byte("\r\n"))
 			if flush() != nil {
+				reason = reasonWriteTimeout
 				return
 			}
 		case <-r.Context().Done():
 			return
 		case <-s.closing:
+			reason = reasonShutdown
 			t := time.NewTimer(s.closeDelay())
 			select {
 			case <-t.C:
@@ -108,6 +116,7 @@ func (s *Server) handleNDJSON(w http.ResponseWriter, r *http.Request) {
 			t.Stop()
 			return
 		case <-st.Hub.Closed():
+			reason = reasonShutdown
 			return
 		}
 	}

@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -38,18 +39,31 @@ type Options struct {
 	BatchBytes     int              // bytes one write may carry, default 256 KiB
 	Compiler       *fanout.Compiler // filters and projections; nil: a default one
 	Web            http.Handler     // serves GET / (the dashboard); nil: none
+	Metrics        http.Handler     // serves GET /metrics; nil: none
+	Observer       Observer         // nil: none
 	Logger         logrus.FieldLogger
+
+	AuthTokens        []string      // subscribers must present one; empty: no auth
+	ProtectHealth     bool          // also require a token for /healthz, /readyz, /metrics
+	AllowedOrigins    []string      // browser origins allowed besides same-origin; "*" allows all
+	MaxSubscribers    int           // in total, default 10,000 (503 past it)
+	MaxPerAddress     int           // per remote address, default 1,000 (429 past it)
+	ReadHeaderTimeout time.Duration // default 10s
 }
 
 // Server is the HTTP side of lsmux.
 type Server struct {
-	opts     Options
-	compiler *fanout.Compiler
-	streams  map[string]*Stream
-	order    []string
-	log      logrus.FieldLogger
-	srv      *http.Server
-	router   chi.Router
+	opts        Options
+	compiler    *fanout.Compiler
+	obs         Observer
+	tokenHashes [][32]byte
+	allowAll    bool
+	allowed     map[string]bool
+	streams     map[string]*Stream
+	order       []string
+	log         logrus.FieldLogger
+	srv         *http.Server
+	router      chi.Router
 
 	closing   chan struct{} // closed when shutdown starts
 	closeOnce sync.Once
@@ -57,6 +71,8 @@ type Server struct {
 	handlers  sync.WaitGroup
 	connsMu   sync.Mutex
 	conns     map[net.Conn]struct{} // hijacked WebSocket connections
+	total     int                   // subscribers, guarded by connsMu
+	perAddr   map[string]int        // subscribers by remote address, guarded by connsMu
 }
 
 // New returns a Server for streams.
@@ -76,6 +92,18 @@ func New(streams []*Stream, opts Options) *Server {
 	if opts.BatchBytes <= 0 {
 		opts.BatchBytes = 256 << 10
 	}
+	if opts.MaxSubscribers == 0 {
+		opts.MaxSubscribers = 10_000
+	}
+	if opts.MaxPerAddress == 0 {
+		opts.MaxPerAddress = 1_000
+	}
+	if opts.ReadHeaderTimeout <= 0 {
+		opts.ReadHeaderTimeout = 10 * time.Second
+	}
+	if opts.Observer == nil {
+		opts.Observer = nopObserver{}
+	}
 	if opts.Logger == nil {
 		l := logrus.New()
 		l.Level = logrus.PanicLevel
@@ -89,12 +117,24 @@ func New(streams []*Stream, opts Options) *Server {
 		opts.Compiler = c
 	}
 	s := &Server{
-		opts:     opts,
-		compiler: opts.Compiler,
-		streams:  map[string]*Stream{},
-		log:      opts.Logger,
-		closing:  make(chan struct{}),
-		conns:    map[net.Conn]struct{}{},
+		opts:        opts,
+		compiler:    opts.Compiler,
+		streams:     map[string]*Stream{},
+		log:         opts.Logger,
+		closing:     make(chan struct{}),
+		conns:       map[net.Conn]struct{}{},
+		perAddr:     map[string]int{},
+		obs:         opts.Observer,
+		tokenHashes: hashTokens(opts.AuthTokens),
+		allowed:     map[string]bool{},
+	}
+	for _, o := range opts.AllowedOrigins {
+		o = strings.ToLower(strings.TrimSuffix(strings.TrimSpace(o), "/"))
+		if o == "*" {
+			s.allowAll = true
+		} else if o != "" {
+			s.allowed[o] = true
+		}
 	}
 	for _, st := range streams {
 		s.streams[st.Name] = st
@@ -103,7 +143,7 @@ func New(streams []*Stream, opts Options) *Server {
 	s.router = s.routes()
 	s.srv = &http.Server{
 		Handler:           s.router,
-		ReadHeaderTimeout: 10 * time.Second,
+		ReadHeaderTimeout: opts.ReadHeaderTimeout,
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          nil,
@@ -114,13 +154,32 @@ func New(streams []*Stream, opts Options) *Server {
 func (s *Server) routes() chi.Router {
 	r := chi.NewRouter()
 	r.Use(middleware.Recoverer)
-	r.Get("/healthz", s.handleHealthz)
-	r.Get("/readyz", s.handleReadyz)
-	r.Get("/v1/streams", s.handleStreams)
-	r.Get("/v1/status", s.handleStatus)
-	r.Get("/v1/streams/{name}/ws", s.handleWS)
-	r.Get("/v1/streams/{name}/sse", s.handleSSE)
-	r.Get("/api/{version:[12]}/stream/{name}", s.handleNDJSON)
+	r.Group(func(r chi.Router) {
+		if s.opts.ProtectHealth {
+			r.Use(s.requireAuth)
+		}
+		r.Get("/healthz", s.handleHealthz)
+		r.Get("/readyz", s.handleReadyz)
+		if s.opts.Metrics != nil {
+			r.Method(http.MethodGet, "/metrics", s.opts.Metrics)
+		}
+	})
+	r.Group(func(r chi.Router) {
+		r.Use(s.checkOrigin, s.requireAuth)
+		// OPTIONS is answered by checkOrigin (CORS preflight for pages
+		// that send Authorization).
+		preflight := func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusNoContent) }
+		for path, h := range map[string]http.HandlerFunc{
+			"/v1/streams":                       s.handleStreams,
+			"/v1/status":                        s.handleStatus,
+			"/v1/streams/{name}/ws":             s.handleWS,
+			"/v1/streams/{name}/sse":            s.handleSSE,
+			"/api/{version:[12]}/stream/{name}": s.handleNDJSON,
+		} {
+			r.Get(path, h)
+			r.Options(path, preflight)
+		}
+	})
 	if s.opts.Web != nil {
 		r.Handle("/*", s.opts.Web)
 	}

@@ -24,11 +24,11 @@ func (s *Server) handleSSE(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	if !s.begin() {
-		writeError(w, http.StatusServiceUnavailable, "lsmux is shutting down; reconnect to another instance")
+	release, ok := s.admit(w, r)
+	if !ok {
 		return
 	}
-	defer s.end()
+	defer release()
 	rc := http.NewResponseController(w)
 	h := w.Header()
 	h.Set("Content-Type", "text/event-stream")
@@ -61,6 +61,7 @@ func (s *Server) handleSSE(w http.ResponseWriter, r *http.Request) {
 	defer ping.Stop()
 	reason := reasonClient
 	defer func() {
+		s.obs.Disconnected(st.Name, "sse", reason)
 		s.log.WithField("stream", st.Name).WithField("subscriber", sub.ID).WithField("reason", reason).Debug("sse subscriber left")
 	}()
 	for {
@@ -72,6 +73,7 @@ func (s *Server) handleSSE(w http.ResponseWriter, r *http.Request) {
 				reason = reasonSlow
 				return
 			}
+			s.obs.Gap(st.Name, "sse")
 			bw.WriteString("event: gap\ndata: ")
 			bw.Write(gapPayload(gap))
 			bw.WriteString("\n\n")
@@ -83,6 +85,9 @@ func (s *Server) handleSSE(w http.ResponseWriter, r *http.Request) {
 			if flush() != nil {
 				reason = reasonWriteTimeout
 				return
+			}
+			if len(entries) > 0 {
+				s.obs.Delivered(st.Name, "sse", len(entries), entries[0].Received)
 			}
 			continue
 		}

@@ -33,6 +33,10 @@ var wsUpgrader = websocket.Upgrader{
 	ReadBufferSize:   1024, // clients send only control frames
 	WriteBufferSize:  256,  // used by gorilla only for its own close frames
 	HandshakeTimeout: 10 * time.Second,
+	// checkOrigin (access.go) has already refused origins that are not
+	// allowed, and allows some cross-origin pages gorilla's default would
+	// refuse.
+	CheckOrigin: func(*http.Request) bool { return true },
 }
 
 // lockedConn serialises whole writes to the hijacked connection.
@@ -80,11 +84,11 @@ func (s *Server) handleWS(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	if !s.begin() {
-		writeError(w, http.StatusServiceUnavailable, "lsmux is shutting down; reconnect to another instance")
+	release, ok := s.admit(w, r)
+	if !ok {
 		return
 	}
-	defer s.end()
+	defer release()
 	hw := &hijackWriter{ResponseWriter: w}
 	conn, err := wsUpgrader.Upgrade(hw, r, nil)
 	if err != nil {
@@ -96,14 +100,16 @@ func (s *Server) handleWS(w http.ResponseWriter, r *http.Request) {
 
 	sub := st.Hub.Subscribe(from, fanout.Info{Transport: "ws", Remote: r.RemoteAddr}, sel)
 	defer sub.Close()
-	ws := &wsSession{s: s, conn: conn, lc: hw.conn, sub: sub, hub: st.Hub,
+	ws := &wsSession{s: s, name: st.Name, conn: conn, lc: hw.conn, sub: sub, hub: st.Hub,
 		pings: make(chan []byte, 1), readDone: make(chan struct{})}
 	reason := ws.run()
+	s.obs.Disconnected(st.Name, "ws", reason)
 	s.log.WithField("stream", st.Name).WithField("subscriber", sub.ID).WithField("reason", reason).Debug("websocket subscriber left")
 }
 
 type wsSession struct {
 	s        *Server
+	name     string
 	conn     *websocket.Conn
 	lc       *lockedConn
 	sub      *fanout.Subscriber
@@ -155,6 +161,7 @@ func (ws *wsSession) run() string {
 				return reasonSlow
 			}
 			ws.bufs = append(ws.bufs, fanout.WSFrame(fanout.OpText, gapMessage(gap)))
+			ws.s.obs.Gap(ws.name, "ws")
 		}
 		for _, e := range entries {
 			ws.bufs = append(ws.bufs, e.WSFrame())
@@ -162,6 +169,9 @@ func (ws *wsSession) run() string {
 		if len(ws.bufs) > 0 {
 			if err := ws.flush(); err != nil {
 				return reasonWriteTimeout
+			}
+			if len(entries) > 0 {
+				ws.s.obs.Delivered(ws.name, "ws", len(entries), entries[0].Received)
 			}
 			if len(entries) > 0 || gap != nil {
 				continue
@@ -253,20 +263,6 @@ func gapMessage(g *fanout.Gap) []byte {
 	b = strconv.AppendUint(b, g.To, 10)
 	return append(b, '}')
 }
-
-// begin registers a streaming handler unless shutdown has started, so the
-// WaitGroup is never added to while Shutdown waits on it.
-func (s *Server) begin() bool {
-	s.connsMu.Lock()
-	defer s.connsMu.Unlock()
-	if s.ShuttingDown() {
-		return false
-	}
-	s.handlers.Add(1)
-	return true
-}
-
-func (s *Server) end() { s.handlers.Done() }
 
 func (s *Server) track(c net.Conn, add bool) {
 	s.connsMu.Lock()

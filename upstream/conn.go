@@ -6,8 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -42,6 +44,11 @@ type ConnStatus struct {
 	Duplicates  uint64    `json:"duplicates"`
 	Invalid     uint64    `json:"invalidRecords"`
 	Oversized   uint64    `json:"oversizedRecords"`
+	// HitsPerSecond is the average over the last complete minute.
+	HitsPerSecond float64 `json:"hitsPerSecond"`
+	// Results counts attempts by how they were answered: an HTTP status
+	// ("200", "409", ...), "network" or "token".
+	Results map[string]uint64 `json:"results"`
 }
 
 // slot is one of the pool's connections. It makes at most one attempt at a
@@ -54,18 +61,21 @@ type slot struct {
 	st ConnStatus
 
 	hits, bytes, dups, invalid, oversized atomic.Uint64
+	rate                                  rateWindow
 }
 
 func newSlot(p *Pool, idx int) *slot {
-	return &slot{p: p, idx: idx, st: ConnStatus{Slot: idx, State: StateConnecting, Since: time.Now()}}
+	return &slot{p: p, idx: idx, st: ConnStatus{Slot: idx, State: StateConnecting, Since: time.Now(), Results: map[string]uint64{}}}
 }
 
 func (s *slot) status() ConnStatus {
 	s.mu.Lock()
 	st := s.st
+	st.Results = maps.Clone(s.st.Results)
 	s.mu.Unlock()
 	st.Hits, st.Bytes, st.Duplicates = s.hits.Load(), s.bytes.Load(), s.dups.Load()
 	st.Invalid, st.Oversized = s.invalid.Load(), s.oversized.Load()
+	st.HitsPerSecond = s.rate.perSecond(time.Now().Unix())
 	return st
 }
 
@@ -96,8 +106,9 @@ func (s *slot) run(ctx context.Context) {
 		s.set(func(st *ConnStatus) {
 			st.State, st.Since, st.NextAttempt = state, time.Now(), next
 			st.LastStatus, st.LastError = res.status, errText(res.err)
-			if res.streamed > 0 {
-				st.Host = ""
+			st.Host = ""
+			if res.outcome != Lost { // a 200 was counted when it arrived
+				st.Results[res.result()]++
 			}
 		})
 		fields := log.WithField("attempt", attempt).WithField("outcome", res.outcome.String()).WithField("retry_in", wait.Round(time.Millisecond).String())
@@ -142,6 +153,18 @@ type result struct {
 	status   int
 	streamed time.Duration
 	err      error
+	token    bool // the token could not be had; no request was sent
+}
+
+// result names the attempt's answer for the Results counters.
+func (r result) result() string {
+	switch {
+	case r.token:
+		return "token"
+	case r.status != 0:
+		return strconv.Itoa(r.status)
+	}
+	return "network"
 }
 
 // attempt makes one connection attempt and, if it succeeds, reads the
@@ -151,9 +174,9 @@ func (s *slot) attempt(ctx context.Context) result {
 	if err != nil {
 		var se *StatusError
 		if errors.As(err, &se) && (se.Status == http.StatusBadRequest || se.Status == http.StatusUnauthorized || se.Status == http.StatusForbidden) {
-			return result{outcome: Misconfigured, status: se.Status, err: fmt.Errorf("IMS rejected the client credentials (check LSMUX_CLIENT_ID, LSMUX_CLIENT_SECRET, LSMUX_SCOPES): %w", err)}
+			return result{outcome: Misconfigured, status: se.Status, token: true, err: fmt.Errorf("IMS rejected the client credentials (check LSMUX_CLIENT_ID, LSMUX_CLIENT_SECRET, LSMUX_SCOPES): %w", err)}
 		}
-		return result{outcome: Refused, err: fmt.Errorf("get access token: %w", err)}
+		return result{outcome: Refused, token: true, err: fmt.Errorf("get access token: %w", err)}
 	}
 	reqCtx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
@@ -174,6 +197,7 @@ func (s *slot) attempt(ctx context.Context) result {
 	s.set(func(st *ConnStatus) {
 		st.State, st.Since, st.Host, st.LastStatus = StateStreaming, start, host, http.StatusOK
 		st.Connects++
+		st.Results["200"]++
 	})
 	s.p.log.WithField("conn", s.idx).WithField("host", host).Info("upstream connected, streaming")
 	err = s.read(reqCtx, cancel, resp)
@@ -343,7 +367,9 @@ func (s *slot) deliver(rec []byte) {
 	s.bytes.Add(uint64(len(rec)))
 	raw := make([]byte, len(rec))
 	copy(raw, rec)
-	s.p.cfg.Sink(raw, time.Now())
+	now := time.Now()
+	s.rate.add(now.Unix())
+	s.p.cfg.Sink(raw, now)
 }
 
 // stallReader re-arms the stall timer whenever bytes arrive.
@@ -359,4 +385,31 @@ func (sr *stallReader) Read(p []byte) (int, error) {
 		sr.timer.Reset(sr.d)
 	}
 	return n, err
+}
+
+// rateWindow counts hits per second over the last minute. Only the slot's
+// reader writes it; status reads it.
+type rateWindow struct {
+	secs   [61]atomic.Int64
+	counts [61]atomic.Uint64
+}
+
+func (w *rateWindow) add(sec int64) {
+	i := sec % int64(len(w.secs))
+	if w.secs[i].Load() != sec {
+		w.counts[i].Store(0)
+		w.secs[i].Store(sec)
+	}
+	w.counts[i].Add(1)
+}
+
+// perSecond averages the 60 complete seconds before now.
+func (w *rateWindow) perSecond(now int64) float64 {
+	var sum uint64
+	for i := range w.secs {
+		if s := w.secs[i].Load(); s < now && s >= now-60 {
+			sum += w.counts[i].Load()
+		}
+	}
+	return float64(sum) / 60
 }

@@ -90,6 +90,11 @@ type SSEClient struct {
 
 // DialSSE subscribes over Server-Sent Events.
 func DialSSE(url string, header http.Header) (*SSEClient, error) {
+	return DialSSEClient(http.DefaultClient, url, header)
+}
+
+// DialSSEClient is DialSSE through a given HTTP client.
+func DialSSEClient(client *http.Client, url string, header http.Header) (*SSEClient, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
@@ -99,7 +104,7 @@ func DialSSE(url string, header http.Header) (*SSEClient, error) {
 	for k, v := range header {
 		req.Header[k] = v
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
 		cancel()
 		return nil, err

@@ -1,0 +1,116 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"lsmux/fanout"
+	"lsmux/proxy"
+	"lsmux/proxy/proxytest"
+)
+
+// TestNginxExampleProxiesStreams runs real nginx with deploy/nginx's
+// configuration in front of lsmux: SSE, WebSocket and the drop-in
+// endpoint come through, and each hit arrives promptly (not held in a
+// buffer).
+func TestNginxExampleProxiesStreams(t *testing.T) {
+	nginx, err := exec.LookPath("nginx")
+	if err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatal("nginx is missing; .ci/run installs it")
+		}
+		t.Skip("nginx not installed (CI installs it)")
+	}
+	hub := fanout.NewHub(fanout.Options{FirstSeq: 1})
+	srv := proxy.New([]*proxy.Stream{{Name: "s", Hub: hub}}, proxy.Options{})
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	go srv.Serve(ln)
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
+	}()
+
+	front, _ := net.Listen("tcp", "127.0.0.1:0")
+	frontAddr := front.Addr().String()
+	front.Close() // nginx binds it
+	dir := t.TempDir()
+	abs := func(p string) string { a, _ := filepath.Abs(p); return a }
+	httpPart, err := os.ReadFile("deploy/nginx/lsmux-http.conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	conf := fmt.Sprintf(`daemon off;
+worker_processes 1;
+pid %[1]s/nginx.pid;
+error_log %[1]s/error.log warn;
+events { worker_connections 256; }
+http {
+  access_log off;
+  client_body_temp_path %[1]s; proxy_temp_path %[1]s; fastcgi_temp_path %[1]s; uwsgi_temp_path %[1]s; scgi_temp_path %[1]s;
+  %[2]s
+  server {
+    listen %[3]s;
+    include %[4]s;
+  }
+}
+`, dir, strings.Replace(string(httpPart), "127.0.0.1:8080", ln.Addr().String(), 1), frontAddr, abs("deploy/nginx/lsmux-location.conf"))
+	os.WriteFile(filepath.Join(dir, "nginx.conf"), []byte(conf), 0o644)
+	cmd := exec.Command(nginx, "-c", filepath.Join(dir, "nginx.conf"), "-p", dir, "-e", filepath.Join(dir, "error.log"))
+	out, _ := os.Create(filepath.Join(dir, "stdout.log")) // a file, not a pipe the workers would keep open
+	defer out.Close()
+	cmd.Stdout, cmd.Stderr = out, out
+	cmd.WaitDelay = 5 * time.Second
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		cmd.Process.Signal(syscall.SIGTERM) // the master stops its workers
+		cmd.Wait()
+	}()
+	base := "http://" + frontAddr + "/v1/streams/s"
+	waitFor(t, 5*time.Second, "nginx to listen", func() bool {
+		c, err := net.Dial("tcp", frontAddr)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	})
+
+	sse, err := proxytest.DialSSE(base+"/sse", nil)
+	if err != nil {
+		log, _ := os.ReadFile(filepath.Join(dir, "error.log"))
+		t.Fatalf("SSE through nginx: %v\n%s", err, log)
+	}
+	defer sse.Close()
+	ws, _, err := proxytest.DialWS(base+"/ws", nil)
+	if err != nil {
+		t.Fatalf("WebSocket through nginx: %v", err)
+	}
+	defer ws.Close()
+	waitFor(t, 5*time.Second, "both subscribers", func() bool { return len(hub.Subscribers()) == 2 })
+	var worst time.Duration
+	for i := range 10 {
+		sent := time.Now()
+		hub.Append([]byte(fmt.Sprintf(`{"hitIdHigh":1,"hitIdLow":%d}`, i)), sent)
+		for _, ch := range []<-chan proxytest.Msg{sse.Msgs, ws.Msgs} {
+			m, err := proxytest.Next(ch, 5*time.Second)
+			if err != nil || m.Seq != uint64(i+1) {
+				t.Fatalf("hit %d through nginx: %+v %v", i, m, err)
+			}
+			worst = max(worst, m.At.Sub(sent))
+		}
+	}
+	if worst > 500*time.Millisecond {
+		t.Fatalf("a hit took %v through nginx: something buffers", worst)
+	}
+	t.Logf("worst latency through nginx: %v", worst)
+}

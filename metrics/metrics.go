@@ -1,0 +1,183 @@
+// Package metrics exposes lsmux in the Prometheus text format. Counters on
+// the delivery path are updated once per write batch; everything the
+// upstream and the hubs already count is read at scrape time, so the hot
+// paths carry no extra instrumentation.
+package metrics
+
+import (
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"lsmux/fanout"
+	"lsmux/proxy"
+	"lsmux/upstream"
+)
+
+var transports = []string{"ws", "sse", "ndjson"}
+
+// Stream is what the scrape reads of one stream.
+type Stream struct {
+	Name     string
+	Upstream func() []upstream.ConnStatus
+	Hub      *fanout.Hub
+	Leader   func() bool // cluster mode only; nil otherwise
+}
+
+// Metrics is lsmux's registry.
+type Metrics struct {
+	reg         *prometheus.Registry
+	delivered   *prometheus.CounterVec
+	lag         *prometheus.HistogramVec
+	gaps        *prometheus.CounterVec
+	disconnects *prometheus.CounterVec
+	rejected    *prometheus.CounterVec
+}
+
+// Names of every metric, for the README check.
+var Names = []string{
+	"lsmux_build_info", "lsmux_upstream_state", "lsmux_upstream_attempts_total", "lsmux_upstream_hits_total",
+	"lsmux_upstream_bytes_total", "lsmux_upstream_duplicates_total", "lsmux_upstream_skipped_records_total",
+	"lsmux_ring_hits", "lsmux_ring_bytes", "lsmux_ring_evicted_total", "lsmux_subscribers",
+	"lsmux_delivered_hits_total", "lsmux_delivery_lag_seconds", "lsmux_subscriber_gaps_total",
+	"lsmux_subscriber_disconnects_total", "lsmux_subscriptions_rejected_total", "lsmux_cluster_leader",
+}
+
+// New registers everything; streams is read at every scrape.
+func New(version string, streams func() []Stream) *Metrics {
+	reg := prometheus.NewRegistry()
+	m := &Metrics{
+		reg: reg,
+		delivered: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "lsmux_delivered_hits_total",
+			Help: "Hits written to subscribers, by stream and transport."}, []string{"stream", "transport"}),
+		lag: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "lsmux_delivery_lag_seconds",
+			Help:    "Time from reading a hit from Live Stream to writing it to a subscriber's socket (the oldest hit of each write).",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60}}, []string{"transport"}),
+		gaps: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "lsmux_subscriber_gaps_total",
+			Help: "Gap notices: a subscriber fell behind the ring (or resumed from too far back)."}, []string{"stream", "transport"}),
+		disconnects: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "lsmux_subscriber_disconnects_total",
+			Help: "Subscriber connections ended, by reason (see proxy/disconnect.go)."}, []string{"stream", "transport", "reason"}),
+		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "lsmux_subscriptions_rejected_total",
+			Help: "Subscription requests refused, by reason: auth, origin, limit_total, limit_per_address."}, []string{"reason"}),
+	}
+	// Zero series for every stream and transport, so dashboards and alerts
+	// see the metrics before the first event.
+	for _, st := range streams() {
+		for _, t := range transports {
+			m.delivered.WithLabelValues(st.Name, t)
+			m.gaps.WithLabelValues(st.Name, t)
+			for _, reason := range proxy.DisconnectReasons {
+				m.disconnects.WithLabelValues(st.Name, t, reason)
+			}
+		}
+	}
+	for _, reason := range []string{"auth", "origin", "limit_total", "limit_per_address"} {
+		m.rejected.WithLabelValues(reason)
+	}
+	build := prometheus.NewGauge(prometheus.GaugeOpts{Name: "lsmux_build_info", Help: "Always 1; the version is a label.",
+		ConstLabels: prometheus.Labels{"version": version}})
+	build.Set(1)
+	reg.MustRegister(m.delivered, m.lag, m.gaps, m.disconnects, m.rejected, build,
+		&snapshot{streams: streams},
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// Handler serves /metrics.
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{})
+}
+
+// Delivered counts n hits written in one batch whose oldest hit was read
+// from upstream at oldest.
+func (m *Metrics) Delivered(stream, transport string, n int, oldest time.Time) {
+	m.delivered.WithLabelValues(stream, transport).Add(float64(n))
+	if !oldest.IsZero() {
+		m.lag.WithLabelValues(transport).Observe(time.Since(oldest).Seconds())
+	}
+}
+
+// Gap counts a gap notice.
+func (m *Metrics) Gap(stream, transport string) { m.gaps.WithLabelValues(stream, transport).Inc() }
+
+// Disconnected counts a subscriber leaving.
+func (m *Metrics) Disconnected(stream, transport, reason string) {
+	m.disconnects.WithLabelValues(stream, transport, reason).Inc()
+}
+
+// Rejected counts a refused subscription.
+func (m *Metrics) Rejected(reason string) { m.rejected.WithLabelValues(reason).Inc() }
+
+var (
+	descState = prometheus.NewDesc("lsmux_upstream_state", "1 for the state each upstream connection is in (connecting, streaming, waiting, failing), 0 for the others.",
+		[]string{"stream", "conn", "state"}, nil)
+	descAttempts = prometheus.NewDesc("lsmux_upstream_attempts_total", "Upstream connection attempts by result: the HTTP status, network or token.",
+		[]string{"stream", "conn", "result"}, nil)
+	descHits       = prometheus.NewDesc("lsmux_upstream_hits_total", "Hits read from Live Stream (after dedup).", []string{"stream", "conn"}, nil)
+	descBytes      = prometheus.NewDesc("lsmux_upstream_bytes_total", "Bytes of hits read from Live Stream (decompressed).", []string{"stream", "conn"}, nil)
+	descDuplicates = prometheus.NewDesc("lsmux_upstream_duplicates_total", "Duplicate hits dropped.", []string{"stream", "conn"}, nil)
+	descSkipped    = prometheus.NewDesc("lsmux_upstream_skipped_records_total", "Records skipped: invalid (not a JSON object) or oversized.",
+		[]string{"stream", "conn", "reason"}, nil)
+	descRingHits    = prometheus.NewDesc("lsmux_ring_hits", "Hits held for resume and slow subscribers.", []string{"stream"}, nil)
+	descRingBytes   = prometheus.NewDesc("lsmux_ring_bytes", "Bytes held in the ring.", []string{"stream"}, nil)
+	descRingEvicted = prometheus.NewDesc("lsmux_ring_evicted_total", "Hits dropped from the ring to stay within its bounds.", []string{"stream"}, nil)
+	descSubscribers = prometheus.NewDesc("lsmux_subscribers", "Connected subscribers by transport.", []string{"stream", "transport"}, nil)
+	descLeader      = prometheus.NewDesc("lsmux_cluster_leader", "1 while this replica leads the stream (cluster mode).", []string{"stream"}, nil)
+)
+
+// snapshot reads what upstream and hubs count, at scrape time.
+type snapshot struct{ streams func() []Stream }
+
+func (s *snapshot) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descState, descAttempts, descHits, descBytes, descDuplicates, descSkipped,
+		descRingHits, descRingBytes, descRingEvicted, descSubscribers, descLeader} {
+		ch <- d
+	}
+}
+
+func (s *snapshot) Collect(ch chan<- prometheus.Metric) {
+	states := []upstream.State{upstream.StateConnecting, upstream.StateStreaming, upstream.StateWaiting, upstream.StateFailing}
+	for _, st := range s.streams() {
+		if st.Upstream != nil {
+			for _, c := range st.Upstream() {
+				conn := itoa(c.Slot)
+				for _, state := range states {
+					v := 0.0
+					if c.State == state {
+						v = 1
+					}
+					ch <- prometheus.MustNewConstMetric(descState, prometheus.GaugeValue, v, st.Name, conn, string(state))
+				}
+				for result, n := range c.Results {
+					ch <- prometheus.MustNewConstMetric(descAttempts, prometheus.CounterValue, float64(n), st.Name, conn, result)
+				}
+				ch <- prometheus.MustNewConstMetric(descHits, prometheus.CounterValue, float64(c.Hits), st.Name, conn)
+				ch <- prometheus.MustNewConstMetric(descBytes, prometheus.CounterValue, float64(c.Bytes), st.Name, conn)
+				ch <- prometheus.MustNewConstMetric(descDuplicates, prometheus.CounterValue, float64(c.Duplicates), st.Name, conn)
+				ch <- prometheus.MustNewConstMetric(descSkipped, prometheus.CounterValue, float64(c.Invalid), st.Name, conn, "invalid")
+				ch <- prometheus.MustNewConstMetric(descSkipped, prometheus.CounterValue, float64(c.Oversized), st.Name, conn, "oversized")
+			}
+		}
+		hs := st.Hub.Stats()
+		ch <- prometheus.MustNewConstMetric(descRingHits, prometheus.GaugeValue, float64(hs.Hits), st.Name)
+		ch <- prometheus.MustNewConstMetric(descRingBytes, prometheus.GaugeValue, float64(hs.Bytes), st.Name)
+		ch <- prometheus.MustNewConstMetric(descRingEvicted, prometheus.CounterValue, float64(hs.Evicted), st.Name)
+		counts := st.Hub.SubscriberCounts()
+		for _, t := range transports {
+			ch <- prometheus.MustNewConstMetric(descSubscribers, prometheus.GaugeValue, float64(counts[t]), st.Name, t)
+		}
+		if st.Leader != nil {
+			v := 0.0
+			if st.Leader() {
+				v = 1
+			}
+			ch <- prometheus.MustNewConstMetric(descLeader, prometheus.GaugeValue, v, st.Name)
+		}
+	}
+}
+
+func itoa(i int) string { return strconv.Itoa(i) }
