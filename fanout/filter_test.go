@@ -24,7 +24,7 @@ func TestFilterSemantics(t *testing.T) {
 	c := mustCompiler(t)
 	h := NewHub(Options{FirstSeq: 1})
 	h.Append([]byte(sampleHit), time.Now())
-	e := h.ring[0]
+	e := h.slot(1).Load()
 	for expr, want := range map[string]bool{
 		`hit.geoCountry == "fra" && has(hit.events.purchase)`: true,
 		`hit.pageName.startsWith("checkout")`:                 true,
@@ -58,11 +58,11 @@ func TestFilterCostLimitStopsRunawayExpressions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if h.matches(f, h.ring[0]) {
+	if h.matches(f, h.slot(1).Load()) {
 		t.Fatal("an expression over the cost limit matched; it must be cut off (no match)")
 	}
 	ok, _ := c.Filter(`hit.geoCountry == "fra"`)
-	if !h.matches(ok, h.ring[0]) {
+	if !h.matches(ok, h.slot(1).Load()) {
 		t.Fatal("a cheap filter no longer matches")
 	}
 }
@@ -129,7 +129,7 @@ func TestSamplingIsDeterministicByVisitor(t *testing.T) {
 		for k := range 3 { // three hits per visitor: all in or all out
 			raw := fmt.Sprintf(`{"hitIdHigh":%d,"hitIdLow":%d,"mcVisIdHigh":%d,"mcVisIdLow":%d}`, v, k, v*7, v*13)
 			h.Append([]byte(raw), time.Now())
-			e := h.ring[h.n-1]
+			e := h.slot(h.next.Load() - 1).Load()
 			got := h.sampled(0.1, e)
 			if k > 0 && got != in[v] {
 				t.Fatalf("visitor %d: hit %d sampled %v, earlier hits %v", v, k, got, in[v])
@@ -201,8 +201,8 @@ func TestPlainSubscribersNeverDecode(t *testing.T) {
 		h.Append(hit(i), time.Now())
 	}
 	sub.Poll(anySize, 1<<30)
-	for i := 0; i < h.n; i++ {
-		if h.ring[i].ext.Load() != nil {
+	for i := range h.ring {
+		if e := h.ring[i].Load(); e != nil && e.ext.Load() != nil {
 			t.Fatal("a subscriber without selector caused derived data")
 		}
 	}

@@ -35,22 +35,33 @@ const (
 type Gap struct{ From, To uint64 }
 
 // Hub is one stream's ring of recent hits.
+//
+// Readers never take a lock the writer needs: the ring is a fixed array of
+// atomic pointers indexed by sequence number, published by storing next
+// after the entry. A subscriber's goroutine that is descheduled in the
+// middle of a read (thousands of them on two cores) therefore cannot hold
+// up Append, which is what "the upstream reader never waits for a
+// subscriber" requires. Producers (the pool's connection slots) serialise
+// among themselves on wmu. The derived window's dmu (select.go) is only
+// taken by subscribers with selectors and never together with wmu.
 type Hub struct {
 	maxHits  int
 	maxBytes int64
 
-	mu      sync.RWMutex
-	ring    []*Entry // circular, len == maxHits once grown
-	head    int      // index of the oldest entry
-	n       int      // entries held
-	oldest  uint64   // seq of the oldest entry (== next when empty)
-	next    uint64   // seq the next Append gets
-	bytes   int64
-	wake    chan struct{} // closed by Append when someone waits on it
-	waiting atomic.Bool   // someone took wake since it was last replaced
-	closed  chan struct{}
+	wmu   sync.Mutex // producers only
+	ring  []atomic.Pointer[Entry]
+	bytes int64 // guarded by wmu
 
-	// The derived window (see select.go); dmu is never held with mu.
+	oldest atomic.Uint64 // seq of the oldest entry held (== next when empty)
+	next   atomic.Uint64 // seq the next Append gets; entries below it are published
+	held   atomic.Int64  // bytes held, for Stats
+
+	wake    atomic.Pointer[chan struct{}] // closed by Append when someone waits
+	waiting atomic.Bool
+	closed  chan struct{}
+	close1  sync.Once
+
+	// The derived window (see select.go).
 	dmu  sync.Mutex
 	dwin []*Entry
 	dpos int
@@ -72,125 +83,104 @@ func NewHub(o Options) *Hub {
 	if first == 0 {
 		first = uint64(time.Now().UnixMicro())
 	}
-	return &Hub{
+	h := &Hub{
 		maxHits:  o.MaxHits,
 		maxBytes: o.MaxBytes,
-		ring:     make([]*Entry, 0, min(o.MaxHits, 4096)),
-		oldest:   first,
-		next:     first,
-		wake:     make(chan struct{}),
+		ring:     make([]atomic.Pointer[Entry], o.MaxHits),
 		closed:   make(chan struct{}),
 		subs:     registry{subs: map[uint64]*Subscriber{}},
 	}
+	h.oldest.Store(first)
+	h.next.Store(first)
+	w := make(chan struct{})
+	h.wake.Store(&w)
+	return h
 }
 
+func (h *Hub) slot(seq uint64) *atomic.Pointer[Entry] { return &h.ring[seq%uint64(len(h.ring))] }
+
 // Append numbers a hit and adds it to the ring, evicting the oldest hits
-// beyond the bounds. It never blocks on subscribers: it takes the lock for
-// the few pointer moves and wakes waiting readers by closing a channel.
-// raw must not be modified afterwards. Safe for concurrent use.
+// beyond the bounds. It never waits for a subscriber. raw must not be
+// modified afterwards. Safe for concurrent use.
 func (h *Hub) Append(raw []byte, received time.Time) uint64 {
-	h.mu.Lock()
-	seq := h.next
+	h.wmu.Lock()
+	seq := h.next.Load()
 	e := newEntry(seq, raw, received)
-	h.next++
-	h.push(e)
-	var wake chan struct{}
-	if h.waiting.Load() {
+	oldest := h.oldest.Load()
+	if seq-oldest == uint64(h.maxHits) { // full: the slot we take is the oldest's
+		h.bytes -= int64(h.slot(oldest).Load().Size())
+		oldest++
+		h.evicted.Add(1)
+	}
+	h.bytes += int64(e.Size())
+	for h.bytes > h.maxBytes && oldest < seq {
+		h.bytes -= int64(h.slot(oldest).Swap(nil).Size())
+		oldest++
+		h.evicted.Add(1)
+	}
+	h.slot(seq).Store(e)
+	h.oldest.Store(oldest)
+	h.next.Store(seq + 1) // publishes e
+	h.held.Store(h.bytes)
+	h.wmu.Unlock()
+	if h.waiting.Swap(false) {
 		// Only replace the channel when a reader took it: at high rates
 		// most appends find nobody waiting and allocate nothing.
-		wake, h.wake = h.wake, make(chan struct{})
-		h.waiting.Store(false)
-	}
-	h.mu.Unlock()
-	if wake != nil {
-		close(wake)
+		w := make(chan struct{})
+		close(*h.wake.Swap(&w))
 	}
 	h.appended.Add(1)
 	return seq
 }
 
-// push adds e and evicts from the front. Caller holds h.mu.
-func (h *Hub) push(e *Entry) {
-	if h.n == len(h.ring) && len(h.ring) < h.maxHits {
-		h.grow()
-	}
-	if h.n == h.maxHits {
-		h.evictOldest()
-	}
-	h.ring[(h.head+h.n)%len(h.ring)] = e
-	h.n++
-	h.bytes += int64(e.Size())
-	for h.bytes > h.maxBytes && h.n > 1 {
-		h.evictOldest()
-	}
-}
-
-// grow doubles the ring up to maxHits, so an idle hub stays small.
-func (h *Hub) grow() {
-	size := min(max(2*len(h.ring), 64), h.maxHits)
-	ring := make([]*Entry, size)
-	for i := 0; i < h.n; i++ {
-		ring[i] = h.ring[(h.head+i)%len(h.ring)]
-	}
-	h.ring, h.head = ring, 0
-}
-
-func (h *Hub) evictOldest() {
-	e := h.ring[h.head]
-	h.ring[h.head] = nil
-	h.head = (h.head + 1) % len(h.ring)
-	h.n--
-	h.bytes -= int64(e.Size())
-	h.oldest = e.Seq + 1
-	h.evicted.Add(1)
-}
-
 // Read copies into dst (up to its capacity) the entries from sequence
 // number from on, stopping after maxBytes of the chosen encoding have been
 // taken (at least one entry is always taken). It returns the next cursor,
-// a gap if from was no longer (or never) in the ring, and a channel that is
-// closed when something new arrives, so a reader that got nothing waits on
-// it without missing an Append in between.
+// a gap if from was no longer (or never) in the ring, and, when nothing is
+// ready, a channel that is closed when something new arrives.
 func (h *Hub) Read(from uint64, dst []*Entry, maxBytes int, size func(*Entry) int) (entries []*Entry, next uint64, gap *Gap, wake <-chan struct{}) {
-	h.mu.RLock()
 	gap, from = h.clamp(from)
+	end := h.next.Load()
 	entries = dst[:0]
 	taken := 0
-	for s := from; s < h.next && len(entries) < cap(dst); s++ {
-		e := h.ring[(h.head+int(s-h.oldest))%len(h.ring)]
+	s := from
+	for ; s < end && len(entries) < cap(dst); s++ {
+		e := h.slot(s).Load()
+		if e == nil || e.Seq != s {
+			break // evicted while we read: the next Read reports the gap
+		}
 		if len(entries) > 0 && taken+size(e) > maxBytes {
 			break
 		}
 		taken += size(e)
 		entries = append(entries, e)
 	}
-	next = from + uint64(len(entries))
-	if next == h.next {
-		wake = h.waitChan()
+	if len(entries) == 0 && gap == nil && s == end {
+		// Nothing new: hand out the wake channel, then look once more, so
+		// an Append between the two cannot be missed.
+		h.waiting.Store(true)
+		w := h.wake.Load()
+		if h.next.Load() == end {
+			return entries, from, nil, *w
+		}
+		return h.Read(from, dst, maxBytes, size)
 	}
-	h.mu.RUnlock()
-	return entries, next, gap, wake
-}
-
-// waitChan hands out the wake channel. Caller holds h.mu for reading, so
-// Append (which holds it for writing) cannot swap the channel in between.
-func (h *Hub) waitChan() <-chan struct{} {
-	h.waiting.Store(true)
-	return h.wake
+	return entries, from + uint64(len(entries)), gap, nil
 }
 
 // clamp moves a cursor that is outside the ring into it, and says what was
-// lost. Caller holds h.mu.
+// lost.
 func (h *Hub) clamp(from uint64) (*Gap, uint64) {
+	oldest, next := h.oldest.Load(), h.next.Load()
 	switch {
-	case from < h.oldest:
+	case from < oldest:
 		// Fell off the ring, or an id from an earlier run of lsmux.
-		return &Gap{From: from, To: h.oldest - 1}, h.oldest
-	case from > h.next:
+		return &Gap{From: from, To: oldest - 1}, oldest
+	case from > next:
 		// Beyond anything numbered in this run: an id from an earlier run
 		// whose clock was ahead. Its position means nothing here; the
 		// notice names it, and reading starts at the oldest hit held.
-		return &Gap{From: from, To: from}, h.oldest
+		return &Gap{From: from, To: from}, oldest
 	}
 	return nil, from
 }
@@ -203,13 +193,11 @@ const (
 
 // Start resolves Live and Oldest into a sequence number.
 func (h *Hub) Start(from uint64) uint64 {
-	h.mu.RLock()
-	defer h.mu.RUnlock()
 	switch from {
 	case Live:
-		return h.next
+		return h.next.Load()
 	case Oldest:
-		return h.oldest
+		return h.oldest.Load()
 	}
 	return from
 }
@@ -228,22 +216,13 @@ type Stats struct {
 
 // Stats returns the ring's size and sequence range.
 func (h *Hub) Stats() Stats {
-	h.mu.RLock()
-	defer h.mu.RUnlock()
-	return Stats{Hits: h.n, Bytes: h.bytes, MaxHits: h.maxHits, MaxBytes: h.maxBytes, Oldest: h.oldest, Newest: h.next - 1,
+	oldest, next := h.oldest.Load(), h.next.Load()
+	return Stats{Hits: int(next - oldest), Bytes: h.held.Load(), MaxHits: h.maxHits, MaxBytes: h.maxBytes, Oldest: oldest, Newest: next - 1,
 		Appended: h.appended.Load(), Evicted: h.evicted.Load()}
 }
 
 // Close tells every subscriber the hub is going away (shutdown).
-func (h *Hub) Close() {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	select {
-	case <-h.closed:
-	default:
-		close(h.closed)
-	}
-}
+func (h *Hub) Close() { h.close1.Do(func() { close(h.closed) }) }
 
 // Closed is closed by Close.
 func (h *Hub) Closed() <-chan struct{} { return h.closed }

@@ -1,5 +1,10 @@
 package proxy
 
+import (
+	"errors"
+	"os"
+)
+
 // Why a subscriber's connection ends, and what each transport sends for it.
 // Every reason is listed here once; logs and (later) metrics use these names.
 //
@@ -27,3 +32,12 @@ const (
 	closeGoingAway       = 1001
 	closePolicyViolation = 1008
 )
+
+// writeFailed names why a write failed: the deadline (a stuck socket) or
+// the client going away.
+func writeFailed(err error) string {
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return reasonWriteTimeout
+	}
+	return reasonClient
+}

@@ -87,8 +87,8 @@ func (s *Server) handleNDJSON(w http.ResponseWriter, r *http.Request) {
 			out.Write(e.NDJSON())
 		}
 		if len(entries) > 0 {
-			if flush() != nil {
-				reason = reasonWriteTimeout
+			if err := flush(); err != nil {
+				reason = writeFailed(err)
 				return
 			}
 			s.obs.Delivered(st.Name, "ndjson", len(entries), entries[0].Received)
@@ -100,8 +100,8 @@ func (s *Server) handleNDJSON(w http.ResponseWriter, r *http.Request) {
 			// An empty record: Live Stream sends them too, clients skip
 			// them, and it keeps idle-timeout proxies from cutting in.
 			out.Write([]byte("\r\n"))
-			if flush() != nil {
-				reason = reasonWriteTimeout
+			if err := flush(); err != nil {
+				reason = writeFailed(err)
 				return
 			}
 		case <-r.Context().Done():

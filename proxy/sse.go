@@ -82,8 +82,8 @@ func (s *Server) handleSSE(w http.ResponseWriter, r *http.Request) {
 			bw.Write(e.SSEEvent())
 		}
 		if gap != nil || len(entries) > 0 {
-			if flush() != nil {
-				reason = reasonWriteTimeout
+			if err := flush(); err != nil {
+				reason = writeFailed(err)
 				return
 			}
 			if len(entries) > 0 {
@@ -95,8 +95,8 @@ func (s *Server) handleSSE(w http.ResponseWriter, r *http.Request) {
 		case <-wake:
 		case <-ping.C:
 			bw.WriteString(": ping\n\n")
-			if flush() != nil {
-				reason = reasonWriteTimeout
+			if err := flush(); err != nil {
+				reason = writeFailed(err)
 				return
 			}
 		case <-r.Context().Done():

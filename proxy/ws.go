@@ -168,7 +168,7 @@ func (ws *wsSession) run() string {
 		}
 		if len(ws.bufs) > 0 {
 			if err := ws.flush(); err != nil {
-				return reasonWriteTimeout
+				return writeFailed(err)
 			}
 			if len(entries) > 0 {
 				ws.s.obs.Delivered(ws.name, "ws", len(entries), entries[0].Received)

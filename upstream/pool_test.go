@@ -387,3 +387,30 @@ func ExampleStreamName() {
 	fmt.Println(name)
 	// Output: my-endpoint
 }
+
+func TestCorruptGzipAndCutRecordsReconnectWithoutLoss(t *testing.T) {
+	sim := newSim(t, simulator.Options{})
+	r := start(t, sim, sim.StreamURL("demo"), nil)
+	waitFor(t, 5*time.Second, "hits", func() bool { return r.hits.count() > 20 })
+	sim.CorruptNext()
+	waitFor(t, 5*time.Second, "reconnect after corruption", func() bool {
+		a := sim.Attempts()
+		return len(a) == 2 && a[1].Hits > 10
+	})
+	sim.CutNext()
+	waitFor(t, 5*time.Second, "reconnect after the cut record", func() bool {
+		a := sim.Attempts()
+		return len(a) == 3 && a[2].Hits > 10
+	})
+	r.settle(t, "demo", 0)
+	r.stop()
+	a := sim.Attempts()
+	if !strings.Contains(a[0].Reason, "corrupt") || !strings.Contains(a[1].Reason, "cut") {
+		t.Fatalf("reasons %q, %q", a[0].Reason, a[1].Reason)
+	}
+	if st := r.pool.Status()[0]; st.Invalid != 0 {
+		t.Fatalf("the cut record was counted as %d invalid records; it ends with the connection", st.Invalid)
+	}
+	checkSpacing(t, a, 200*time.Millisecond)
+	sameHits(t, r.hits.snapshot(), sim.SentHits("demo"))
+}

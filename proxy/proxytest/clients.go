@@ -34,8 +34,10 @@ type WSClient struct {
 	Msgs <-chan Msg
 	// Done yields the error that ended the subscription (a
 	// *websocket.CloseError when lsmux closed it properly).
-	Done  <-chan error
-	pings atomic.Int64
+	Done   <-chan error
+	pings  atomic.Int64
+	closed chan struct{}
+	once   sync.Once
 }
 
 // Pings is how many pings lsmux sent (each was answered with a pong).
@@ -48,8 +50,8 @@ func DialWS(url string, header http.Header) (*WSClient, *http.Response, error) {
 	if err != nil {
 		return nil, resp, err
 	}
-	msgs, done := make(chan Msg, 100_000), make(chan error, 1)
-	c := &WSClient{Conn: conn, Msgs: msgs, Done: done}
+	msgs, done := make(chan Msg, 4096), make(chan error, 1)
+	c := &WSClient{Conn: conn, Msgs: msgs, Done: done, closed: make(chan struct{})}
 	conn.SetPingHandler(func(data string) error {
 		c.pings.Add(1)
 		return conn.WriteControl(websocket.PongMessage, []byte(data), time.Now().Add(time.Second))
@@ -69,14 +71,21 @@ func DialWS(url string, header http.Header) (*WSClient, *http.Response, error) {
 				return
 			}
 			m.At = time.Now()
-			msgs <- m
+			select {
+			case msgs <- m:
+			case <-c.closed: // nobody reads any more
+				return
+			}
 		}
 	}()
 	return c, resp, nil
 }
 
 // Close drops the connection without a close frame, as a vanishing client.
-func (c *WSClient) Close() { c.Conn.Close() }
+func (c *WSClient) Close() {
+	c.once.Do(func() { close(c.closed) })
+	c.Conn.Close()
+}
 
 // SSEClient reads an event stream.
 type SSEClient struct {
@@ -114,8 +123,16 @@ func DialSSEClient(client *http.Client, url string, header http.Header) (*SSECli
 		resp.Body.Close()
 		return nil, &StatusError{Status: resp.StatusCode}
 	}
-	msgs, closed := make(chan Msg, 100_000), make(chan string, 1)
+	msgs, closed := make(chan Msg, 4096), make(chan string, 1)
 	c := &SSEClient{Resp: resp, Msgs: msgs, Closed: closed, cancel: cancel}
+	send := func(m Msg) bool {
+		select {
+		case msgs <- m:
+			return true
+		case <-ctx.Done(): // closed: nobody reads any more
+			return false
+		}
+	}
 	go func() {
 		defer close(msgs)
 		sc := bufio.NewScanner(resp.Body)
@@ -128,13 +145,20 @@ func DialSSEClient(client *http.Client, url string, header http.Header) (*SSECli
 				switch event {
 				case "hit":
 					seq, _ := strconv.ParseUint(id, 10, 64)
-					msgs <- Msg{Type: "hit", Seq: seq, Hit: json.RawMessage(data), At: time.Now()}
+					if !send(Msg{Type: "hit", Seq: seq, Hit: json.RawMessage(data), At: time.Now()}) {
+						return
+					}
 				case "gap":
 					var g struct{ From, To uint64 }
 					json.Unmarshal([]byte(data), &g)
-					msgs <- Msg{Type: "gap", From: g.From, To: g.To, At: time.Now()}
+					if !send(Msg{Type: "gap", From: g.From, To: g.To, At: time.Now()}) {
+						return
+					}
 				case "close":
-					closed <- data
+					select {
+					case closed <- data:
+					default:
+					}
 				}
 				id, event, data = "", "", ""
 			case strings.HasPrefix(line, "id: "):

@@ -79,6 +79,8 @@ type faults struct {
 	redirects   int // next N connects answered with a 302 to the other host
 	backfillDup int // the next reconnect of a slot re-sends this many hits
 	stallUntil  time.Time
+	corrupt     int // connections that will write bytes that are not gzip, then drop
+	cut         int // connections that will write half a hit, then drop
 }
 
 type streamState struct {
@@ -261,6 +263,23 @@ func (s *Server) Stall(d time.Duration) {
 	s.mu.Unlock()
 	s.writing.Lock()
 	s.writing.Unlock()
+}
+
+// CorruptNext makes the next connection to send write bytes that are not
+// gzip into its stream, then drop.
+func (s *Server) CorruptNext() {
+	s.mu.Lock()
+	s.faults.corrupt++
+	s.mu.Unlock()
+}
+
+// CutNext makes the next connection to send write the first half of its
+// next hit, then drop: a record cut in half. The hit is sent again, whole,
+// after the reconnect (it was never counted as sent).
+func (s *Server) CutNext() {
+	s.mu.Lock()
+	s.faults.cut++
+	s.mu.Unlock()
 }
 
 // ExpireTokens invalidates every issued token: the next connect gets a 401,

@@ -67,8 +67,11 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {
 		case <-tick.C:
 		}
 
-		if stop, why := s.sendDue(gz, rc, st, ss, a, g, &buf); stop {
+		if stop, why := s.sendDue(w, gz, rc, st, ss, a, g, &buf); stop {
 			reason = why
+			if why != "write failed" {
+				panic(http.ErrAbortHandler) // cut the connection mid-stream
+			}
 			return
 		}
 	}
@@ -76,7 +79,7 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {
 
 // sendDue writes and flushes every hit due on this connection; stop is set
 // when the client is gone.
-func (s *Server) sendDue(gz *gzip.Writer, rc *http.ResponseController, st *streamState, ss *slotState, a *Attempt, g *generator, bufp *[]byte) (stop bool, reason string) {
+func (s *Server) sendDue(w http.ResponseWriter, gz *gzip.Writer, rc *http.ResponseController, st *streamState, ss *slotState, a *Attempt, g *generator, bufp *[]byte) (stop bool, reason string) {
 	s.writing.RLock()
 	defer s.writing.RUnlock()
 	now := time.Now()
@@ -84,6 +87,35 @@ func (s *Server) sendDue(gz *gzip.Writer, rc *http.ResponseController, st *strea
 	if now.Before(s.faults.stallUntil) {
 		s.mu.Unlock()
 		return false, ""
+	}
+	if s.faults.corrupt > 0 {
+		s.faults.corrupt--
+		s.mu.Unlock()
+		gz.Flush()
+		rc.Flush()
+		// Raw bytes in the middle of a deflate stream: the reader's gzip
+		// layer fails on them.
+		junk := []byte{0xde, 0xad, 0xbe, 0xef, 0xff, 0xff, 0xff, 0x00, 0x13, 0x37}
+		for range 100 {
+			w.Write(junk)
+		}
+		rc.Flush()
+		return true, "corrupted by the simulator"
+	}
+	if s.faults.cut > 0 {
+		s.faults.cut--
+		k := ss.cursor
+		s.mu.Unlock()
+		// Half of the next hit of this partition, then the connection
+		// dies; the cursor stays, so the hit is sent whole after the
+		// reconnect.
+		for ; int(g.visitor(k)%uint64(a.MaxConnections)) != a.Slot; k++ {
+		}
+		h := g.hit(nil, k)
+		gz.Write(h[:len(h)/2])
+		gz.Flush()
+		rc.Flush()
+		return true, "cut mid-record by the simulator"
 	}
 	buf := (*bufp)[:0]
 	for _, rec := range s.injected {
