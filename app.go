@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"strings"
 	"time"
 
@@ -37,7 +38,7 @@ type appStream struct {
 
 // newApp wires the pieces and binds the listener (so the address is known
 // before run, and a busy port fails at once).
-func newApp(cfg *config, tokens upstream.TokenSource, log *logrus.Logger) (*app, error) {
+func newApp(cfg *config, tokens upstream.TokenSource, log *logrus.Logger, demo http.Handler) (*app, error) {
 	specs, err := cfg.streamSpecs()
 	if err != nil {
 		return nil, err
@@ -63,6 +64,7 @@ func newApp(cfg *config, tokens upstream.TokenSource, log *logrus.Logger) (*app,
 		MaxMessageSize:    int64(cfg.MaxMessageSize),
 		Web:               web.Handler(),
 		Metrics:           a.metrics.Handler(),
+		Demo:              demo,
 		Observer:          a.metrics,
 		Logger:            log,
 		AuthTokens:        list(cfg.AuthToken),

@@ -53,7 +53,7 @@ func startApp(t *testing.T, sim *simulator.Server, extra ...string) *running {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a, err := newApp(cfg, tokens, log)
+	a, err := newApp(cfg, tokens, log, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -424,7 +424,7 @@ func TestTwoStreamsOneFailingTheOtherFlows(t *testing.T) {
 	}
 	log, _ := newLogger("error", "text", io.Discard)
 	tokens, _ := cfg.tokenSource()
-	a, err := newApp(cfg, tokens, log)
+	a, err := newApp(cfg, tokens, log, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

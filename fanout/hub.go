@@ -66,9 +66,10 @@ type Hub struct {
 	dwin []*Entry
 	dpos int
 
-	appended atomic.Uint64
-	evicted  atomic.Uint64
-	subs     registry
+	appended  atomic.Uint64
+	evicted   atomic.Uint64
+	delivered atomic.Uint64 // hits handed to subscribers, all of them
+	subs      registry
 }
 
 // NewHub returns an empty hub.
@@ -204,21 +205,22 @@ func (h *Hub) Start(from uint64) uint64 {
 
 // Stats is a snapshot of the ring.
 type Stats struct {
-	Hits     int    `json:"hits"`
-	Bytes    int64  `json:"bytes"`
-	MaxHits  int    `json:"maxHits"`
-	MaxBytes int64  `json:"maxBytes"`
-	Oldest   uint64 `json:"oldestSeq"`
-	Newest   uint64 `json:"newestSeq"` // oldest-1 when empty
-	Appended uint64 `json:"appended"`
-	Evicted  uint64 `json:"evicted"`
+	Hits      int    `json:"hits"`
+	Bytes     int64  `json:"bytes"`
+	MaxHits   int    `json:"maxHits"`
+	MaxBytes  int64  `json:"maxBytes"`
+	Oldest    uint64 `json:"oldestSeq"`
+	Newest    uint64 `json:"newestSeq"` // oldest-1 when empty
+	Appended  uint64 `json:"appended"`
+	Evicted   uint64 `json:"evicted"`
+	Delivered uint64 `json:"delivered"`
 }
 
 // Stats returns the ring's size and sequence range.
 func (h *Hub) Stats() Stats {
 	oldest, next := h.oldest.Load(), h.next.Load()
 	return Stats{Hits: int(next - oldest), Bytes: h.held.Load(), MaxHits: h.maxHits, MaxBytes: h.maxBytes, Oldest: oldest, Newest: next - 1,
-		Appended: h.appended.Load(), Evicted: h.evicted.Load()}
+		Appended: h.appended.Load(), Evicted: h.evicted.Load(), Delivered: h.delivered.Load()}
 }
 
 // Close tells every subscriber the hub is going away (shutdown).

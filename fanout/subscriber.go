@@ -97,7 +97,10 @@ func (s *Subscriber) Poll(size func(*Entry) int, maxBytes int) (entries []*Entry
 			s.lost.Add(gap.To - gap.From + 1)
 		}
 	}
-	s.delivered.Add(uint64(len(entries)))
+	if len(entries) > 0 {
+		s.delivered.Add(uint64(len(entries)))
+		s.hub.delivered.Add(uint64(len(entries)))
+	}
 	return entries, gap, wake
 }
 

@@ -88,8 +88,9 @@ type streamStatus struct {
 func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) {
 	body := struct {
 		ShuttingDown bool           `json:"shuttingDown"`
+		Demo         bool           `json:"demo"` // fault controls at /demo/ (lsmux demo only)
 		Streams      []streamStatus `json:"streams"`
-	}{ShuttingDown: s.ShuttingDown(), Streams: []streamStatus{}}
+	}{ShuttingDown: s.ShuttingDown(), Demo: s.opts.Demo != nil, Streams: []streamStatus{}}
 	for _, name := range s.order {
 		st := s.streams[name]
 		ups := s.upstream(st)

@@ -127,3 +127,18 @@ func (s *Server) parseSubscription(w http.ResponseWriter, r *http.Request, allow
 	}
 	return from, sel, true
 }
+
+// handleValidate checks subscription parameters without subscribing: 200
+// with {"valid": true} or {"valid": false, "error": "..."}. The dashboard
+// uses it so that a typo in a filter is an answer, not a failed request.
+func (s *Server) handleValidate(w http.ResponseWriter, r *http.Request) {
+	_, err := parseFrom(r)
+	if err == nil {
+		_, err = s.parseSelector(r, true)
+	}
+	if err != nil {
+		writeJSON(w, http.StatusOK, map[string]any{"valid": false, "error": err.Error()})
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"valid": true})
+}

@@ -40,6 +40,7 @@ type Options struct {
 	Compiler       *fanout.Compiler // filters and projections; nil: a default one
 	Web            http.Handler     // serves GET / (the dashboard); nil: none
 	Metrics        http.Handler     // serves GET /metrics; nil: none
+	Demo           http.Handler     // serves /demo/* (fault injection, lsmux demo only); nil: none
 	Observer       Observer         // nil: none
 	Logger         logrus.FieldLogger
 
@@ -171,6 +172,7 @@ func (s *Server) routes() chi.Router {
 		preflight := func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusNoContent) }
 		for path, h := range map[string]http.HandlerFunc{
 			"/v1/streams":                       s.handleStreams,
+			"/v1/validate":                      s.handleValidate,
 			"/v1/status":                        s.handleStatus,
 			"/v1/streams/{name}/ws":             s.handleWS,
 			"/v1/streams/{name}/sse":            s.handleSSE,
@@ -180,6 +182,9 @@ func (s *Server) routes() chi.Router {
 			r.Options(path, preflight)
 		}
 	})
+	if s.opts.Demo != nil {
+		r.Mount("/demo", s.opts.Demo)
+	}
 	if s.opts.Web != nil {
 		r.Handle("/*", s.opts.Web)
 	}

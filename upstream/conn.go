@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"slices"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -49,6 +50,29 @@ type ConnStatus struct {
 	// Results counts attempts by how they were answered: an HTTP status
 	// ("200", "409", ...), "network" or "token".
 	Results map[string]uint64 `json:"results"`
+	// Events are the connects and disconnects of the last hour (at most
+	// maxEvents), oldest first, for the dashboard's timeline.
+	Events []Event `json:"events"`
+}
+
+// Event is one connect or disconnect of a connection slot.
+type Event struct {
+	Time   time.Time `json:"time"`
+	Kind   string    `json:"kind"` // "connected", "lost", "refused"
+	Status int       `json:"status,omitempty"`
+	Reason string    `json:"reason,omitempty"`
+}
+
+const maxEvents = 200
+
+// addEvent records an event and forgets those over an hour old. Caller
+// holds s.mu.
+func (st *ConnStatus) addEvent(e Event) {
+	cut := 0
+	for cut < len(st.Events) && (e.Time.Sub(st.Events[cut].Time) > time.Hour || len(st.Events)-cut >= maxEvents) {
+		cut++
+	}
+	st.Events = append(st.Events[cut:], e)
 }
 
 // slot is one of the pool's connections. It makes at most one attempt at a
@@ -72,6 +96,7 @@ func (s *slot) status() ConnStatus {
 	s.mu.Lock()
 	st := s.st
 	st.Results = maps.Clone(s.st.Results)
+	st.Events = slices.Clone(s.st.Events)
 	s.mu.Unlock()
 	st.Hits, st.Bytes, st.Duplicates = s.hits.Load(), s.bytes.Load(), s.dups.Load()
 	st.Invalid, st.Oversized = s.invalid.Load(), s.oversized.Load()
@@ -110,6 +135,11 @@ func (s *slot) run(ctx context.Context) {
 			if res.outcome != Lost { // a 200 was counted when it arrived
 				st.Results[res.result()]++
 			}
+			kind := "refused"
+			if res.outcome == Lost {
+				kind = "lost"
+			}
+			st.addEvent(Event{Time: time.Now(), Kind: kind, Status: res.status, Reason: errText(res.err)})
 		})
 		fields := log.WithField("attempt", attempt).WithField("outcome", res.outcome.String()).WithField("retry_in", wait.Round(time.Millisecond).String())
 		if res.status != 0 {
@@ -198,6 +228,7 @@ func (s *slot) attempt(ctx context.Context) result {
 		st.State, st.Since, st.Host, st.LastStatus = StateStreaming, start, host, http.StatusOK
 		st.Connects++
 		st.Results["200"]++
+		st.addEvent(Event{Time: start, Kind: "connected", Status: http.StatusOK})
 	})
 	s.p.log.WithField("conn", s.idx).WithField("host", host).Info("upstream connected, streaming")
 	err = s.read(reqCtx, cancel, resp)

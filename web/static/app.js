@@ -1,46 +1,231 @@
 "use strict";
-// The page's own subscription: SSE on the first stream, resumed by the
-// browser with Last-Event-ID after a restart of lsmux.
-const $ = (id) => document.getElementById(id);
-let count = 0;
+// lsmux dashboard: polls /v1/status for the upstream and throughput, and
+// subscribes to the stream itself over SSE (EventSource reconnects by
+// itself after an lsmux restart and resumes with Last-Event-ID).
+const $ = (sel) => document.querySelector(sel);
+const token = new URLSearchParams(location.search).get("access_token");
+const withToken = (url) => (token ? url + (url.includes("?") ? "&" : "?") + "access_token=" + encodeURIComponent(token) : url);
+const fmt = new Intl.NumberFormat();
 
-async function refreshStatus() {
-  try {
-    const res = await fetch("/v1/status");
-    const st = await res.json();
-    const rows = [];
-    for (const s of st.streams) {
-      for (const c of s.upstream) {
-        const tr = document.createElement("tr");
-        for (const v of [s.name + "#" + c.slot, c.state, new Date(c.since).toLocaleTimeString(), c.hits, c.lastError || ""]) {
-          const td = document.createElement("td");
-          td.textContent = v;
-          tr.appendChild(td);
-        }
-        tr.children[1].className = "state-" + c.state;
-        rows.push(tr);
-      }
+let stream = null;
+let samples = []; // {t, hitsIn, delivered}
+let lastStatus = null;
+
+function el(tag, attrs, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, v);
+  for (const c of children) e.append(c);
+  return e;
+}
+
+function ago(t) {
+  const s = Math.max(0, Math.round((Date.now() - new Date(t).getTime()) / 1000));
+  return s < 60 ? s + " s ago" : s < 3600 ? Math.floor(s / 60) + " min ago" : Math.floor(s / 3600) + " h ago";
+}
+
+function renderUpstream(conns) {
+  const rows = conns.map((c) => {
+    let next = "";
+    if ((c.state === "waiting" || c.state === "failing") && c.nextAttempt) {
+      next = "in " + Math.max(0, Math.ceil((new Date(c.nextAttempt) - Date.now()) / 1000)) + " s";
     }
-    $("upstream").replaceChildren(...rows);
-  } catch (e) { /* lsmux restarting: try again on the next tick */ }
+    const last = (c.lastStatus ? c.lastStatus + " " : "") + (c.lastError || "");
+    return el("tr", {}, el("td", {}, "#" + c.slot), el("td", { class: "state-" + c.state }, c.state), el("td", {}, ago(c.since)),
+      el("td", {}, fmt.format(c.attempts)), el("td", {}, fmt.format(c.hits)), el("td", {}, last), el("td", {}, next));
+  });
+  $("#upstream").replaceChildren(...rows);
+
+  const now = Date.now(), hour = 3600e3;
+  const events = conns.flatMap((c) => (c.events || []).map((e) => ({ ...e, slot: c.slot }))).sort((a, b) => new Date(a.time) - new Date(b.time));
+  const svgNS = "http://www.w3.org/2000/svg";
+  const marks = events.map((e) => {
+    const x = Math.max(0, Math.min(1000, 1000 - ((now - new Date(e.time)) / hour) * 1000));
+    const r = document.createElementNS(svgNS, "rect");
+    r.setAttribute("x", x.toFixed(1));
+    r.setAttribute("y", e.kind === "connected" ? "4" : "20");
+    r.setAttribute("width", "3");
+    r.setAttribute("height", "16");
+    r.setAttribute("fill", e.kind === "connected" ? "var(--ok)" : e.kind === "lost" ? "var(--warn)" : "var(--bad)");
+    const title = document.createElementNS(svgNS, "title");
+    title.textContent = new Date(e.time).toLocaleTimeString() + " " + e.kind + (e.status ? " " + e.status : "") + (e.reason ? ": " + e.reason : "");
+    r.append(title);
+    return r;
+  });
+  $("#timeline").replaceChildren(...marks);
+  $("#events").replaceChildren(...events.slice(-8).reverse().map((e) =>
+    el("li", { class: e.kind }, new Date(e.time).toLocaleTimeString() + "  #" + e.slot + " " + e.kind + (e.status ? " " + e.status : "") + (e.reason ? " — " + e.reason : ""))));
 }
 
-async function start() {
-  const streams = await (await fetch("/v1/streams")).json();
-  if (!streams.length) return;
-  const name = streams[0].name;
-  $("stream").textContent = name;
-  const es = new EventSource("/v1/streams/" + encodeURIComponent(name) + "/sse");
-  es.addEventListener("hit", (ev) => {
-    count++;
-    $("count").textContent = count;
-    const line = document.createElement("div");
-    line.textContent = ev.lastEventId + "  " + ev.data.slice(0, 200);
-    const tail = $("tail");
-    tail.prepend(line);
-    while (tail.childNodes.length > 200) tail.lastChild.remove();
-  });
-  refreshStatus();
-  setInterval(refreshStatus, 1000);
+function renderThroughput(s) {
+  const hitsIn = s.upstream.reduce((n, c) => n + c.hits, 0);
+  const t = Date.now();
+  samples.push({ t, hitsIn, delivered: s.hub.delivered || 0 });
+  samples = samples.filter((x) => t - x.t <= 5 * 60e3 + 2000);
+  const rates = [];
+  for (let i = 1; i < samples.length; i++) {
+    const dt = (samples[i].t - samples[i - 1].t) / 1000 || 1;
+    rates.push({ t: samples[i].t, in: Math.max(0, (samples[i].hitsIn - samples[i - 1].hitsIn) / dt), out: Math.max(0, (samples[i].delivered - samples[i - 1].delivered) / dt) });
+  }
+  const last = rates[rates.length - 1] || { in: 0, out: 0 };
+  $("#hits-total").textContent = fmt.format(s.hub.appended);
+  $("#rate-in").textContent = fmt.format(Math.round(last.in));
+  $("#rate-out").textContent = fmt.format(Math.round(last.out));
+  const counts = s.subscriberCounts || {};
+  const total = Object.values(counts).reduce((a, b) => a + b, 0);
+  $("#subs").textContent = fmt.format(total);
+  $("#subs-detail").textContent = "subscribers (" + ["ws", "sse", "ndjson"].map((k) => k + " " + (counts[k] || 0)).join(", ") + ")";
+  drawChart(rates);
 }
-start();
+
+function drawChart(rates) {
+  const c = $("#chart");
+  const dpr = window.devicePixelRatio || 1;
+  const w = c.clientWidth, h = c.clientHeight;
+  if (c.width !== w * dpr) { c.width = w * dpr; c.height = h * dpr; }
+  const g = c.getContext("2d");
+  g.setTransform(dpr, 0, 0, dpr, 0, 0);
+  g.clearRect(0, 0, w, h);
+  const css = getComputedStyle(document.documentElement);
+  const max = Math.max(1, ...rates.map((r) => Math.max(r.in, r.out)));
+  const now = Date.now();
+  g.fillStyle = css.getPropertyValue("--muted");
+  g.font = "11px system-ui";
+  g.fillText(fmt.format(Math.round(max)) + "/s", 4, 12);
+  for (const [key, color] of [["in", "--in"], ["out", "--out"]]) {
+    g.strokeStyle = css.getPropertyValue(color);
+    g.lineWidth = 1.5;
+    g.beginPath();
+    rates.forEach((r, i) => {
+      const x = w - ((now - r.t) / (5 * 60e3)) * w;
+      const y = h - 4 - (r[key] / max) * (h - 20);
+      i ? g.lineTo(x, y) : g.moveTo(x, y);
+    });
+    g.stroke();
+  }
+}
+
+async function poll() {
+  try {
+    const res = await fetch(withToken("/v1/status"));
+    if (!res.ok) throw new Error("status " + res.status);
+    const st = await res.json();
+    lastStatus = st;
+    const s = st.streams.find((x) => x.name === stream) || st.streams[0];
+    if (!s) return;
+    if (!stream) start(s.name, st);
+    $("#lsmux-state").textContent = st.shuttingDown ? "lsmux is shutting down" : "live";
+    renderUpstream(s.upstream);
+    renderThroughput(s);
+  } catch (e) {
+    $("#lsmux-state").textContent = "lsmux unreachable, retrying…";
+  }
+}
+
+// The stream panel: top pages, countries and events over a sliding window
+// of two minutes, from a projected (and, when busy, sampled) subscription.
+const WINDOW = 120e3;
+let seen = [];
+function startTops(name, rate) {
+  const sample = rate > 200 ? Math.max(0.01, 200 / rate).toFixed(2) : "";
+  $("#window-note").textContent = "(last 2 minutes" + (sample ? ", a " + Math.round(sample * 100) + " % sample of visitors" : "") + ")";
+  const url = "/v1/streams/" + encodeURIComponent(name) + "/sse?fields=pageName,geoCountry,events" + (sample ? "&sample=" + sample : "");
+  const es = new EventSource(withToken(url));
+  es.addEventListener("hit", (ev) => {
+    const h = JSON.parse(ev.data);
+    seen.push({ t: Date.now(), page: h.pageName, country: h.geoCountry, events: Object.keys(h.events || {}) });
+  });
+  setInterval(renderTops, 1000);
+}
+
+function renderTops() {
+  const cut = Date.now() - WINDOW;
+  seen = seen.filter((x) => x.t >= cut);
+  const top = (key) => {
+    const m = new Map();
+    for (const x of seen) for (const v of [].concat(x[key] || [])) if (v) m.set(v, (m.get(v) || 0) + 1);
+    return [...m.entries()].sort((a, b) => b[1] - a[1]).slice(0, 8).map(([k, n]) => el("li", {}, el("span", {}, k), el("span", {}, fmt.format(n))));
+  };
+  $("#top-pages").replaceChildren(...top("page"));
+  $("#top-countries").replaceChildren(...top("country"));
+  $("#top-events").replaceChildren(...top("events"));
+}
+
+// The live tail, with the API's own filter language.
+let tail = null, paused = false, shown = 0;
+async function startTail(name, filter) {
+  const url = withToken("/v1/streams/" + encodeURIComponent(name) + "/sse" + (filter ? "?filter=" + encodeURIComponent(filter) : ""));
+  // EventSource cannot read an error answer, so ask first: a bad filter
+  // gets the compiler's message (with its position) before any stream
+  // starts.
+  try {
+    const res = await fetch(withToken("/v1/validate" + (filter ? "?filter=" + encodeURIComponent(filter) : "")));
+    const body = await res.json();
+    if (!body.valid) {
+      $("#filter-error").textContent = body.error;
+      return;
+    }
+  } catch (e) {
+    $("#filter-error").textContent = "lsmux unreachable: " + e.message;
+    return;
+  }
+  $("#filter-error").textContent = "";
+  if (tail) tail.close();
+  $("#tail").replaceChildren();
+  shown = 0;
+  $("#tail-count").textContent = "0";
+  tail = new EventSource(url);
+  tail.addEventListener("hit", (ev) => {
+    if (paused) return;
+    const h = JSON.parse(ev.data);
+    const row = el("div", { "data-country": h.geoCountry || "" }, el("span", { class: "seq" }, ev.lastEventId + " "),
+      el("span", { class: "cc" }, (h.geoCountry || "?") + " "), (h.pageName || "") + "  " + ev.data.slice(0, 160));
+    const box = $("#tail");
+    box.prepend(row);
+    while (box.childNodes.length > 200) box.lastChild.remove();
+    shown++;
+    $("#tail-count").textContent = fmt.format(shown);
+  });
+  tail.addEventListener("gap", (ev) => {
+    const g = JSON.parse(ev.data);
+    $("#tail").prepend(el("div", { class: "error" }, "gap: hits " + g.from + ".." + g.to + " were lost to this view"));
+  });
+}
+
+function start(name, st) {
+  stream = name;
+  $("#stream-name").textContent = name;
+  const rate = st.streams[0].upstream.reduce((n, c) => n + (c.hitsPerSecond || 0), 0);
+  startTops(name, rate);
+  startTail(name, "");
+  if (st.demo) setupDemo();
+}
+
+async function setupDemo() {
+  const res = await fetch(withToken("/demo/"));
+  if (!res.ok) return;
+  const { faults } = await res.json();
+  $("#demo").hidden = false;
+  $("#demo-buttons").replaceChildren(...Object.entries(faults).sort().map(([kind, what]) => {
+    const b = el("button", { type: "button", title: what, "aria-label": "Inject fault: " + what }, kind);
+    b.addEventListener("click", async () => {
+      const r = await fetch(withToken("/demo/faults/" + kind), { method: "POST" });
+      const body = await r.json();
+      $("#demo-result").textContent = body.injected ? "Injected: " + body.injected + ". Watch the upstream row wait out the reconnect delay while the tail keeps its subscribers." : body.error;
+    });
+    return b;
+  }));
+}
+
+$("#filter-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  if (stream) startTail(stream, $("#filter").value.trim());
+});
+$("#pause").addEventListener("click", () => {
+  paused = !paused;
+  $("#pause").setAttribute("aria-pressed", String(paused));
+  $("#pause").textContent = paused ? "Resume" : "Pause";
+  $("#tail-paused").textContent = paused ? " (paused)" : "";
+});
+
+poll();
+setInterval(poll, 1000);

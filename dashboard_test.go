@@ -1,0 +1,164 @@
+package main
+
+import (
+	"context"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/chromedp/cdproto/runtime"
+	"github.com/chromedp/chromedp"
+
+	cdplog "github.com/chromedp/cdproto/log"
+
+	"lsmux/upstream/simulator"
+)
+
+// TestDashboardInChromium drives the real dashboard in headless Chromium
+// against the demo wiring (simulator, lsmux, fault controls): the upstream
+// row says streaming, the hit counter rises, the top pages fill, a filter
+// narrows the tail, an invalid filter shows the server's error, and the
+// console stays clean.
+func TestDashboardInChromium(t *testing.T) {
+	browser, err := exec.LookPath("chromium")
+	if err != nil {
+		if os.Getenv("LSMUX_BROWSER_TESTS") == "1" {
+			t.Fatal("chromium is not installed but LSMUX_BROWSER_TESTS=1 (.ci/run installs Debian's chromium)")
+		}
+		t.Skip("chromium not installed: apt-get install chromium, or set LSMUX_BROWSER_TESTS=1 to make this a failure")
+	}
+	sim, err := simulator.New(simulator.Options{Rate: 80})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sim.Close()
+	cfg, err := loadConfig([]string{"-listen", "127.0.0.1:0", "-stream-url", sim.StreamURL("demo"), "-token-url", sim.TokenURL(),
+		"-client-id", sim.ClientID(), "-client-secret", sim.ClientSecret(), "-reconnect-delay", "2s", "-shutdown-timeout", "2s"},
+		func(string) string { return "" }, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log, _ := newLogger("error", "text", io.Discard)
+	tokens, _ := cfg.tokenSource()
+	a, err := newApp(cfg, tokens, log, demoFaults(sim, cfg.ReconnectDelay))
+	if err != nil {
+		t.Fatal(err)
+	}
+	appCtx, stopApp := context.WithCancel(context.Background())
+	appDone := make(chan error, 1)
+	go func() { appDone <- a.run(appCtx) }()
+	defer func() { stopApp(); <-appDone }()
+
+	opts := append(chromedp.DefaultExecAllocatorOptions[:],
+		chromedp.ExecPath(browser),
+		chromedp.Flag("headless", true), chromedp.Flag("no-sandbox", true), chromedp.Flag("disable-gpu", true),
+		chromedp.Flag("no-first-run", true), chromedp.Flag("disable-background-networking", true),
+		chromedp.Flag("disable-component-update", true), chromedp.Flag("disable-sync", true), chromedp.Flag("disable-quic", true),
+		chromedp.UserDataDir(t.TempDir()), chromedp.WindowSize(1280, 1000))
+	allocCtx, allocCancel := chromedp.NewExecAllocator(context.Background(), opts...)
+	defer allocCancel()
+	ctx, cancel := chromedp.NewContext(allocCtx)
+	defer cancel()
+	if err := chromedp.Do(ctx); err != nil {
+		t.Fatalf("start chromium: %v", err)
+	}
+	var mu sync.Mutex
+	var consoleErrors []string
+	chromedp.Listen(ctx, func(ev any) {
+		mu.Lock()
+		defer mu.Unlock()
+		switch e := ev.(type) {
+		case *runtime.EventConsoleAPICalled:
+			if e.Type == runtime.ConsoleAPICalledTypeError {
+				msg := "console.error:"
+				for _, a := range e.Args {
+					msg += " " + string(a.Value) + a.Description
+				}
+				consoleErrors = append(consoleErrors, msg)
+			}
+		case *runtime.EventExceptionThrown:
+			desc := ""
+			if e.ExceptionDetails.Exception != nil {
+				desc = e.ExceptionDetails.Exception.Description
+			}
+			consoleErrors = append(consoleErrors, "exception: "+e.ExceptionDetails.Text+" "+desc)
+		case *cdplog.EventEntryAdded:
+			if e.Entry.Level == cdplog.EntryLevelError {
+				consoleErrors = append(consoleErrors, "log: "+e.Entry.Text+" "+e.Entry.URL)
+			}
+		}
+	})
+	page := "http://" + a.addr() + "/"
+	step, stepCancel := context.WithTimeout(ctx, 60*time.Second)
+	defer stepCancel()
+	poll := func(what, expr string) {
+		t.Helper()
+		if _, err := chromedp.Run(step, chromedp.Poll[bool](expr, chromedp.WithPollingTimeout(30*time.Second))); err != nil {
+			mu.Lock()
+			defer mu.Unlock()
+			t.Fatalf("%s: %v (console: %q)", what, err, consoleErrors)
+		}
+	}
+	if err := chromedp.Do(step, chromedp.Navigate(page)); err != nil {
+		t.Fatal(err)
+	}
+	poll("the upstream row to say streaming", `document.querySelector("#upstream td.state-streaming") !== null`)
+	count := func() int {
+		txt, err := chromedp.Run(step, chromedp.Text(chromedp.CSS("#hits-total")))
+		if err != nil {
+			t.Fatal(err)
+		}
+		n, _ := strconv.Atoi(strings.NewReplacer(",", "", ".", "", " ", "", "\u00a0", "").Replace(txt))
+		return n
+	}
+	first := count()
+	poll("the hits counter to rise", `parseInt(document.querySelector("#hits-total").textContent.replace(/\D/g, "")) > `+strconv.Itoa(first+20))
+	poll("the top pages to fill", `document.querySelectorAll("#top-pages li").length >= 3`)
+	poll("the tail to show hits", `document.querySelectorAll("#tail div[data-country]").length >= 5`)
+
+	if err := chromedp.Do(step, chromedp.SendKeys(chromedp.CSS("#filter"), `hit.geoCountry == "fra"`),
+		chromedp.Click(chromedp.CSS(`#filter-form button[type="submit"]`))); err != nil {
+		t.Fatal(err)
+	}
+	poll("the filter to narrow the tail to France", `(() => { const rows = [...document.querySelectorAll("#tail div[data-country]")];
+		return rows.length >= 3 && rows.every((r) => r.dataset.country === "fra"); })()`)
+
+	if _, err := chromedp.Run(step, chromedp.Evaluate[bool](`document.querySelector("#filter").value = ""; true`)); err != nil {
+		t.Fatal(err)
+	}
+	if err := chromedp.Do(step, chromedp.SendKeys(chromedp.CSS("#filter"), `hit.geoCountry == `),
+		chromedp.Click(chromedp.CSS(`#filter-form button[type="submit"]`))); err != nil {
+		t.Fatal(err)
+	}
+	poll("the compiler's error to show inline", `document.querySelector("#filter-error").textContent.includes("does not compile")`)
+	poll("the demo fault buttons", `document.querySelectorAll("#demo-buttons button").length >= 3`)
+
+	update := os.Getenv("LSMUX_UPDATE_SCREENSHOT") == "1"
+	if update {
+		// Cosmetic, for the README's picture: let the chart fill a little.
+		time.Sleep(20 * time.Second)
+	}
+	png, err := chromedp.Run(step, chromedp.FullScreenshot(100))
+	if err != nil {
+		t.Fatal(err)
+	}
+	shot := filepath.Join(os.TempDir(), "lsmux-dashboard-"+strconv.FormatInt(time.Now().UnixNano(), 36)+".png")
+	if err := os.WriteFile(shot, png, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("screenshot: %s", shot)
+	if update {
+		os.WriteFile("docs/dashboard.png", png, 0o644)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(consoleErrors) > 0 {
+		t.Fatalf("browser console errors: %q", consoleErrors)
+	}
+}
