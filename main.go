@@ -33,6 +33,7 @@ Usage:
   lsmux [serve] [flags]   run the proxy (flags or LSMUX_* environment)
   lsmux demo [flags]      run lsmux against its built-in simulator (no credentials needed)
   lsmux simulate [flags]  run only the Live Stream simulator (fake stream + IMS token endpoint)
+  lsmux loadtest [flags]  measure deliveries/s, latency, CPU and memory with N subscribers
   lsmux healthcheck       exit 0 if the local instance is ready (container HEALTHCHECK)
   lsmux version           print the version
 
@@ -61,6 +62,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		err = runDemo(ctx, args, getenv, stdout, stderr)
 	case "simulate":
 		err = runSimulate(ctx, args, getenv, stdout, stderr)
+	case "loadtest":
+		err = runLoadtest(ctx, args, getenv, stdout, stderr)
 	case "healthcheck":
 		err = runHealthcheck(ctx, args, getenv, stdout, stderr)
 	case "version":

@@ -30,6 +30,10 @@ type Options struct {
 	EmptyEvery    int           // an empty record after every Nth hit, default 50 (negative: never)
 	Seed          uint64        // hit generator seed, default 1
 	StartAtOldest bool          // a new connection starts at hit 0 instead of now (reset=smallest does too)
+	// StampSent puts "lsmuxSentNs":<unix nanoseconds> first in every hit
+	// as it is written, so a load test can measure end-to-end latency.
+	// Hits are then no longer the same bytes as Hit(k).
+	StampSent bool
 }
 
 // Attempt is one request to the stream endpoint, as the upstream saw it.

@@ -130,7 +130,16 @@ func (s *Server) sendDue(w http.ResponseWriter, gz *gzip.Writer, rc *http.Respon
 		if int(g.visitor(k)%uint64(a.MaxConnections)) != a.Slot {
 			continue
 		}
-		buf = g.hit(buf, k)
+		if s.opts.StampSent {
+			buf = append(buf, `{"lsmuxSentNs":`...)
+			buf = strconv.AppendInt(buf, time.Now().UnixNano(), 10)
+			buf = append(buf, ',')
+			start := len(buf)
+			buf = g.hit(buf, k)
+			buf = append(buf[:start], buf[start+1:]...) // drop the hit's own '{'
+		} else {
+			buf = g.hit(buf, k)
+		}
 		buf = append(buf, '\r', '\n')
 		n++
 		if s.opts.EmptyEvery > 0 && k%uint64(s.opts.EmptyEvery) == 0 {

@@ -1,0 +1,486 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/binary"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"lsmux/upstream/simulator"
+)
+
+// runLoadtest measures lsmux the way users plan capacity with it: a
+// simulator feeds one lsmux (spawned and pinned to a core, or already
+// running), N subscribers read everything, and one line reports
+// deliveries/s, loss, end-to-end latency and the server's CPU per delivery
+// and memory. The subscribers are deliberately cheap: a hand-rolled
+// WebSocket/SSE reader that only looks at the sequence number and the
+// simulator's send stamp, so the load generator is not the bottleneck.
+func runLoadtest(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("lsmux loadtest", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	target := fs.String("target", "", "base URL of a running lsmux fed by this simulator (empty: spawn one)")
+	transport := fs.String("transport", "ws", "ws or sse")
+	n := fs.Int("n", 1000, "subscribers")
+	rate := fs.Float64("rate", 1000, "hits per second from the simulator")
+	duration := fs.Duration("duration", 20*time.Second, "measured period")
+	warmup := fs.Duration("warmup", 3*time.Second, "period before measuring")
+	simListen := fs.String("sim-listen", "127.0.0.1:9090", "the simulator's address (a running lsmux must use it as its stream URL)")
+	pid := fs.Int("pid", 0, "pid of a running lsmux, for its CPU and memory (a spawned one is known)")
+	cpus := fs.String("server-cpus", "0", "CPUs for a spawned lsmux (taskset -c), empty: not pinned")
+	idle := fs.Bool("idle", false, "open n idle WebSocket subscribers and report memory per connection")
+	if err := parseFlags(fs, args, "LSMUX_LOADTEST_", getenv); err != nil {
+		return err
+	}
+	if *transport != "ws" && *transport != "sse" {
+		return fmt.Errorf("transport %q: want ws or sse", *transport)
+	}
+	simRate := *rate
+	if *idle {
+		simRate = 0.01 // a stream that exists but is quiet
+	}
+	sim, err := simulator.New(simulator.Options{Addr: *simListen, Rate: simRate, StampSent: true, Tick: 5 * time.Millisecond, EmptyEvery: -1})
+	if err != nil {
+		return err
+	}
+	defer sim.Close()
+
+	base := strings.TrimSuffix(*target, "/")
+	if base == "" {
+		child, addr, err := spawnLsmux(sim, *cpus, *n, stderr)
+		if err != nil {
+			return err
+		}
+		defer func() { child.Process.Signal(os.Interrupt); child.Wait() }()
+		base, *pid = "http://"+addr, child.Process.Pid
+	}
+	if err := waitReady(ctx, base+"/readyz?upstream=1", 30*time.Second); err != nil {
+		return fmt.Errorf("lsmux at %s is not streaming (is it fed by %s?): %w", base, sim.StreamURL("demo"), err)
+	}
+	subURL := base + "/v1/streams/demo/" + *transport
+
+	if *idle {
+		return idleTest(ctx, subURL, *n, *pid, stdout)
+	}
+	recs := make([]*recorder, *n)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	var failed atomic.Int64
+	for i := range recs {
+		recs[i] = &recorder{}
+		wg.Go(func() {
+			var err error
+			if *transport == "ws" {
+				err = readWS(ctx, subURL, recs[i])
+			} else {
+				err = readSSE(ctx, subURL, recs[i])
+			}
+			if err != nil && ctx.Err() == nil {
+				failed.Add(1)
+			}
+		})
+	}
+	defer wg.Wait()
+	defer cancel()
+	if err := sleepCtx(ctx, *warmup); err != nil {
+		return err
+	}
+	sent0 := simSent(sim)
+	cpu0, self0 := procCPU(*pid), procCPU(os.Getpid())
+	for _, r := range recs {
+		r.reset()
+	}
+	start := time.Now()
+	if err := sleepCtx(ctx, *duration); err != nil {
+		return err
+	}
+	elapsed := time.Since(start).Seconds()
+	sent, cpu, self := simSent(sim)-sent0, procCPU(*pid)-cpu0, procCPU(os.Getpid())-self0
+	var total, gaps, missing uint64
+	var hist latencyHist
+	for _, r := range recs {
+		r.mu.Lock()
+		total += r.frames
+		gaps += r.gaps
+		missing += r.missing
+		hist.merge(&r.hist)
+		r.mu.Unlock()
+	}
+	expected := float64(sent) * float64(*n)
+	loss := 0.0
+	if expected > 0 {
+		loss = max(0, 1-float64(total)/expected) * 100
+	}
+	perDelivery := "n/a (give -pid)"
+	rss := "n/a"
+	if *pid > 0 && total > 0 {
+		perDelivery = fmt.Sprintf("%.2fµs (%.2f cores)", cpu.Seconds()*1e6/float64(total), cpu.Seconds()/elapsed)
+		rss = fmt.Sprintf("%d MiB", procRSS(*pid)>>20)
+	}
+	fmt.Fprintf(stdout, "loadtest %s n=%d upstream=%.0f hits/s deliveries=%.0f/s expected=%.0f/s loss=%.3f%% gaps=%d seq-missing=%d "+
+		"latency p50=%v p99=%v max=%v server-cpu/delivery=%s server-rss=%s loadgen-cpu=%.2f cores failed-subscribers=%d\n",
+		*transport, *n, float64(sent)/elapsed, float64(total)/elapsed, expected/elapsed, loss, gaps, missing,
+		hist.quantile(0.5), hist.quantile(0.99), hist.max(), perDelivery, rss, self.Seconds()/elapsed, failed.Load())
+	return nil
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// spawnLsmux starts `lsmux serve` on a free port, fed by sim, pinned with
+// taskset when it is available.
+func spawnLsmux(sim *simulator.Server, cpus string, n int, stderr io.Writer) (*exec.Cmd, string, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return nil, "", err
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, "", err
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	argv := []string{self, "serve"}
+	if ts, err := exec.LookPath("taskset"); err == nil && cpus != "" {
+		argv = append([]string{ts, "-c", cpus}, argv...)
+	}
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Env = append(os.Environ(), "LSMUX_LISTEN="+addr, "LSMUX_STREAM_URL="+sim.StreamURL("demo"), "LSMUX_TOKEN_URL="+sim.TokenURL(),
+		"LSMUX_CLIENT_ID="+sim.ClientID(), "LSMUX_CLIENT_SECRET="+sim.ClientSecret(), "LSMUX_LOG_LEVEL=warn", "LSMUX_LOG_FORMAT=text",
+		"LSMUX_MAX_SUBSCRIBERS="+strconv.Itoa(n+100), "LSMUX_MAX_SUBSCRIBERS_PER_ADDRESS="+strconv.Itoa(n+100))
+	cmd.Stdout, cmd.Stderr = stderr, stderr
+	if err := cmd.Start(); err != nil {
+		return nil, "", err
+	}
+	return cmd, addr, nil
+}
+
+func waitReady(ctx context.Context, url string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		resp, err := http.Get(url)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+			err = fmt.Errorf("readyz answered %d", resp.StatusCode)
+		}
+		if time.Now().After(deadline) {
+			return err
+		}
+		if sleepCtx(ctx, 100*time.Millisecond) != nil {
+			return ctx.Err()
+		}
+	}
+}
+
+func simSent(sim *simulator.Server) uint64 {
+	var n uint64
+	for _, a := range sim.Attempts() {
+		n += uint64(a.Hits)
+	}
+	return n
+}
+
+// idleTest opens n WebSocket subscribers that receive nothing and reports
+// the server's resident memory per connection.
+func idleTest(ctx context.Context, url string, n, pid int, stdout io.Writer) error {
+	if pid == 0 {
+		return errors.New("idle mode needs the server's pid (spawned, or -pid)")
+	}
+	before := procRSS(pid)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	var opened, failed atomic.Int64
+	for range n {
+		wg.Go(func() {
+			r := &recorder{onOpen: func() { opened.Add(1) }}
+			if err := readWS(ctx, url, r); err != nil && ctx.Err() == nil {
+				failed.Add(1)
+			}
+		})
+	}
+	defer wg.Wait()
+	deadline := time.Now().Add(60 * time.Second)
+	for opened.Load()+failed.Load() < int64(n) && time.Now().Before(deadline) {
+		sleepCtx(ctx, 50*time.Millisecond)
+	}
+	sleepCtx(ctx, 3*time.Second) // let the server settle (GC, buffers)
+	after := procRSS(pid)
+	fmt.Fprintf(stdout, "loadtest idle ws n=%d opened=%d failed=%d server-rss %d MiB -> %d MiB: %.1f KB per connection\n",
+		n, opened.Load(), failed.Load(), before>>20, after>>20, float64(after-before)/1024/float64(max(1, opened.Load())))
+	return nil
+}
+
+// recorder is one subscriber's counts; only its reader writes them,
+// except reset and the final read.
+type recorder struct {
+	mu      sync.Mutex
+	frames  uint64
+	gaps    uint64
+	missing uint64
+	lastSeq uint64
+	hist    latencyHist
+	onOpen  func()
+}
+
+func (r *recorder) reset() {
+	r.mu.Lock()
+	r.frames, r.gaps, r.missing = 0, 0, 0
+	r.hist = latencyHist{}
+	r.mu.Unlock()
+}
+
+func (r *recorder) hit(seq uint64, sentNs int64) {
+	now := time.Now().UnixNano()
+	r.mu.Lock()
+	r.frames++
+	if r.lastSeq != 0 && seq > r.lastSeq+1 {
+		r.missing += seq - r.lastSeq - 1
+	}
+	r.lastSeq = seq
+	if sentNs > 0 {
+		r.hist.add(time.Duration(now - sentNs))
+	}
+	r.mu.Unlock()
+}
+
+// latencyHist has 250 µs buckets up to 2 s, plus the maximum.
+type latencyHist struct {
+	b   [8000]uint32
+	n   uint64
+	top time.Duration
+}
+
+func (h *latencyHist) add(d time.Duration) {
+	i := int(d / (250 * time.Microsecond))
+	h.b[min(max(i, 0), len(h.b)-1)]++
+	h.n++
+	h.top = max(h.top, d)
+}
+
+func (h *latencyHist) merge(o *latencyHist) {
+	for i := range h.b {
+		h.b[i] += o.b[i]
+	}
+	h.n += o.n
+	h.top = max(h.top, o.top)
+}
+
+func (h *latencyHist) quantile(q float64) time.Duration {
+	want := uint64(q * float64(h.n))
+	var seen uint64
+	for i, c := range h.b {
+		seen += uint64(c)
+		if seen > want {
+			return time.Duration(i+1) * 250 * time.Microsecond
+		}
+	}
+	return h.top
+}
+
+func (h *latencyHist) max() time.Duration { return h.top.Round(time.Microsecond) }
+
+var (
+	wsHitPrefix = []byte(`{"type":"hit","seq":`)
+	stampKey    = []byte(`"lsmuxSentNs":`)
+)
+
+// readWS does the WebSocket handshake itself and reads frames with one
+// buffered reader, looking only at each frame's first bytes.
+func readWS(ctx context.Context, raw string, r *recorder) error {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return err
+	}
+	conn, err := (&net.Dialer{}).DialContext(ctx, "tcp", u.Host)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	defer stop()
+	var key [16]byte
+	rand.Read(key[:])
+	fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n",
+		u.RequestURI(), u.Host, base64.StdEncoding.EncodeToString(key[:]))
+	br := bufio.NewReaderSize(conn, 32<<10)
+	status, err := br.ReadString('\n')
+	if err != nil {
+		return err
+	}
+	if !strings.Contains(status, " 101 ") {
+		return fmt.Errorf("handshake: %s", strings.TrimSpace(status))
+	}
+	for {
+		line, err := br.ReadString('\n')
+		if err != nil {
+			return err
+		}
+		if line == "\r\n" {
+			break
+		}
+	}
+	if r.onOpen != nil {
+		r.onOpen()
+	}
+	var hdr [2]byte
+	for {
+		if _, err := io.ReadFull(br, hdr[:]); err != nil {
+			return err
+		}
+		op, n := hdr[0]&0x0f, uint64(hdr[1]&0x7f)
+		switch n {
+		case 126:
+			var b [2]byte
+			if _, err := io.ReadFull(br, b[:]); err != nil {
+				return err
+			}
+			n = uint64(binary.BigEndian.Uint16(b[:]))
+		case 127:
+			var b [8]byte
+			if _, err := io.ReadFull(br, b[:]); err != nil {
+				return err
+			}
+			n = binary.BigEndian.Uint64(b[:])
+		}
+		switch op {
+		case 0x1: // text: a hit or a gap
+			head, _ := br.Peek(int(min(n, 128)))
+			if seq, ok := parseUintAfter(head, wsHitPrefix); ok {
+				stamp, _ := parseUintAfter(head, stampKey)
+				r.hit(seq, int64(stamp))
+			} else if bytes.Contains(head, []byte(`"gap"`)) {
+				r.mu.Lock()
+				r.gaps++
+				r.mu.Unlock()
+			}
+			if _, err := br.Discard(int(n)); err != nil {
+				return err
+			}
+		case 0x9: // ping: answer with a masked pong
+			payload := make([]byte, n)
+			if _, err := io.ReadFull(br, payload); err != nil {
+				return err
+			}
+			frame := []byte{0x8A, 0x80 | byte(n), 0, 0, 0, 0}
+			frame = append(frame, payload...) // mask key 0: the payload is unchanged
+			conn.Write(frame)
+		case 0x8:
+			return nil
+		default:
+			if _, err := br.Discard(int(n)); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// readSSE reads an event stream line by line without allocating.
+func readSSE(ctx context.Context, raw string, r *recorder) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, raw, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("status %d", resp.StatusCode)
+	}
+	br := bufio.NewReaderSize(resp.Body, 64<<10)
+	var seq uint64
+	for {
+		line, err := br.ReadSlice('\n')
+		if err != nil {
+			return err
+		}
+		switch {
+		case bytes.HasPrefix(line, []byte("id: ")):
+			seq, _ = parseUintAfter(line, []byte("id: "))
+		case bytes.HasPrefix(line, []byte("data: {\"lsmuxSentNs\":")):
+			stamp, _ := parseUintAfter(line, stampKey)
+			r.hit(seq, int64(stamp))
+		case bytes.HasPrefix(line, []byte("event: gap")):
+			r.mu.Lock()
+			r.gaps++
+			r.mu.Unlock()
+		}
+	}
+}
+
+func parseUintAfter(b, prefix []byte) (uint64, bool) {
+	i := bytes.Index(b, prefix)
+	if i < 0 {
+		return 0, false
+	}
+	var v uint64
+	j := i + len(prefix)
+	for ; j < len(b) && b[j] >= '0' && b[j] <= '9'; j++ {
+		v = v*10 + uint64(b[j]-'0')
+	}
+	return v, j > i+len(prefix)
+}
+
+// procCPU is a process's user+system CPU time from /proc (0 when unknown).
+func procCPU(pid int) time.Duration {
+	if pid <= 0 {
+		return 0
+	}
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0
+	}
+	// Fields after the command name, which is in parentheses.
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+2:]))
+	if len(f) < 13 {
+		return 0
+	}
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(ut+st) * time.Second / 100 // USER_HZ is 100 on Linux
+}
+
+// procRSS is a process's resident memory in bytes (0 when unknown).
+func procRSS(pid int) int64 {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
+}

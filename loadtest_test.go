@@ -1,0 +1,51 @@
+package main
+
+import (
+	"context"
+	"io"
+	"net"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestLoadtestSmoke runs the load tool briefly against an in-process
+// lsmux, for both transports: it must report every delivery.
+func TestLoadtestSmoke(t *testing.T) {
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	simAddr := ln.Addr().String()
+	ln.Close()
+	cfg, err := loadConfig([]string{"-listen", "127.0.0.1:0", "-stream-url", "http://" + simAddr + "/api/1/stream/demo",
+		"-token-url", "http://" + simAddr + "/ims/token/v3", "-client-id", "sim-client", "-client-secret", "sim-secret",
+		"-reconnect-delay", "100ms", "-reconnect-max-delay", "200ms", "-log-level", "error"}, func(string) string { return "" }, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log, _ := newLogger("error", "text", io.Discard)
+	tokens, _ := cfg.tokenSource()
+	a, err := newApp(cfg, tokens, log, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.run(ctx) }()
+	defer func() { cancel(); <-done }()
+
+	for _, transport := range []string{"ws", "sse"} {
+		var out strings.Builder
+		err := runLoadtest(context.Background(), []string{"-target", "http://" + a.addr(), "-transport", transport, "-n", "20",
+			"-rate", "200", "-duration", "1s", "-warmup", "500ms", "-sim-listen", simAddr}, func(string) string { return "" }, &out, io.Discard)
+		if err != nil {
+			t.Fatalf("%s: %v", transport, err)
+		}
+		line := out.String()
+		t.Log(strings.TrimSpace(line))
+		m := regexp.MustCompile(`loss=([0-9.]+)%`).FindStringSubmatch(line)
+		if m == nil || m[1] != "0.000" || !strings.Contains(line, "failed-subscribers=0") || !strings.Contains(line, "p99=") {
+			t.Fatalf("%s: %s", transport, line)
+		}
+		waitFor(t, 5*time.Second, "subscribers to leave", func() bool { return len(a.streams[0].hub.Subscribers()) == 0 })
+	}
+}
