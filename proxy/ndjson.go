@@ -74,6 +74,10 @@ func (s *Server) handleNDJSON(w http.ResponseWriter, r *http.Request) {
 	defer ping.Stop()
 	for {
 		entries, gap, wake := sub.Poll(ndjsonSize, s.opts.BatchBytes)
+		if len(entries) > 0 {
+			// Writes may reach the socket before flush(): see handleSSE.
+			rc.SetWriteDeadline(time.Now().Add(s.opts.WriteTimeout))
+		}
 		if gap != nil {
 			s.obs.Gap(st.Name, "ndjson")
 			if s.opts.SlowDisconnect {

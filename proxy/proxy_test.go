@@ -1,6 +1,7 @@
 package proxy_test
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -411,5 +412,66 @@ func TestReadinessDoesNotHingeOnTheUpstreamUnlessAsked(t *testing.T) {
 		if resp.StatusCode != want || !strings.Contains(string(body), `"waiting"`) {
 			t.Errorf("%s: %d %s, want %d listing the upstream state", path, resp.StatusCode, body, want)
 		}
+	}
+}
+
+// TestBurstAfterQuietSpellIsNotAWriteTimeout is the regression test for a
+// bug the soak found: the SSE writer set its write deadline only before
+// flushing, but its buffer passes large batches on earlier, under the
+// deadline left from the last write. A burst after a quiet spell longer
+// than the write timeout then dropped a healthy subscriber.
+func TestBurstAfterQuietSpellIsNotAWriteTimeout(t *testing.T) {
+	r := serve(t, fanout.Options{}, proxy.Options{WriteTimeout: 200 * time.Millisecond, PingInterval: time.Hour})
+	sse := mustSSE(t, r.base+"/sse", nil)
+	nd := readNDJSONStream(t, r.root+"/api/1/stream/s")
+	waitFor(t, 2*time.Second, "subscribers", func() bool { return len(r.hub.Subscribers()) == 2 })
+	r.hub.Append(hitN(0), time.Now())
+	next(t, sse.Msgs, 5*time.Second)
+	quiet := time.Now()
+	waitFor(t, 2*time.Second, "a quiet spell past the write timeout", func() bool { return time.Since(quiet) > 400*time.Millisecond })
+	big := bytes.Repeat([]byte("z"), 2000)
+	for i := 1; i <= 200; i++ { // ~400 KB: far beyond the writer's buffer
+		r.hub.Append([]byte(fmt.Sprintf(`{"hitIdHigh":1,"hitIdLow":%d,"pad":"%s"}`, i, big)), time.Now())
+	}
+	for range 200 {
+		next(t, sse.Msgs, 5*time.Second)
+	}
+	if got := nd(201); got != 201 {
+		t.Fatalf("drop-in subscriber got %d of 201 records", got)
+	}
+}
+
+// readNDJSONStream subscribes to the drop-in endpoint and returns a
+// function that reads until n records arrived (or 5 s passed).
+func readNDJSONStream(t *testing.T, u string) func(n int) int {
+	t.Helper()
+	resp, err := http.Get(u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { resp.Body.Close() })
+	br := bufio.NewReaderSize(resp.Body, 1<<20)
+	return func(n int) int {
+		got := 0
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			for got < n {
+				line, err := br.ReadSlice('\n')
+				if err != nil {
+					return
+				}
+				if len(line) > 2 {
+					got++
+				}
+			}
+		}()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			resp.Body.Close()
+			<-done
+		}
+		return got
 	}
 }

@@ -66,6 +66,12 @@ func (s *Server) handleSSE(w http.ResponseWriter, r *http.Request) {
 	}()
 	for {
 		entries, gap, wake := sub.Poll(sseSize, s.opts.BatchBytes)
+		if gap != nil || len(entries) > 0 {
+			// The buffered writer may pass bytes on before flush(): the
+			// deadline must cover them too, or a burst after a quiet spell
+			// would hit the deadline left from the last write.
+			rc.SetWriteDeadline(time.Now().Add(s.opts.WriteTimeout))
+		}
 		if gap != nil {
 			if s.opts.SlowDisconnect {
 				bw.WriteString("event: close\ndata: {\"reason\":\"slow\"}\n\n")

@@ -1,9 +1,6 @@
 package upstream
 
-import (
-	"bytes"
-	"encoding/json"
-)
+import "bytes"
 
 // HitID identifies a Live Stream hit: hitIdHigh and hitIdLow, both unsigned
 // 64-bit. They exceed JavaScript's 2^53 and float64's precision, so they are
@@ -14,16 +11,7 @@ type HitID struct{ High, Low uint64 }
 // embedded in a WebSocket message or an SSE event) and extracts the hit id
 // from its top-level members, without decoding the rest.
 func inspect(raw []byte) (id HitID, hasID, valid bool) {
-	if !json.Valid(raw) {
-		return HitID{}, false, false
-	}
-	i := skipSpace(raw, 0)
-	if i >= len(raw) || raw[i] != '{' {
-		return HitID{}, false, false
-	}
-	var gotHigh, gotLow bool
-	id.High, id.Low, gotHigh, gotLow = scanTopLevelIDs(raw, i)
-	return id, gotHigh && gotLow, true
+	return scanHit(raw)
 }
 
 // ParseHitID extracts the hit id from a raw hit (valid JSON assumed).

@@ -2,6 +2,7 @@ package upstream
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"io"
 	"strings"
@@ -172,4 +173,28 @@ func TestDedupWindow(t *testing.T) {
 	if len(d.seen) != 3 {
 		t.Fatalf("window holds %d ids, want 3", len(d.seen))
 	}
+}
+
+// FuzzScanAgreesWithEncodingJSON: the hot-path scanner accepts exactly
+// what encoding/json.Valid accepts (when it starts with an object), and
+// finds the same hit id as the slower top-level walk.
+func FuzzScanAgreesWithEncodingJSON(f *testing.F) {
+	for _, s := range []string{`{"hitIdHigh":1,"hitIdLow":2}`, ` {"a":[1,2.5e-3,{"b":null}],"c":"\u00e9\n"} `, `{"a":01}`, `{"a":1.}`,
+		`{"a":"\x"}`, `{"a":true,}`, `{}`, `{"a":[]}`, `{"hitIdHigh":"18446744073709551615","hitIdLow":-0}`, "{\"a\":\"\x01\"}"} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, in []byte) {
+		id, hasID, valid := scanHit(in)
+		i := skipSpace(in, 0)
+		want := json.Valid(in) && i < len(in) && in[i] == '{'
+		if valid != want {
+			t.Fatalf("scanHit(%q) valid=%v, encoding/json says %v", in, valid, want)
+		}
+		if valid {
+			hi, lo, h, l := scanTopLevelIDs(in, i)
+			if hasID != (h && l) || (hasID && (id.High != hi || id.Low != lo)) {
+				t.Fatalf("scanHit(%q) id %v %v, walk says %d %d %v", in, id, hasID, hi, lo, h && l)
+			}
+		}
+	})
 }
