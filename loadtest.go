@@ -216,8 +216,9 @@ func idleTest(ctx context.Context, url string, n, pid int, stdout io.Writer) err
 	}
 	before := procRSS(pid)
 	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel() // runs first: the readers stop, then Wait returns
 	var opened, failed atomic.Int64
 	for range n {
 		wg.Go(func() {
@@ -227,7 +228,6 @@ func idleTest(ctx context.Context, url string, n, pid int, stdout io.Writer) err
 			}
 		})
 	}
-	defer wg.Wait()
 	deadline := time.Now().Add(60 * time.Second)
 	for opened.Load()+failed.Load() < int64(n) && time.Now().Before(deadline) {
 		sleepCtx(ctx, 50*time.Millisecond)

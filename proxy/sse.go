@@ -1,10 +1,11 @@
 package proxy
 
 import (
-	"bufio"
+	"io"
 	"math/rand/v2"
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 
 	"lsmux/fanout"
@@ -36,22 +37,14 @@ func (s *Server) handleSSE(w http.ResponseWriter, r *http.Request) {
 	h.Set("X-Accel-Buffering", "no") // nginx: do not buffer this response
 	w.WriteHeader(http.StatusOK)
 
-	// One buffered write per batch: the response writer underneath would
-	// otherwise cut a large batch into many small writes.
-	bw := bufio.NewWriterSize(w, 32<<10)
+	// One write per batch, from a pooled buffer: the response writer
+	// underneath would otherwise cut a large batch into many small writes,
+	// and a buffer kept per subscriber would cost idle subscribers memory.
+	out := &batchWriter{w: w, rc: rc, timeout: s.opts.WriteTimeout}
 	// A comment at once makes proxies start the response; the retry hint
 	// is jittered so thousands of browsers do not reconnect in lockstep.
-	bw.WriteString(": lsmux " + st.Name + "\nretry: ")
-	bw.WriteString(strconv.Itoa(1000 + rand.IntN(4000)))
-	bw.WriteString("\n\n")
-	flush := func() error {
-		rc.SetWriteDeadline(time.Now().Add(s.opts.WriteTimeout))
-		if err := bw.Flush(); err != nil {
-			return err
-		}
-		return rc.Flush()
-	}
-	if flush() != nil {
+	out.str(": lsmux " + st.Name + "\nretry: " + strconv.Itoa(1000+rand.IntN(4000)) + "\n\n")
+	if out.flush() != nil {
 		return
 	}
 	sub := st.Hub.Subscribe(from, fanout.Info{Transport: "sse", Remote: r.RemoteAddr}, sel)
@@ -66,29 +59,23 @@ func (s *Server) handleSSE(w http.ResponseWriter, r *http.Request) {
 	}()
 	for {
 		entries, gap, wake := sub.Poll(sseSize, s.opts.BatchBytes)
-		if gap != nil || len(entries) > 0 {
-			// The buffered writer may pass bytes on before flush(): the
-			// deadline must cover them too, or a burst after a quiet spell
-			// would hit the deadline left from the last write.
-			rc.SetWriteDeadline(time.Now().Add(s.opts.WriteTimeout))
-		}
 		if gap != nil {
 			if s.opts.SlowDisconnect {
-				bw.WriteString("event: close\ndata: {\"reason\":\"slow\"}\n\n")
-				flush()
+				out.str("event: close\ndata: {\"reason\":\"slow\"}\n\n")
+				out.flush()
 				reason = reasonSlow
 				return
 			}
 			s.obs.Gap(st.Name, "sse")
-			bw.WriteString("event: gap\ndata: ")
-			bw.Write(gapPayload(gap))
-			bw.WriteString("\n\n")
+			out.str("event: gap\ndata: ")
+			out.bytes(gapPayload(gap))
+			out.str("\n\n")
 		}
 		for _, e := range entries {
-			bw.Write(e.SSEEvent())
+			out.bytes(e.SSEEvent())
 		}
 		if gap != nil || len(entries) > 0 {
-			if err := flush(); err != nil {
+			if err := out.flush(); err != nil {
 				reason = writeFailed(err)
 				return
 			}
@@ -100,24 +87,24 @@ func (s *Server) handleSSE(w http.ResponseWriter, r *http.Request) {
 		select {
 		case <-wake:
 		case <-ping.C:
-			bw.WriteString(": ping\n\n")
-			if err := flush(); err != nil {
+			out.str(": ping\n\n")
+			if err := out.flush(); err != nil {
 				reason = writeFailed(err)
 				return
 			}
 		case <-r.Context().Done():
 			return
 		case <-s.closing:
-			reason = s.sseShutdown(r, bw, flush)
+			reason = s.sseShutdown(r, out)
 			return
 		case <-st.Hub.Closed():
-			reason = s.sseShutdown(r, bw, flush)
+			reason = s.sseShutdown(r, out)
 			return
 		}
 	}
 }
 
-func (s *Server) sseShutdown(r *http.Request, bw *bufio.Writer, flush func() error) string {
+func (s *Server) sseShutdown(r *http.Request, out *batchWriter) string {
 	t := time.NewTimer(s.closeDelay())
 	defer t.Stop()
 	select {
@@ -125,9 +112,52 @@ func (s *Server) sseShutdown(r *http.Request, bw *bufio.Writer, flush func() err
 	case <-r.Context().Done():
 		return reasonClient
 	}
-	bw.WriteString("event: close\ndata: {\"reason\":\"shutdown\"}\n\n")
-	flush()
+	out.str("event: close\ndata: {\"reason\":\"shutdown\"}\n\n")
+	out.flush()
 	return reasonShutdown
+}
+
+// batchPool holds the buffers writers fill for one write. A subscriber
+// holds one only between the start of a batch and its flush.
+var batchPool = sync.Pool{New: func() any { b := make([]byte, 0, 64<<10); return &b }}
+
+// batchWriter gathers one batch and writes it with one Write and one Flush,
+// under a write deadline set just before (see
+// TestBurstAfterQuietSpellIsNotAWriteTimeout).
+type batchWriter struct {
+	w       io.Writer
+	rc      *http.ResponseController
+	timeout time.Duration
+	buf     *[]byte
+	flusher func() error // flushes a layer between w and the response (gzip); nil: none
+}
+
+func (b *batchWriter) get() {
+	if b.buf == nil {
+		b.buf = batchPool.Get().(*[]byte)
+	}
+}
+
+func (b *batchWriter) str(s string) { b.get(); *b.buf = append(*b.buf, s...) }
+
+func (b *batchWriter) bytes(p []byte) { b.get(); *b.buf = append(*b.buf, p...) }
+
+func (b *batchWriter) flush() error {
+	b.get()
+	b.rc.SetWriteDeadline(time.Now().Add(b.timeout))
+	_, err := b.w.Write(*b.buf)
+	if err == nil && b.flusher != nil {
+		err = b.flusher()
+	}
+	if err == nil {
+		err = b.rc.Flush()
+	}
+	if cap(*b.buf) <= 4<<20 { // do not keep a freak batch's memory
+		*b.buf = (*b.buf)[:0]
+		batchPool.Put(b.buf)
+	}
+	b.buf = nil
+	return err
 }
 
 func gapPayload(g *fanout.Gap) []byte {

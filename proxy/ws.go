@@ -30,7 +30,7 @@ import (
 // so frames never interleave.
 
 var wsUpgrader = websocket.Upgrader{
-	ReadBufferSize:   1024, // clients send only control frames
+	ReadBufferSize:   512, // clients send only control frames
 	WriteBufferSize:  256,  // used by gorilla only for its own close frames
 	HandshakeTimeout: 10 * time.Second,
 	// checkOrigin (access.go) has already refused origins that are not
