@@ -31,7 +31,7 @@ import (
 
 var wsUpgrader = websocket.Upgrader{
 	ReadBufferSize:   512, // clients send only control frames
-	WriteBufferSize:  256,  // used by gorilla only for its own close frames
+	WriteBufferSize:  256, // used by gorilla only for its own close frames
 	HandshakeTimeout: 10 * time.Second,
 	// checkOrigin (access.go) has already refused origins that are not
 	// allowed, and allows some cross-origin pages gorilla's default would
