@@ -9,6 +9,7 @@ import (
 	"sync"
 
 	"github.com/google/cel-go/cel"
+	celast "github.com/google/cel-go/common/ast"
 	"github.com/google/cel-go/interpreter"
 )
 
@@ -38,6 +39,10 @@ type Filter struct {
 	Text string
 	prg  cel.Program
 	slot int // result bit, or -1
+	// keys are the top-level fields of the hit the expression reads, so
+	// only those are decoded; nil when it uses the hit otherwise (as a
+	// whole, with a computed key), and the whole hit must be decoded.
+	keys []string
 }
 
 // Compiler compiles and caches filters and projections.
@@ -93,7 +98,7 @@ func (c *Compiler) Filter(text string) (*Filter, error) {
 	if err != nil {
 		return nil, fmt.Errorf("filter: %w", err)
 	}
-	f = &Filter{Text: text, prg: prg, slot: -1}
+	f = &Filter{Text: text, prg: prg, slot: -1, keys: topLevelKeys(ast)}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if cached := c.filters[text]; cached != nil {
@@ -107,6 +112,35 @@ func (c *Compiler) Filter(text string) (*Filter, error) {
 		c.filters[text] = f
 	}
 	return f, nil
+}
+
+// topLevelKeys lists the fields read as hit.<field>. It returns nil unless
+// every use of hit is such a selection.
+func topLevelKeys(a *cel.Ast) []string {
+	idents, selects := 0, 0
+	seen := map[string]bool{}
+	var keys []string
+	celast.PostOrderVisit(a.NativeRep().Expr(), celast.NewExprVisitor(func(e celast.Expr) {
+		switch e.Kind() {
+		case celast.IdentKind:
+			if e.AsIdent() == "hit" {
+				idents++
+			}
+		case celast.SelectKind:
+			sel := e.AsSelect()
+			if op := sel.Operand(); op.Kind() == celast.IdentKind && op.AsIdent() == "hit" {
+				selects++
+				if !seen[sel.FieldName()] {
+					seen[sel.FieldName()] = true
+					keys = append(keys, sel.FieldName())
+				}
+			}
+		}
+	}))
+	if idents != selects || len(keys) == 0 {
+		return nil
+	}
+	return keys
 }
 
 // eval runs the filter on a decoded hit. An error (a missing field, a type
@@ -124,21 +158,17 @@ func (f *Filter) eval(act interpreter.Activation) bool {
 	return ok && b
 }
 
-// decodeHit turns a hit into CEL values. Integers stay integers (int64, or
-// uint64 above it), so hit ids and counters compare exactly.
-func decodeHit(raw []byte) interpreter.Activation {
+// decodeValue turns one JSON value into CEL values. Integers stay
+// integers (int64, or uint64 above it), so hit ids and counters compare
+// exactly.
+func decodeValue(raw []byte) (any, bool) {
 	dec := json.NewDecoder(bytes.NewReader(raw))
 	dec.UseNumber()
-	var v map[string]any
+	var v any
 	if err := dec.Decode(&v); err != nil {
-		return nil
+		return nil, false
 	}
-	convertNumbers(v)
-	act, err := interpreter.NewActivation(map[string]any{"hit": v})
-	if err != nil {
-		return nil
-	}
-	return act
+	return convertNumbers(v), true
 }
 
 func convertNumbers(v any) any {

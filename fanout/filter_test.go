@@ -228,3 +228,32 @@ func FuzzProjection(f *testing.F) {
 		}
 	})
 }
+
+// TestFiltersDecodeOnlyTheFieldsTheyRead: a filter on two fields decodes
+// those two; a filter using the hit as a whole decodes everything; several
+// filters on one hit share what was decoded.
+func TestFiltersDecodeOnlyTheFieldsTheyRead(t *testing.T) {
+	c := mustCompiler(t)
+	h := NewHub(Options{FirstSeq: 1})
+	h.Append([]byte(sampleHit), time.Now())
+	e := h.slot(1).Load()
+	two := mustFilter(t, c, `hit.geoCountry == "fra" && has(hit.events.purchase)`)
+	if got := two.keys; len(got) != 2 {
+		t.Fatalf("keys %v", got)
+	}
+	if !h.matches(two, e) {
+		t.Fatal("no match")
+	}
+	d := h.derived(e).dec.Load()
+	if len(d.m) != 2 || d.all {
+		t.Fatalf("decoded %d fields for a filter reading 2", len(d.m))
+	}
+	missing := mustFilter(t, c, `has(hit.referrer)`)
+	if h.matches(missing, e) || !h.derived(e).dec.Load().tried["referrer"] {
+		t.Fatal("an absent field must be looked for once and not match")
+	}
+	whole := mustFilter(t, c, `size(hit) > 3`)
+	if whole.keys != nil || !h.matches(whole, e) || !h.derived(e).dec.Load().all {
+		t.Fatal("a filter on the whole hit must decode it all")
+	}
+}

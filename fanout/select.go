@@ -2,6 +2,8 @@ package fanout
 
 import (
 	"hash/fnv"
+	"maps"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -59,8 +61,8 @@ func (s *Selector) Describe() string {
 // entry is in the hub's derived window), filter results, the visitor's
 // sample point and projected encodings.
 type derived struct {
-	once    sync.Once
-	act     interpreter.Activation
+	mu      sync.Mutex // serialises decoding; readers use dec without it
+	dec     atomic.Pointer[decoded]
 	done    atomic.Uint64 // filter result slots computed
 	match   atomic.Uint64 // ... and their results
 	visitor atomic.Uint64 // sample point in [0,2^63) | 1<<63 once computed
@@ -96,9 +98,72 @@ func (h *Hub) derived(e *Entry) *derived {
 	return d
 }
 
-func (d *derived) activation(e *Entry) interpreter.Activation {
-	d.once.Do(func() { d.act = decodeHit(e.Raw()) })
-	return d.act
+// activation returns the hit for CEL with at least the given top-level
+// fields decoded (all of them when keys is nil). Each field is decoded at
+// most once, whoever asks first, and shared. The decoded map is never
+// changed once published (evaluations may be reading it): more fields
+// make a new map.
+func (d *derived) activation(e *Entry, keys []string) interpreter.Activation {
+	if cur := d.dec.Load(); cur != nil && cur.has(keys) {
+		return cur.act
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	cur := d.dec.Load()
+	if cur != nil && cur.has(keys) {
+		return cur.act
+	}
+	m, tried := map[string]any{}, map[string]bool{}
+	if cur != nil {
+		if cur.act == nil {
+			return nil // not a JSON object
+		}
+		maps.Copy(m, cur.m)
+		maps.Copy(tried, cur.tried)
+	}
+	for _, k := range keys {
+		tried[k] = true // absent fields are looked for once, too
+	}
+	next := &decoded{m: m, tried: tried, all: keys == nil}
+	raw := e.Raw()
+	obj := raw[skipWS(raw, 0):]
+	if len(obj) > 0 && obj[0] == '{' {
+		eachMember(obj, func(key, _ []byte, vstart int) {
+			k := string(key)
+			if _, done := m[k]; done || (keys != nil && !slices.Contains(keys, k)) {
+				return
+			}
+			if v, ok := decodeValue(obj[vstart:valueEnd(obj, vstart)]); ok {
+				m[k] = v
+			}
+		})
+		next.act, _ = interpreter.NewActivation(map[string]any{"hit": m})
+	}
+	d.dec.Store(next)
+	return next.act
+}
+
+// decoded is an immutable, partly decoded hit.
+type decoded struct {
+	m     map[string]any
+	tried map[string]bool        // fields looked for, found or not
+	act   interpreter.Activation // nil: the hit is not a JSON object
+	all   bool
+}
+
+func (c *decoded) has(keys []string) bool {
+	if c.all || c.act == nil {
+		return true
+	}
+	if keys == nil {
+		return false
+	}
+	for _, k := range keys {
+		if !c.tried[k] {
+			return false
+		}
+	}
+	return true
 }
 
 // matches evaluates f on e, sharing the result with every subscriber that
@@ -106,13 +171,13 @@ func (d *derived) activation(e *Entry) interpreter.Activation {
 func (h *Hub) matches(f *Filter, e *Entry) bool {
 	d := h.derived(e)
 	if f.slot < 0 {
-		return f.eval(d.activation(e))
+		return f.eval(d.activation(e, f.keys))
 	}
 	bit := uint64(1) << f.slot
 	if d.done.Load()&bit != 0 {
 		return d.match.Load()&bit != 0
 	}
-	ok := f.eval(d.activation(e))
+	ok := f.eval(d.activation(e, f.keys))
 	if ok {
 		d.match.Or(bit)
 	}
