@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"runtime/pprof"
 	"strings"
 	"syscall"
 	"time"
@@ -168,6 +169,13 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 	a, err := newApp(cfg, tokens, log, nil)
 	if err != nil {
 		return err
+	}
+	// LSMUX_CPUPROFILE=file profiles a whole run (docs/performance.md).
+	if path := getenv("LSMUX_CPUPROFILE"); path != "" {
+		if f, err := os.Create(path); err == nil {
+			pprof.StartCPUProfile(f)
+			defer func() { pprof.StopCPUProfile(); f.Close() }()
+		}
 	}
 	return a.run(ctx)
 }

@@ -63,7 +63,7 @@ type Event struct {
 	Reason string    `json:"reason,omitempty"`
 }
 
-const maxEvents = 200
+const maxEvents = 1000
 
 // addEvent records an event and forgets those over an hour old. Caller
 // holds s.mu.
