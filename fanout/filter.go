@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/google/cel-go/cel"
 	celast "github.com/google/cel-go/common/ast"
@@ -43,6 +45,7 @@ type Filter struct {
 	// only those are decoded; nil when it uses the hit otherwise (as a
 	// whole, with a computed key), and the whole hit must be decoded.
 	keys []string
+	c    *Compiler
 }
 
 // Compiler compiles and caches filters and projections.
@@ -55,6 +58,9 @@ type Compiler struct {
 	fields    map[string]*Projection
 	nextSlot  int
 	nextPSlot int
+	// union is every field the cached filters read, so the first filter to
+	// look at a hit decodes what the others will need in the same pass.
+	union atomic.Pointer[[]string]
 }
 
 // maxCached bounds the caches, so clients sending endless distinct
@@ -98,7 +104,7 @@ func (c *Compiler) Filter(text string) (*Filter, error) {
 	if err != nil {
 		return nil, fmt.Errorf("filter: %w", err)
 	}
-	f = &Filter{Text: text, prg: prg, slot: -1, keys: topLevelKeys(ast)}
+	f = &Filter{Text: text, prg: prg, slot: -1, keys: topLevelKeys(ast), c: c}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if cached := c.filters[text]; cached != nil {
@@ -110,8 +116,32 @@ func (c *Compiler) Filter(text string) (*Filter, error) {
 			c.nextSlot++
 		}
 		c.filters[text] = f
+		if f.keys != nil {
+			var u []string
+			if old := c.union.Load(); old != nil {
+				u = append(u, *old...)
+			}
+			for _, k := range f.keys {
+				if !slices.Contains(u, k) && len(u) < 64 {
+					u = append(u, k)
+				}
+			}
+			c.union.Store(&u)
+		}
 	}
 	return f, nil
+}
+
+// fieldsToDecode is what to decode when f first looks at a hit: its own
+// fields plus those of the other cached filters (nil: everything).
+func (f *Filter) fieldsToDecode() []string {
+	if f.keys == nil || f.c == nil {
+		return nil
+	}
+	if u := f.c.union.Load(); u != nil {
+		return *u
+	}
+	return f.keys
 }
 
 // topLevelKeys lists the fields read as hit.<field>. It returns nil unless

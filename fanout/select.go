@@ -103,9 +103,12 @@ func (h *Hub) derived(e *Entry) *derived {
 // most once, whoever asks first, and shared. The decoded map is never
 // changed once published (evaluations may be reading it): more fields
 // make a new map.
-func (d *derived) activation(e *Entry, keys []string) interpreter.Activation {
+func (d *derived) activation(e *Entry, keys, also []string) interpreter.Activation {
 	if cur := d.dec.Load(); cur != nil && cur.has(keys) {
 		return cur.act
+	}
+	if keys != nil {
+		keys = also // the first scan decodes what the other filters will read too
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -171,13 +174,13 @@ func (c *decoded) has(keys []string) bool {
 func (h *Hub) matches(f *Filter, e *Entry) bool {
 	d := h.derived(e)
 	if f.slot < 0 {
-		return f.eval(d.activation(e, f.keys))
+		return f.eval(d.activation(e, f.keys, f.fieldsToDecode()))
 	}
 	bit := uint64(1) << f.slot
 	if d.done.Load()&bit != 0 {
 		return d.match.Load()&bit != 0
 	}
-	ok := f.eval(d.activation(e, f.keys))
+	ok := f.eval(d.activation(e, f.keys, f.fieldsToDecode()))
 	if ok {
 		d.match.Or(bit)
 	}
