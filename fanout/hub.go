@@ -101,8 +101,9 @@ func NewHub(o Options) *Hub {
 func (h *Hub) slot(seq uint64) *atomic.Pointer[Entry] { return &h.ring[seq%uint64(len(h.ring))] }
 
 // Append numbers a hit and adds it to the ring, evicting the oldest hits
-// beyond the bounds. It never waits for a subscriber. raw must not be
-// modified afterwards. Safe for concurrent use.
+// beyond the bounds. It never waits for a subscriber. raw is copied (into
+// the entry's encodings), so the caller may reuse it. Safe for concurrent
+// use.
 func (h *Hub) Append(raw []byte, received time.Time) uint64 {
 	h.wmu.Lock()
 	seq := h.next.Load()

@@ -396,11 +396,9 @@ func (s *slot) deliver(rec []byte) {
 	}
 	s.hits.Add(1)
 	s.bytes.Add(uint64(len(rec)))
-	raw := make([]byte, len(rec))
-	copy(raw, rec)
 	now := time.Now()
 	s.rate.add(now.Unix())
-	s.p.cfg.Sink(raw, now)
+	s.p.cfg.Sink(rec, now)
 }
 
 // stallReader re-arms the stall timer whenever bytes arrive.

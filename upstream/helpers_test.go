@@ -33,7 +33,7 @@ type collector struct {
 
 func (c *collector) sink(raw []byte, _ time.Time) {
 	c.mu.Lock()
-	c.hits = append(c.hits, raw)
+	c.hits = append(c.hits, append([]byte(nil), raw...))
 	c.mu.Unlock()
 }
 

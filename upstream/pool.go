@@ -22,8 +22,10 @@ import (
 	"github.com/sirupsen/logrus"
 )
 
-// Sink receives every hit once, in the order the pool read it. raw is a
-// fresh copy the sink may keep; received is when the record was read. The
+// Sink receives every hit once, in the order the pool read it. raw is only
+// valid during the call (it points into the reader's buffer: the hub
+// copies what it keeps, so the hot path copies each hit once); received is
+// when the record was read. The
 // sink must not block (the reader never waits for subscribers) and must be
 // safe for concurrent use: each connection slot calls it from its own
 // goroutine.
