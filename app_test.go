@@ -92,10 +92,28 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool)
 	}
 }
 
+// steadySubscribers connects one WebSocket and one SSE subscriber from the
+// oldest hit and collects everything they receive.
+func steadySubscribers(t *testing.T, base string) (ws, sse *collected) {
+	t.Helper()
+	w, _, err := proxytest.DialWS(base+"/ws?from=oldest", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(w.Close)
+	s, err := proxytest.DialSSE(base+"/sse?from=oldest", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	return collect(w.Msgs), collect(s.Msgs)
+}
+
 // collect drains a subscription into a slice until the channel closes.
 type collected struct {
 	mu   sync.Mutex
 	msgs []proxytest.Msg
+	done atomic.Bool // the subscription ended
 }
 
 func collect(ch <-chan proxytest.Msg) *collected {
@@ -106,9 +124,12 @@ func collect(ch <-chan proxytest.Msg) *collected {
 			c.msgs = append(c.msgs, m)
 			c.mu.Unlock()
 		}
+		c.done.Store(true)
 	}()
 	return c
 }
+
+func (c *collected) ended() bool { return c.done.Load() }
 
 func (c *collected) hits() []proxytest.Msg {
 	c.mu.Lock()
@@ -124,17 +145,7 @@ func (c *collected) hits() []proxytest.Msg {
 func TestChurningSubscribersNeverTouchTheUpstream(t *testing.T) {
 	sim := newSim(t, 300)
 	r := startApp(t, sim)
-	steadyWS, _, err := proxytest.DialWS(r.base+"/ws?from=oldest", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer steadyWS.Close()
-	steadySSE, err := proxytest.DialSSE(r.base+"/sse?from=oldest", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer steadySSE.Close()
-	ws, sse := collect(steadyWS.Msgs), collect(steadySSE.Msgs)
+	ws, sse := steadySubscribers(t, r.base)
 
 	var sessions, failures atomic.Int64
 	var lastSeq atomic.Uint64

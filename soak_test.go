@@ -65,17 +65,7 @@ func TestSoakWithFaults(t *testing.T) {
 	hub := r.app.streams[0].hub
 
 	// The steady subscribers, the one that never reads, the slow one.
-	steadyWS, _, err := proxytest.DialWS(r.base+"/ws?from=oldest", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer steadyWS.Close()
-	steadySSE, err := proxytest.DialSSE(r.base+"/sse?from=oldest", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer steadySSE.Close()
-	ws, sse := collect(steadyWS.Msgs), collect(steadySSE.Msgs)
+	ws, sse := steadySubscribers(t, r.base)
 	deaf, _, err := websocket.DefaultDialer.Dial(strings.Replace(r.base, "http", "ws", 1)+"/ws", nil)
 	if err != nil {
 		t.Fatal(err)
@@ -198,12 +188,10 @@ func TestSoakWithFaults(t *testing.T) {
 	for name, c := range map[string]*collected{"ws": ws, "sse": sse} {
 		deadline := time.Now().Add(20 * time.Second)
 		for delivered(c.hits()) < len(sent) {
+			if c.ended() && delivered(c.hits()) < len(sent) {
+				t.Fatalf("the steady %s subscriber was disconnected after %d of %d hits (subscribers now: %+v)", name, delivered(c.hits()), len(sent), hub.Subscribers())
+			}
 			if time.Now().After(deadline) {
-				select {
-				case err := <-steadyWS.Done:
-					t.Logf("steady ws ended: %v", err)
-				default:
-				}
 				dumpAttempts(t, sim.Attempts(), r.logs.String())
 				got := map[string]bool{}
 				for _, m := range c.hits() {

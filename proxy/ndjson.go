@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"io"
 	"net/http"
 	"strconv"
 	"strings"
@@ -25,15 +24,7 @@ func ndjsonSize(e *fanout.Entry) int { return len(e.NDJSON()) }
 // counted in the subscriber's status; with the disconnect policy the
 // response ends instead, as a Live Stream disconnect would.
 func (s *Server) handleNDJSON(w http.ResponseWriter, r *http.Request) {
-	st := s.stream(w, r)
-	if st == nil {
-		return
-	}
-	from, sel, ok := s.parseSubscription(w, r, false)
-	if !ok {
-		return
-	}
-	release, ok := s.admit(w, r)
+	st, from, sel, release, ok := s.openSubscription(w, r, false)
 	if !ok {
 		return
 	}
@@ -42,26 +33,16 @@ func (s *Server) handleNDJSON(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-cache")
 	w.Header().Set("X-Accel-Buffering", "no")
-	var out io.Writer = w
-	var zw *gzip.Writer
+	out := &batchWriter{w: w, rc: rc, timeout: s.opts.WriteTimeout}
 	if acceptsGzip(r.Header.Get("Accept-Encoding")) {
 		w.Header().Set("Content-Encoding", "gzip")
 		w.Header().Add("Vary", "Accept-Encoding")
-		zw, _ = gzip.NewWriterLevel(w, gzip.BestSpeed)
-		out = zw
+		zw, _ := gzip.NewWriterLevel(w, gzip.BestSpeed)
+		out.w, out.flusher = zw, zw.Flush
 		defer zw.Close()
 	}
 	w.WriteHeader(http.StatusOK)
-	flush := func() error {
-		rc.SetWriteDeadline(time.Now().Add(s.opts.WriteTimeout))
-		if zw != nil {
-			if err := zw.Flush(); err != nil {
-				return err
-			}
-		}
-		return rc.Flush()
-	}
-	if flush() != nil {
+	if out.flush() != nil {
 		return
 	}
 	sub := st.Hub.Subscribe(from, fanout.Info{Transport: "ndjson", Remote: r.RemoteAddr}, sel)
@@ -74,10 +55,6 @@ func (s *Server) handleNDJSON(w http.ResponseWriter, r *http.Request) {
 	defer ping.Stop()
 	for {
 		entries, gap, wake := sub.Poll(ndjsonSize, s.opts.BatchBytes)
-		if len(entries) > 0 {
-			// Writes may reach the socket before flush(): see handleSSE.
-			rc.SetWriteDeadline(time.Now().Add(s.opts.WriteTimeout))
-		}
 		if gap != nil {
 			s.obs.Gap(st.Name, "ndjson")
 			if s.opts.SlowDisconnect {
@@ -88,10 +65,10 @@ func (s *Server) handleNDJSON(w http.ResponseWriter, r *http.Request) {
 			log.WithField("from", gap.From).WithField("to", gap.To).Warn("ndjson subscriber missed hits (the format cannot carry a gap notice)")
 		}
 		for _, e := range entries {
-			out.Write(e.NDJSON())
+			out.bytes(e.NDJSON())
 		}
 		if len(entries) > 0 {
-			if err := flush(); err != nil {
+			if err := out.flush(); err != nil {
 				reason = writeFailed(err)
 				return
 			}
@@ -103,8 +80,8 @@ func (s *Server) handleNDJSON(w http.ResponseWriter, r *http.Request) {
 		case <-ping.C:
 			// An empty record: Live Stream sends them too, clients skip
 			// them, and it keeps idle-timeout proxies from cutting in.
-			out.Write([]byte("\r\n"))
-			if err := flush(); err != nil {
+			out.str("\r\n")
+			if err := out.flush(); err != nil {
 				reason = writeFailed(err)
 				return
 			}

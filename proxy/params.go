@@ -142,3 +142,19 @@ func (s *Server) handleValidate(w http.ResponseWriter, r *http.Request) {
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"valid": true})
 }
+
+// openSubscription does what every transport does first: find the stream,
+// read the parameters and count the subscriber against the limits,
+// answering the client itself (404, 400, 429, 503) when it cannot go on.
+func (s *Server) openSubscription(w http.ResponseWriter, r *http.Request, allowNamed bool) (st *Stream, from uint64, sel *fanout.Selector, release func(), ok bool) {
+	if st = s.stream(w, r); st == nil {
+		return nil, 0, nil, nil, false
+	}
+	if from, sel, ok = s.parseSubscription(w, r, allowNamed); !ok {
+		return nil, 0, nil, nil, false
+	}
+	if release, ok = s.admit(w, r); !ok {
+		return nil, 0, nil, nil, false
+	}
+	return st, from, sel, release, true
+}

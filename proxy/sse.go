@@ -17,15 +17,7 @@ func sseSize(e *fanout.Entry) int { return len(e.SSEEvent()) }
 // data: the hit's bytes. It honours Last-Event-ID, so a browser's
 // EventSource resumes by itself after a reconnect.
 func (s *Server) handleSSE(w http.ResponseWriter, r *http.Request) {
-	st := s.stream(w, r)
-	if st == nil {
-		return
-	}
-	from, sel, ok := s.parseSubscription(w, r, true)
-	if !ok {
-		return
-	}
-	release, ok := s.admit(w, r)
+	st, from, sel, release, ok := s.openSubscription(w, r, true)
 	if !ok {
 		return
 	}

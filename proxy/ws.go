@@ -76,15 +76,7 @@ func (h *hijackWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 func (h *hijackWriter) Unwrap() http.ResponseWriter { return h.ResponseWriter }
 
 func (s *Server) handleWS(w http.ResponseWriter, r *http.Request) {
-	st := s.stream(w, r)
-	if st == nil {
-		return
-	}
-	from, sel, ok := s.parseSubscription(w, r, false)
-	if !ok {
-		return
-	}
-	release, ok := s.admit(w, r)
+	st, from, sel, release, ok := s.openSubscription(w, r, false)
 	if !ok {
 		return
 	}
