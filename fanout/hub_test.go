@@ -215,3 +215,37 @@ func wsPayload(t *testing.T, f []byte) []byte {
 	}
 	return f[off:]
 }
+
+// TestAppendNeverWaitsForAStalledReader is the regression test for the bug
+// the soak found: with a read-write lock, a subscriber goroutine
+// descheduled in the middle of Read (here: stuck in its size callback)
+// held the read lock and made Append, the upstream reader, wait for it.
+func TestAppendNeverWaitsForAStalledReader(t *testing.T) {
+	h := NewHub(Options{FirstSeq: 1})
+	h.Append(hit(0), time.Now())
+	inRead, release := make(chan struct{}), make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		h.Read(1, make([]*Entry, 0, 8), 1<<20, func(e *Entry) int {
+			close(inRead)
+			<-release // a reader that stops mid-read
+			return 1
+		})
+	}()
+	<-inRead
+	appended := make(chan struct{})
+	go func() {
+		for i := range 1000 {
+			h.Append(hit(i), time.Now())
+		}
+		close(appended)
+	}()
+	select {
+	case <-appended:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Append waited for a reader stuck in Read")
+	}
+	close(release)
+	<-done
+}
