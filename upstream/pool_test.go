@@ -292,8 +292,16 @@ func TestStallTimeoutEndsASilentConnectionButShortSilenceIsNormal(t *testing.T) 
 	waitFor(t, 5*time.Second, "the stall to end the connection", func() bool {
 		return strings.Contains(r.pool.Status()[0].LastError, "stall")
 	})
-	if st := r.pool.Status()[0]; st.State != upstream.StateWaiting || len(sim.Attempts()) != 1 {
-		t.Fatalf("after the stall: state %s with %d attempts; want waiting out the delay before attempt 2", st.State, len(sim.Attempts()))
+	// The next attempt waits the reconnect delay from when lsmux gave up.
+	waitFor(t, 5*time.Second, "the next attempt", func() bool { return len(sim.Attempts()) >= 2 })
+	var lost time.Time
+	for _, e := range r.pool.Status()[0].Events {
+		if e.Kind == "lost" {
+			lost = e.Time
+		}
+	}
+	if gap := sim.Attempts()[1].Start.Sub(lost); lost.IsZero() || gap < 200*time.Millisecond {
+		t.Fatalf("after the stall the next attempt came %v after the loss, want ≥ 200ms", gap)
 	}
 }
 
