@@ -251,8 +251,13 @@ func TestSoakWithFaults(t *testing.T) {
 	for _, c := range r.app.streams[0].pool.Status() {
 		invalid, oversized, dups = invalid+c.Invalid, oversized+c.Oversized, dups+c.Duplicates
 	}
-	if invalid != uint64(injectedInvalid) || oversized != uint64(injectedOversized) {
-		t.Fatalf("counted %d invalid and %d oversized records; injected %d and %d", invalid, oversized, injectedInvalid, injectedOversized)
+	// Bad records are never forwarded (the steady subscribers' exact
+	// comparison above proves it) and never counted as more than were
+	// injected. One injected just before a drop may die with its
+	// connection unread, so the counts may fall short; the exact count is
+	// TestHitBytesPassThroughAndBadRecordsAreCounted's.
+	if invalid > uint64(injectedInvalid) || oversized > uint64(injectedOversized) {
+		t.Fatalf("counted %d invalid and %d oversized records; injected only %d and %d", invalid, oversized, injectedInvalid, injectedOversized)
 	}
 
 	nSent := len(sent)
@@ -288,11 +293,11 @@ func TestSoakWithFaults(t *testing.T) {
 		return total
 	}
 	summary := fmt.Sprintf("soak %v: hits sent %d (%.0f/s), delivered per steady subscriber ws=%d sse=%d, gaps steady=%d slow-reader-seen=%d all-subscribers=%.0f, drops write-timeout=%.0f ping-timeout=%.0f, "+
-		"churn sessions %d, faults %v, upstream attempts by status %v (%d checked against the delay), duplicates dropped %d, invalid %d, oversized %d, "+
+		"churn sessions %d, faults %v, upstream attempts by status %v (%d checked against the delay), duplicates dropped %d, invalid %d/%d, oversized %d/%d (counted/injected), "+
 		"peak heap %d MiB, peak goroutines %d, goroutines %d→%d, heap less ring %d→%d MiB",
 		d, nSent, float64(nSent)/d.Seconds(), delivered(ws.hits()), delivered(sse.hits()), gaps(ws.hits())+gaps(sse.hits()), slowGaps.Load(), sumMetric("lsmux_subscriber_gaps_total{"),
 		sumMetric(`lsmux_subscriber_disconnects_total{reason="write-timeout"`), sumMetric(`lsmux_subscriber_disconnects_total{reason="ping-timeout"`),
-		sessions.Load(), faults, results, checked, dups, invalid, oversized, peakHeap>>20, peakGoroutines,
+		sessions.Load(), faults, results, checked, dups, invalid, injectedInvalid, oversized, injectedOversized, peakHeap>>20, peakGoroutines,
 		baseGoroutines, endGoroutines, baseHeap>>20, endHeap>>20)
 	t.Log(summary)
 	if path := os.Getenv("LSMUX_SOAK_SUMMARY"); path != "" {
