@@ -72,6 +72,30 @@ func startApp(t *testing.T, sim *simulator.Server, extra ...string) *running {
 	return r
 }
 
+// runApp starts lsmux's real wiring from flags (no environment), with an
+// optional demo handler, and stops it when the test ends.
+func runApp(t *testing.T, args []string, demo http.Handler) *app {
+	t.Helper()
+	cfg, err := loadConfig(args, func(string) string { return "" }, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log, _ := newLogger("error", "text", io.Discard)
+	tokens, err := cfg.tokenSource()
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := newApp(cfg, tokens, log, demo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return a
+}
+
 func newSim(t *testing.T, rate float64) *simulator.Server {
 	t.Helper()
 	sim, err := simulator.New(simulator.Options{Rate: rate})
@@ -448,22 +472,8 @@ func TestTwoStreamsOneFailingTheOtherFlows(t *testing.T) {
 	}
 	defer sim.Close()
 	streams := "sales=" + sim.StreamURL("sales") + "?maxConnections=2," + sim.URL() + "/api/1/stream/retired"
-	cfg, err := loadConfig([]string{"-listen", "127.0.0.1:0", "-streams", streams, "-token-url", sim.TokenURL(),
-		"-client-id", sim.ClientID(), "-client-secret", sim.ClientSecret(), "-reconnect-delay", "50ms", "-reconnect-max-delay", "100ms"},
-		func(string) string { return "" }, io.Discard)
-	if err != nil {
-		t.Fatal(err)
-	}
-	log, _ := newLogger("error", "text", io.Discard)
-	tokens, _ := cfg.tokenSource()
-	a, err := newApp(cfg, tokens, log, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- a.run(ctx) }()
-	defer func() { cancel(); <-done }()
+	a := runApp(t, []string{"-listen", "127.0.0.1:0", "-streams", streams, "-token-url", sim.TokenURL(),
+		"-client-id", sim.ClientID(), "-client-secret", sim.ClientSecret(), "-reconnect-delay", "50ms", "-reconnect-max-delay", "100ms"}, nil)
 
 	root := "http://" + a.addr()
 	sales, _, err := proxytest.DialWS(root+"/v1/streams/sales/ws", nil)

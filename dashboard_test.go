@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -38,22 +37,9 @@ func TestDashboardInChromium(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer sim.Close()
-	cfg, err := loadConfig([]string{"-listen", "127.0.0.1:0", "-stream-url", sim.StreamURL("demo"), "-token-url", sim.TokenURL(),
+	a := runApp(t, []string{"-listen", "127.0.0.1:0", "-stream-url", sim.StreamURL("demo"), "-token-url", sim.TokenURL(),
 		"-client-id", sim.ClientID(), "-client-secret", sim.ClientSecret(), "-reconnect-delay", "2s", "-shutdown-timeout", "2s"},
-		func(string) string { return "" }, io.Discard)
-	if err != nil {
-		t.Fatal(err)
-	}
-	log, _ := newLogger("error", "text", io.Discard)
-	tokens, _ := cfg.tokenSource()
-	a, err := newApp(cfg, tokens, log, demoFaults(sim, cfg.ReconnectDelay))
-	if err != nil {
-		t.Fatal(err)
-	}
-	appCtx, stopApp := context.WithCancel(context.Background())
-	appDone := make(chan error, 1)
-	go func() { appDone <- a.run(appCtx) }()
-	defer func() { stopApp(); <-appDone }()
+		demoFaults(sim, 2*time.Second))
 
 	opts := append(chromedp.DefaultExecAllocatorOptions[:],
 		chromedp.ExecPath(browser),

@@ -17,22 +17,9 @@ func TestLoadtestSmoke(t *testing.T) {
 	ln, _ := net.Listen("tcp", "127.0.0.1:0")
 	simAddr := ln.Addr().String()
 	ln.Close()
-	cfg, err := loadConfig([]string{"-listen", "127.0.0.1:0", "-stream-url", "http://" + simAddr + "/api/1/stream/demo",
+	a := runApp(t, []string{"-listen", "127.0.0.1:0", "-stream-url", "http://" + simAddr + "/api/1/stream/demo",
 		"-token-url", "http://" + simAddr + "/ims/token/v3", "-client-id", "sim-client", "-client-secret", "sim-secret",
-		"-reconnect-delay", "100ms", "-reconnect-max-delay", "200ms", "-log-level", "error"}, func(string) string { return "" }, io.Discard)
-	if err != nil {
-		t.Fatal(err)
-	}
-	log, _ := newLogger("error", "text", io.Discard)
-	tokens, _ := cfg.tokenSource()
-	a, err := newApp(cfg, tokens, log, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- a.run(ctx) }()
-	defer func() { cancel(); <-done }()
+		"-reconnect-delay", "100ms", "-reconnect-max-delay", "200ms", "-log-level", "error"}, nil)
 
 	for _, transport := range []string{"ws", "sse"} {
 		var out strings.Builder
