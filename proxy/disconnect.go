@@ -6,7 +6,7 @@ import (
 )
 
 // Why a subscriber's connection ends, and what each transport sends for it.
-// Every reason is listed here once; logs and (later) metrics use these names.
+// Every reason is listed here once; logs and metrics use these names.
 //
 //	reason          WebSocket close                 SSE final event
 //	shutdown        1001 going away                 event: close  data: {"reason":"shutdown"}

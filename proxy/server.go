@@ -1,5 +1,5 @@
 // Package proxy serves a stream's hub to local subscribers over WebSocket,
-// Server-Sent Events and (later) a drop-in NDJSON endpoint, plus health
+// Server-Sent Events and a drop-in NDJSON endpoint, plus health
 // and status. No request here ever touches the upstream connection.
 package proxy
 
