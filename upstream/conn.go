@@ -385,7 +385,7 @@ func (s *slot) ingest(body io.Reader, gzipped bool) error {
 }
 
 func (s *slot) deliver(rec []byte) {
-	id, hasID, valid := inspect(rec)
+	id, hasID, valid := scanHit(rec)
 	if !valid {
 		s.invalid.Add(1)
 		return
