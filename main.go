@@ -150,12 +150,22 @@ func runSimulate(ctx context.Context, args []string, getenv func(string) string,
 	return nil
 }
 
-func runServe(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+// loadServeConfig reads serve's (and demo's) configuration and builds the
+// logger it asks for.
+func loadServeConfig(args []string, getenv func(string) string, stderr io.Writer) (*config, *logrus.Logger, error) {
 	cfg, err := loadConfig(args, getenv, stderr)
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
 	log, err := newLogger(cfg.LogLevel, cfg.LogFormat, stderr)
+	if err != nil {
+		return nil, nil, err
+	}
+	return cfg, log, nil
+}
+
+func runServe(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	cfg, log, err := loadServeConfig(args, getenv, stderr)
 	if err != nil {
 		return err
 	}
@@ -183,11 +193,7 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 // runDemo runs the simulator and lsmux in one process, with no
 // credentials: the first thing a newcomer runs.
 func runDemo(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	cfg, err := loadConfig(args, getenv, stderr)
-	if err != nil {
-		return err
-	}
-	log, err := newLogger(cfg.LogLevel, cfg.LogFormat, stderr)
+	cfg, log, err := loadServeConfig(args, getenv, stderr)
 	if err != nil {
 		return err
 	}
