@@ -7,11 +7,12 @@ import (
 	"net"
 	"net/http"
 	"strings"
-	"time"
+	"sync"
 
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sync/errgroup"
 
+	"lsmux/cluster"
 	"lsmux/fanout"
 	"lsmux/metrics"
 	"lsmux/proxy"
@@ -29,11 +30,13 @@ type app struct {
 	server  *proxy.Server
 	metrics *metrics.Metrics
 	ln      net.Listener
+	node    *cluster.Node // cluster mode only
 }
 
 type appStream struct {
-	hub  *fanout.Hub
-	pool *upstream.Pool
+	hub     *fanout.Hub
+	pool    *upstream.Pool
+	cluster *cluster.Stream // cluster mode only: runs the pool while this replica leads
 }
 
 // newApp wires the pieces and binds the listener (so the address is known
@@ -44,17 +47,41 @@ func newApp(cfg *config, tokens upstream.TokenSource, log *logrus.Logger, demo h
 		return nil, err
 	}
 	a := &app{cfg: cfg, log: log}
+	if cfg.NATSURL != "" {
+		a.node, err = cluster.Connect(cfg.clusterOptions(log))
+		if err != nil {
+			return nil, err
+		}
+	}
 	var served []*proxy.Stream
 	var scraped []metrics.Stream
 	for _, sp := range specs {
-		hub := fanout.NewHub(fanout.Options{MaxHits: cfg.BufferHits, MaxBytes: int64(cfg.BufferBytes)})
-		pool, err := upstream.NewPool(cfg.upstreamConfig(sp, tokens, func(raw []byte, t time.Time) { hub.Append(raw, t) }, log))
+		st := &appStream{}
+		hubOpts := fanout.Options{MaxHits: cfg.BufferHits, MaxBytes: int64(cfg.BufferBytes)}
+		sink := func(h upstream.Hit) { st.hub.Append(h.Raw, h.Received) }
+		if a.node != nil {
+			// Sequence numbers come from JetStream (the hub is renumbered
+			// when the stream is reached), hits reach the hub through it.
+			hubOpts.FirstSeq = 1
+			sink = func(h upstream.Hit) { st.cluster.Sink(h) }
+		}
+		st.hub = fanout.NewHub(hubOpts)
+		st.pool, err = upstream.NewPool(cfg.upstreamConfig(sp, tokens, sink, log))
 		if err != nil {
+			a.closeNode()
 			return nil, fmt.Errorf("stream %s: %w", sp.Name, err)
 		}
-		a.streams = append(a.streams, &appStream{hub: hub, pool: pool})
-		served = append(served, &proxy.Stream{Name: pool.Name(), Hub: hub, Upstream: pool.Status})
-		scraped = append(scraped, metrics.Stream{Name: pool.Name(), Hub: hub, Upstream: pool.Status})
+		ps := &proxy.Stream{Name: st.pool.Name(), Hub: st.hub, Upstream: st.pool.Status}
+		ms := metrics.Stream{Name: st.pool.Name(), Hub: st.hub, Upstream: st.pool.Status}
+		if a.node != nil {
+			st.cluster = a.node.NewStream(st.pool.Name(), st.hub, st.pool)
+			ps.Ready, ps.Unready, ps.UpstreamStreaming = st.cluster.Ready, st.cluster.Unready, st.cluster.UpstreamStreaming
+			ps.Cluster = func() any { return st.cluster.Status() }
+			ms.Cluster = st.cluster.Status
+		}
+		a.streams = append(a.streams, st)
+		served = append(served, ps)
+		scraped = append(scraped, ms)
 	}
 	a.metrics = metrics.New(version, func() []metrics.Stream { return scraped })
 	a.server = proxy.New(served, proxy.Options{
@@ -76,9 +103,16 @@ func newApp(cfg *config, tokens upstream.TokenSource, log *logrus.Logger, demo h
 	})
 	a.ln, err = net.Listen("tcp", cfg.Listen)
 	if err != nil {
+		a.closeNode()
 		return nil, fmt.Errorf("listen %s: %w (is another lsmux running? set LSMUX_LISTEN)", cfg.Listen, err)
 	}
 	return a, nil
+}
+
+func (a *app) closeNode() {
+	if a.node != nil {
+		a.node.Close()
+	}
 }
 
 // addr is the address the proxy listens on.
@@ -91,9 +125,19 @@ func (a *app) run(ctx context.Context) error {
 	upCtx, stopUpstream := context.WithCancel(context.Background())
 	defer stopUpstream()
 	g := new(errgroup.Group)
+	var upstreams sync.WaitGroup
 	for _, st := range a.streams {
-		g.Go(func() error { st.pool.Run(upCtx); return nil })
+		if st.cluster != nil {
+			upstreams.Go(func() { st.cluster.Run(upCtx) })
+		} else {
+			upstreams.Go(func() { st.pool.Run(upCtx) })
+		}
 	}
+	g.Go(func() error {
+		upstreams.Wait()
+		a.closeNode() // after the leases are released through it
+		return nil
+	})
 	g.Go(func() error { return a.server.Serve(a.ln) })
 	g.Go(func() error {
 		<-ctx.Done()

@@ -57,10 +57,24 @@ type config struct {
 
 	LogLevel  string
 	LogFormat string
+
+	NATSURL             string
+	NATSCreds           string
+	NATSCA              string
+	NATSCert            string
+	NATSKey             string
+	ReplicaName         string
+	LeaseTTL            time.Duration
+	NATSRetryWait       time.Duration
+	NATSMaxAge          time.Duration
+	NATSMaxBytes        byteSize
+	NATSDuplicateWindow time.Duration
+	NATSReplicas        int
+	NATSBufferBytes     byteSize
 }
 
 // secretFlags are never printed, logged or shown in status.
-var secretFlags = map[string]bool{"client-secret": true, "access-token": true, "auth-token": true}
+var secretFlags = map[string]bool{"client-secret": true, "access-token": true, "auth-token": true, "nats-url": true}
 
 func (c *config) flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.Listen, "listen", ":8080", "address to serve subscribers on")
@@ -100,6 +114,22 @@ func (c *config) flags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.HeaderTimeout, "read-header-timeout", 10*time.Second, "how long a client may take to send its request headers")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.LogFormat, "log-format", "auto", "text, json, or auto (text on a terminal, json otherwise)")
+
+	fs.StringVar(&c.NATSURL, "nats-url", "", "cluster mode: NATS server(s) with JetStream, comma-separated (nats://nats:4222); replicas then share one upstream. Empty: no cluster")
+	fs.StringVar(&c.NATSCreds, "nats-creds", "", "cluster mode: NATS credentials file (.creds); user:password may also go in the URL (never logged)")
+	fs.StringVar(&c.NATSCA, "nats-ca", "", "cluster mode: CA file for the NATS server's TLS certificate")
+	fs.StringVar(&c.NATSCert, "nats-cert", "", "cluster mode: client certificate for mutual TLS with NATS")
+	fs.StringVar(&c.NATSKey, "nats-key", "", "cluster mode: key of the client certificate")
+	fs.StringVar(&c.ReplicaName, "replica-name", "", "cluster mode: this replica's name in status and logs (empty: the host name)")
+	fs.DurationVar(&c.LeaseTTL, "lease-ttl", 10*time.Second, "cluster mode: leader lease; a leader that cannot renew closes its upstream after 3/4 of it, others take over after all of it plus LSMUX_RECONNECT_DELAY")
+	fs.DurationVar(&c.NATSRetryWait, "nats-retry-wait", time.Second, "cluster mode: pause between NATS reconnect attempts")
+	fs.DurationVar(&c.NATSMaxAge, "nats-max-age", time.Hour, "cluster mode: JetStream keeps hits this long")
+	c.NATSMaxBytes = 1 << 30
+	fs.Var(&c.NATSMaxBytes, "nats-max-bytes", "cluster mode: JetStream keeps at most this many bytes of hits per stream (e.g. 1GiB)")
+	fs.DurationVar(&c.NATSDuplicateWindow, "nats-duplicate-window", 5*time.Minute, "cluster mode: JetStream drops a hit id published again within this window (covers a failover's backfill)")
+	fs.IntVar(&c.NATSReplicas, "nats-replicas", 1, "cluster mode: JetStream replicas of the hit stream and the lease (3 on a 3-node NATS cluster)")
+	c.NATSBufferBytes = 256 << 20
+	fs.Var(&c.NATSBufferBytes, "nats-buffer-bytes", "cluster mode: hits a leader holds while NATS is away; past it hits are dropped and counted (e.g. 256MiB)")
 }
 
 // envName is the environment variable of a flag.
@@ -174,6 +204,22 @@ func (c *config) check() error {
 	}
 	if c.BufferHits < 1 || c.BufferBytes < 1<<20 {
 		errs = append(errs, fmt.Errorf("LSMUX_BUFFER_HITS=%d, LSMUX_BUFFER_BYTES=%d: want at least 1 hit and 1MiB", c.BufferHits, c.BufferBytes))
+	}
+	if c.NATSURL != "" {
+		for name, d := range map[string]time.Duration{"LSMUX_LEASE_TTL": c.LeaseTTL, "LSMUX_NATS_RETRY_WAIT": c.NATSRetryWait, "LSMUX_NATS_MAX_AGE": c.NATSMaxAge, "LSMUX_NATS_DUPLICATE_WINDOW": c.NATSDuplicateWindow} {
+			if d <= 0 {
+				errs = append(errs, fmt.Errorf("%s=%v: must be positive", name, d))
+			}
+		}
+		if c.NATSDuplicateWindow > c.NATSMaxAge {
+			errs = append(errs, fmt.Errorf("LSMUX_NATS_DUPLICATE_WINDOW=%v is longer than LSMUX_NATS_MAX_AGE=%v (JetStream refuses that)", c.NATSDuplicateWindow, c.NATSMaxAge))
+		}
+		if c.NATSReplicas < 1 || c.NATSReplicas > 5 {
+			errs = append(errs, fmt.Errorf("LSMUX_NATS_REPLICAS=%d: JetStream allows 1 to 5", c.NATSReplicas))
+		}
+		if (c.NATSCert == "") != (c.NATSKey == "") {
+			errs = append(errs, errors.New("LSMUX_NATS_CERT and LSMUX_NATS_KEY go together (mutual TLS)"))
+		}
 	}
 	if c.SlowPolicy != "gap" && c.SlowPolicy != "disconnect" {
 		errs = append(errs, fmt.Errorf("LSMUX_SLOW_POLICY=%q: want gap or disconnect", c.SlowPolicy))

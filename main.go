@@ -21,6 +21,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"lsmux/cluster"
 	"lsmux/upstream"
 	"lsmux/upstream/simulator"
 )
@@ -248,6 +249,17 @@ func displayAddr(addr string) string {
 		host = "localhost"
 	}
 	return net.JoinHostPort(host, port)
+}
+
+// clusterOptions are the cluster settings (LSMUX_NATS_* and friends).
+func (c *config) clusterOptions(log logrus.FieldLogger) cluster.Options {
+	return cluster.Options{
+		URL: c.NATSURL, Replica: c.ReplicaName, CredsFile: c.NATSCreds, CAFile: c.NATSCA, CertFile: c.NATSCert, KeyFile: c.NATSKey,
+		LeaseTTL: c.LeaseTTL, ReconnectDelay: c.ReconnectDelay, RetryWait: c.NATSRetryWait,
+		MaxAge: c.NATSMaxAge, MaxBytes: int64(c.NATSMaxBytes), DuplicateWindow: c.NATSDuplicateWindow, Replicas: c.NATSReplicas,
+		BufferBytes: int64(c.NATSBufferBytes), FlushTimeout: c.ShutdownTimeout / 2,
+		Logger: log,
+	}
 }
 
 func (c *config) upstreamConfig(sp streamSpec, tokens upstream.TokenSource, sink upstream.Sink, log logrus.FieldLogger) upstream.Config {

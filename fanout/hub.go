@@ -107,6 +107,58 @@ func (h *Hub) slot(seq uint64) *atomic.Pointer[Entry] { return &h.ring[seq%uint6
 func (h *Hub) Append(raw []byte, received time.Time) uint64 {
 	h.wmu.Lock()
 	seq := h.next.Load()
+	h.store(seq, raw, received)
+	return seq
+}
+
+// AppendAt adds a hit whose sequence number was given elsewhere: in
+// cluster mode it is the JetStream stream sequence, the same on every
+// replica, so a subscriber can resume on another replica. A number at or
+// below one already held is ignored (false). A number beyond the next one
+// means hits were lost to this replica (JetStream discarded them before
+// it read them): everything held is dropped and subscribers get a gap
+// notice, because the ring holds only a contiguous range.
+func (h *Hub) AppendAt(seq uint64, raw []byte, received time.Time) bool {
+	h.wmu.Lock()
+	next := h.next.Load()
+	if seq < next {
+		h.wmu.Unlock()
+		return false
+	}
+	if seq > next {
+		h.resetLocked(seq)
+	}
+	h.store(seq, raw, received)
+	return true
+}
+
+// Reset drops every hit held and numbers the next hit next (which must not
+// be below the current next number). Cluster mode calls it once at start,
+// to continue from the JetStream stream's sequence.
+func (h *Hub) Reset(next uint64) {
+	h.wmu.Lock()
+	if next > h.next.Load() {
+		h.resetLocked(next)
+	}
+	h.wmu.Unlock()
+}
+
+// resetLocked empties the ring. A reader that raced it finds a nil or
+// renumbered slot, stops, and its next Read reports the gap.
+func (h *Hub) resetLocked(next uint64) {
+	oldest, end := h.oldest.Load(), h.next.Load()
+	for s := oldest; s < end; s++ {
+		h.slot(s).Store(nil)
+		h.evicted.Add(1)
+	}
+	h.bytes = 0
+	h.held.Store(0)
+	h.oldest.Store(next)
+	h.next.Store(next)
+}
+
+// store adds the entry for seq (== next) and unlocks wmu.
+func (h *Hub) store(seq uint64, raw []byte, received time.Time) {
 	e := newEntry(seq, raw, received)
 	oldest := h.oldest.Load()
 	if seq-oldest == uint64(h.maxHits) { // full: the slot we take is the oldest's
@@ -132,7 +184,6 @@ func (h *Hub) Append(raw []byte, received time.Time) uint64 {
 		close(*h.wake.Swap(&w))
 	}
 	h.appended.Add(1)
-	return seq
 }
 
 // Read copies into dst (up to its capacity) the entries from sequence

@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"lsmux/cluster"
 	"lsmux/fanout"
 	"lsmux/proxy"
 	"lsmux/upstream"
@@ -25,7 +26,7 @@ type Stream struct {
 	Name     string
 	Upstream func() []upstream.ConnStatus
 	Hub      *fanout.Hub
-	Leader   func() bool // cluster mode only; nil otherwise
+	Cluster  func() cluster.Status // cluster mode only; nil otherwise
 }
 
 // Metrics is lsmux's registry.
@@ -45,6 +46,9 @@ var Names = []string{
 	"lsmux_ring_hits", "lsmux_ring_bytes", "lsmux_ring_evicted_total", "lsmux_subscribers",
 	"lsmux_delivered_hits_total", "lsmux_delivery_lag_seconds", "lsmux_subscriber_gaps_total",
 	"lsmux_subscriber_disconnects_total", "lsmux_subscriptions_rejected_total", "lsmux_cluster_leader",
+	"lsmux_cluster_leader_changes_total", "lsmux_cluster_nats_connected", "lsmux_cluster_published_total",
+	"lsmux_cluster_publish_duplicates_total", "lsmux_cluster_publish_dropped_total", "lsmux_cluster_publish_buffered_bytes",
+	"lsmux_cluster_consumed_seq",
 }
 
 // New registers everything; streams is read at every scrape.
@@ -127,6 +131,13 @@ var (
 	descRingEvicted = prometheus.NewDesc("lsmux_ring_evicted_total", "Hits dropped from the ring to stay within its bounds.", []string{"stream"}, nil)
 	descSubscribers = prometheus.NewDesc("lsmux_subscribers", "Connected subscribers by transport.", []string{"stream", "transport"}, nil)
 	descLeader      = prometheus.NewDesc("lsmux_cluster_leader", "1 while this replica leads the stream (cluster mode).", []string{"stream"}, nil)
+	descLeaderChg   = prometheus.NewDesc("lsmux_cluster_leader_changes_total", "Times this replica took or lost the stream's lease.", []string{"stream"}, nil)
+	descNATS        = prometheus.NewDesc("lsmux_cluster_nats_connected", "1 while this replica is connected to NATS.", []string{"stream"}, nil)
+	descPublished   = prometheus.NewDesc("lsmux_cluster_published_total", "Hits this replica published to JetStream as leader.", []string{"stream"}, nil)
+	descPubDup      = prometheus.NewDesc("lsmux_cluster_publish_duplicates_total", "Hits published again that JetStream already held (its duplicate window dropped them).", []string{"stream"}, nil)
+	descPubDropped  = prometheus.NewDesc("lsmux_cluster_publish_dropped_total", "Hits lost before JetStream: the leader's buffer was full or a hit exceeded NATS max_payload.", []string{"stream"}, nil)
+	descPubBuffered = prometheus.NewDesc("lsmux_cluster_publish_buffered_bytes", "Bytes of hits the leader holds that JetStream has not acknowledged.", []string{"stream"}, nil)
+	descConsumed    = prometheus.NewDesc("lsmux_cluster_consumed_seq", "Last JetStream sequence this replica read into its hub.", []string{"stream"}, nil)
 )
 
 // snapshot reads what upstream and hubs count, at scrape time.
@@ -134,7 +145,8 @@ type snapshot struct{ streams func() []Stream }
 
 func (s *snapshot) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descState, descAttempts, descHits, descBytes, descDuplicates, descSkipped,
-		descRingHits, descRingBytes, descRingEvicted, descSubscribers, descLeader} {
+		descRingHits, descRingBytes, descRingEvicted, descSubscribers, descLeader, descLeaderChg, descNATS, descPublished,
+		descPubDup, descPubDropped, descPubBuffered, descConsumed} {
 		ch <- d
 	}
 }
@@ -170,14 +182,31 @@ func (s *snapshot) Collect(ch chan<- prometheus.Metric) {
 		for _, t := range transports {
 			ch <- prometheus.MustNewConstMetric(descSubscribers, prometheus.GaugeValue, float64(counts[t]), st.Name, t)
 		}
-		if st.Leader != nil {
-			v := 0.0
-			if st.Leader() {
-				v = 1
+		if st.Cluster != nil {
+			cs := st.Cluster()
+			gauge := func(d *prometheus.Desc, v float64) {
+				ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, st.Name)
 			}
-			ch <- prometheus.MustNewConstMetric(descLeader, prometheus.GaugeValue, v, st.Name)
+			counter := func(d *prometheus.Desc, v uint64) {
+				ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), st.Name)
+			}
+			gauge(descLeader, boolValue(cs.Role == "leader"))
+			gauge(descNATS, boolValue(cs.NATS == "connected"))
+			gauge(descPubBuffered, float64(cs.Publish.BufferedB))
+			gauge(descConsumed, float64(cs.ConsumedSeq))
+			counter(descLeaderChg, cs.LeaderChanges)
+			counter(descPublished, cs.Publish.Published)
+			counter(descPubDup, cs.Publish.Duplicates)
+			counter(descPubDropped, cs.Publish.Dropped)
 		}
 	}
 }
 
 func itoa(i int) string { return strconv.Itoa(i) }
+
+func boolValue(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}

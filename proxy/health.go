@@ -14,6 +14,8 @@ func (s *Server) handleHealthz(w http.ResponseWriter, r *http.Request) {
 type readyStream struct {
 	Name     string           `json:"name"`
 	Upstream []upstream.State `json:"upstream"`
+	// NotReady says why, when this stream holds readiness back.
+	NotReady string `json:"notReady,omitempty"`
 }
 
 // handleReadyz answers 200 while lsmux can serve subscribers. It does not
@@ -29,11 +31,25 @@ func (s *Server) handleReadyz(w http.ResponseWriter, r *http.Request) {
 		Streams      []readyStream `json:"streams"`
 	}{ShuttingDown: s.ShuttingDown(), Streams: []readyStream{}}
 	for _, name := range s.order {
+		st := s.streams[name]
 		rs := readyStream{Name: name, Upstream: []upstream.State{}}
-		for _, c := range s.upstream(s.streams[name]) {
+		for _, c := range s.upstream(st) {
 			rs.Upstream = append(rs.Upstream, c.State)
-			if strict && c.State != upstream.StateStreaming {
+			if strict && st.UpstreamStreaming == nil && c.State != upstream.StateStreaming {
 				ready = false
+			}
+		}
+		if strict && st.UpstreamStreaming != nil && !st.UpstreamStreaming() {
+			ready = false
+			rs.NotReady = "the leading replica's upstream is not streaming"
+		}
+		for _, check := range []func() error{st.Ready, st.Unready} {
+			if check == nil {
+				continue
+			}
+			if err := check(); err != nil {
+				ready = false
+				rs.NotReady = err.Error()
 			}
 		}
 		body.Streams = append(body.Streams, rs)
@@ -81,6 +97,7 @@ type streamStatus struct {
 	Hub              fanout.Stats              `json:"hub"`
 	SubscriberCounts map[string]int            `json:"subscriberCounts"`
 	Subscribers      []fanout.SubscriberStatus `json:"subscribers"`
+	Cluster          any                       `json:"cluster,omitempty"` // cluster mode: role, leader, JetStream figures
 }
 
 // handleStatus is the operator's view: every upstream connection and every
@@ -97,8 +114,12 @@ func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) {
 		if ups == nil {
 			ups = []upstream.ConnStatus{}
 		}
-		body.Streams = append(body.Streams, streamStatus{Name: name, Upstream: ups, Hub: st.Hub.Stats(),
-			SubscriberCounts: st.Hub.SubscriberCounts(), Subscribers: st.Hub.Subscribers()})
+		ss := streamStatus{Name: name, Upstream: ups, Hub: st.Hub.Stats(),
+			SubscriberCounts: st.Hub.SubscriberCounts(), Subscribers: st.Hub.Subscribers()}
+		if st.Cluster != nil {
+			ss.Cluster = st.Cluster()
+		}
+		body.Streams = append(body.Streams, ss)
 	}
 	writeJSON(w, http.StatusOK, body)
 }

@@ -39,12 +39,15 @@ type ConnStatus struct {
 	LastStatus  int       `json:"lastStatus,omitempty"`
 	LastError   string    `json:"lastError,omitempty"`
 	NextAttempt time.Time `json:"nextAttempt,omitzero"`
-	Host        string    `json:"host,omitempty"`
-	Hits        uint64    `json:"hits"`
-	Bytes       uint64    `json:"bytes"`
-	Duplicates  uint64    `json:"duplicates"`
-	Invalid     uint64    `json:"invalidRecords"`
-	Oversized   uint64    `json:"oversizedRecords"`
+	// Hold says why the slot waits when the reason is not its own backoff
+	// (cluster mode: "follower: ..." or "new leader: ...").
+	Hold       string `json:"hold,omitempty"`
+	Host       string `json:"host,omitempty"`
+	Hits       uint64 `json:"hits"`
+	Bytes      uint64 `json:"bytes"`
+	Duplicates uint64 `json:"duplicates"`
+	Invalid    uint64 `json:"invalidRecords"`
+	Oversized  uint64 `json:"oversizedRecords"`
 	// HitsPerSecond is the average over the last complete minute.
 	HitsPerSecond float64 `json:"hitsPerSecond"`
 	// Results counts attempts by how they were answered: an HTTP status
@@ -58,7 +61,7 @@ type ConnStatus struct {
 // Event is one connect or disconnect of a connection slot.
 type Event struct {
 	Time   time.Time `json:"time"`
-	Kind   string    `json:"kind"` // "connected", "lost", "refused"
+	Kind   string    `json:"kind"` // "connected", "lost", "refused", "closed" (by lsmux)
 	Status int       `json:"status,omitempty"`
 	Reason string    `json:"reason,omitempty"`
 }
@@ -115,11 +118,20 @@ func (s *slot) run(ctx context.Context) {
 	log := s.p.log.WithField("conn", s.idx)
 	for attempt := 1; ; attempt++ {
 		s.set(func(st *ConnStatus) {
-			st.State, st.Since, st.NextAttempt = StateConnecting, time.Now(), time.Time{}
+			st.State, st.Since, st.NextAttempt, st.Hold = StateConnecting, time.Now(), time.Time{}, ""
 			st.Attempts++
 		})
 		res := s.attempt(ctx)
 		if ctx.Err() != nil {
+			// Stopped by lsmux (shutdown, or cluster mode handing the
+			// upstream to another replica): not a loss, but the timeline
+			// should show the connection ended.
+			s.set(func(st *ConnStatus) {
+				st.State, st.Since, st.Host = StateWaiting, time.Now(), ""
+				if res.outcome == Lost {
+					st.addEvent(Event{Time: time.Now(), Kind: "closed", Reason: "stopped by lsmux"})
+				}
+			})
 			return
 		}
 		wait := b.Next(res.outcome, res.streamed)
@@ -398,7 +410,7 @@ func (s *slot) deliver(rec []byte) {
 	s.bytes.Add(uint64(len(rec)))
 	now := time.Now()
 	s.rate.add(now.Unix())
-	s.p.cfg.Sink(rec, now)
+	s.p.cfg.Sink(Hit{Raw: rec, ID: id, HasID: hasID, Received: now})
 }
 
 // stallReader re-arms the stall timer whenever bytes arrive.

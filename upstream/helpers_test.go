@@ -31,9 +31,9 @@ type collector struct {
 	hits [][]byte
 }
 
-func (c *collector) sink(raw []byte, _ time.Time) {
+func (c *collector) sink(h upstream.Hit) {
 	c.mu.Lock()
-	c.hits = append(c.hits, append([]byte(nil), raw...))
+	c.hits = append(c.hits, append([]byte(nil), h.Raw...))
 	c.mu.Unlock()
 }
 

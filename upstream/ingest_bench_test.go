@@ -3,7 +3,6 @@ package upstream
 import (
 	"bytes"
 	"testing"
-	"time"
 
 	"github.com/klauspost/compress/gzip"
 
@@ -31,7 +30,7 @@ func BenchmarkIngest(b *testing.B) {
 	zw.Close()
 
 	delivered := 0
-	p := &Pool{cfg: Config{Sink: func([]byte, time.Time) { delivered++ }}}
+	p := &Pool{cfg: Config{Sink: func(Hit) { delivered++ }}}
 	b.SetBytes(int64(plain.Len()))
 	b.ReportAllocs()
 	b.ResetTimer()

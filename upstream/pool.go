@@ -22,14 +22,26 @@ import (
 	"github.com/sirupsen/logrus"
 )
 
-// Sink receives every hit once, in the order the pool read it. raw is only
-// valid during the call (it points into the reader's buffer: the hub
-// copies what it keeps, so the hot path copies each hit once); received is
-// when the record was read. The
-// sink must not block (the reader never waits for subscribers) and must be
-// safe for concurrent use: each connection slot calls it from its own
+// Hit is one hit as the pool hands it on.
+type Hit struct {
+	// Raw is the record's bytes, untouched. It is only valid during the
+	// Sink call (it points into the reader's buffer: the hub copies what it
+	// keeps, so the hot path copies each hit once).
+	Raw []byte
+	// ID is hitIdHigh/hitIdLow when HasID. Cluster mode uses it as the
+	// JetStream message id, so a hit republished after a failover is
+	// dropped by JetStream's duplicate window.
+	ID    HitID
+	HasID bool
+	// Received is when the record was read.
+	Received time.Time
+}
+
+// Sink receives every hit once, in the order the pool read it. The sink
+// must not block (the reader never waits for subscribers) and must be safe
+// for concurrent use: each connection slot calls it from its own
 // goroutine.
-type Sink func(raw []byte, received time.Time)
+type Sink func(Hit)
 
 // Config configures a Pool. Zero durations take the documented defaults.
 type Config struct {
@@ -149,6 +161,21 @@ func (p *Pool) Run(ctx context.Context) {
 		wg.Go(func() { s.run(ctx) })
 	}
 	wg.Wait()
+}
+
+// Hold shows every slot as waiting, for a reason that is not the pool's
+// own (in cluster mode: another replica holds the upstream, or a new
+// leader waits out the reconnect delay). until is the earliest next
+// attempt, zero when unknown. Call it only while Run is not running.
+func (p *Pool) Hold(until time.Time, reason string) {
+	for _, s := range p.slots {
+		s.set(func(st *ConnStatus) {
+			if st.State != StateWaiting || st.Hold != reason {
+				st.Since = time.Now()
+			}
+			st.State, st.NextAttempt, st.Hold = StateWaiting, until, reason
+		})
+	}
 }
 
 // Status returns a snapshot of every connection slot.

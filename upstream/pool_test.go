@@ -321,7 +321,7 @@ func TestTransportNeverNegotiatesHTTP2(t *testing.T) {
 		StreamURL: srv.URL + "/api/1/stream/x",
 		Tokens:    upstream.StaticToken("t"),
 		TLSConfig: &tls.Config{RootCAs: srv.Client().Transport.(*http.Transport).TLSClientConfig.RootCAs},
-		Sink:      func([]byte, time.Time) {},
+		Sink:      func(upstream.Hit) {},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -370,7 +370,7 @@ func TestSecretsNeverInLogsErrorsOrStatus(t *testing.T) {
 }
 
 func TestInvalidConfigIsRejectedUpFront(t *testing.T) {
-	sink := func([]byte, time.Time) {}
+	sink := func(upstream.Hit) {}
 	tok := upstream.StaticToken("t")
 	for _, c := range []upstream.Config{
 		{StreamURL: "ftp://x/api/1/stream/a", Tokens: tok, Sink: sink},

@@ -1,0 +1,282 @@
+// Package cluster lets several lsmux replicas share one Live Stream
+// upstream through NATS JetStream (DESIGN.md §6). Per Live Stream stream,
+// the replicas elect one leader through a lease in a JetStream key-value
+// bucket; only the leader runs the upstream pool, and it publishes every
+// hit to a JetStream stream with the hit id as the message id. Every
+// replica, the leader included, reads that JetStream stream into its local
+// hub, numbering hits by their JetStream sequence, so a subscriber can
+// resume on any replica.
+//
+// The lease is kept by time as the followers observe it, not by a TTL on
+// the server (the way Kubernetes' leader election does it): a follower
+// takes the lease only after it has watched the same revision, while
+// connected, for a whole TTL; the leader closes its upstream connection
+// when it has not renewed for the TTL less a margin. So the old leader's
+// upstream is closed before anyone can take over, whatever the clocks say
+// and however long NATS is away; and a NATS restart, which stops every
+// follower's clock too, hands nothing over.
+package cluster
+
+import (
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/sirupsen/logrus"
+)
+
+// Options configure cluster mode. Zero values take the defaults noted.
+type Options struct {
+	URL       string // NATS server(s), comma-separated; may carry user:password
+	Replica   string // this replica's name in status and logs; default the host name
+	CredsFile string // NATS .creds file (JWT + nkey)
+	CAFile    string // CA for the NATS server's TLS certificate
+	CertFile  string // client certificate for mutual TLS
+	KeyFile   string // its key
+
+	// LeaseTTL is how long a leader may go without renewing its lease
+	// before another replica may take it (default 10 s). The leader
+	// renews four times per TTL and closes its upstream connection after
+	// three quarters of it without a renewal.
+	LeaseTTL time.Duration
+	// ReconnectDelay is the upstream reconnect delay: a new leader waits it
+	// out, counted from the latest moment the old leader's connection can
+	// have been open, before it connects (default 60 s).
+	ReconnectDelay time.Duration
+	// RetryWait paces NATS reconnects and setup retries (default 1 s).
+	RetryWait time.Duration
+
+	// The JetStream stream of hits: retention by age and bytes, the
+	// duplicate window (how long a republished hit id is recognised;
+	// it must cover a failover: lease TTL + reconnect delay + backfill),
+	// and the number of JetStream replicas.
+	MaxAge          time.Duration // default 1 h
+	MaxBytes        int64         // default 1 GiB
+	DuplicateWindow time.Duration // default 5 min
+	Replicas        int           // default 1
+
+	// BufferBytes bounds the hits a leader holds while it cannot publish
+	// (default 256 MiB). Past it, new hits are dropped and counted.
+	BufferBytes int64
+	// FlushTimeout bounds how long a leader that is shutting down keeps
+	// publishing what it still holds (default 5 s).
+	FlushTimeout time.Duration
+
+	Logger logrus.FieldLogger
+}
+
+func (o Options) withDefaults() Options {
+	if o.Replica == "" {
+		o.Replica, _ = os.Hostname()
+		if o.Replica == "" {
+			o.Replica = "lsmux"
+		}
+	}
+	if o.LeaseTTL <= 0 {
+		o.LeaseTTL = 10 * time.Second
+	}
+	if o.ReconnectDelay < 0 {
+		o.ReconnectDelay = 0
+	}
+	if o.RetryWait <= 0 {
+		o.RetryWait = time.Second
+	}
+	if o.MaxAge <= 0 {
+		o.MaxAge = time.Hour
+	}
+	if o.MaxBytes <= 0 {
+		o.MaxBytes = 1 << 30
+	}
+	if o.DuplicateWindow <= 0 {
+		o.DuplicateWindow = 5 * time.Minute
+	}
+	if o.DuplicateWindow > o.MaxAge {
+		o.DuplicateWindow = o.MaxAge
+	}
+	if o.Replicas <= 0 {
+		o.Replicas = 1
+	}
+	if o.BufferBytes <= 0 {
+		o.BufferBytes = 256 << 20
+	}
+	if o.FlushTimeout <= 0 {
+		o.FlushTimeout = 5 * time.Second
+	}
+	if o.Logger == nil {
+		l := logrus.New()
+		l.Out = discard{}
+		o.Logger = l
+	}
+	return o
+}
+
+// Node is this replica's connection to NATS, shared by its streams.
+type Node struct {
+	opts Options
+	id   string // lease holder id: the replica name plus a per-process nonce
+	nc   *nats.Conn
+	js   jetstream.JetStream
+	log  logrus.FieldLogger
+}
+
+// Connect starts connecting to NATS and returns at once: a replica that
+// cannot reach NATS yet stays up, reports not-ready and keeps trying,
+// because a process that exits would only be restarted into the same
+// wait.
+func Connect(o Options) (*Node, error) {
+	o = o.withDefaults()
+	if o.URL == "" {
+		return nil, errors.New("cluster: no NATS URL")
+	}
+	n := &Node{opts: o, id: o.Replica + "/" + nonce(), log: o.Logger.WithField("replica", o.Replica)}
+	where := RedactURL(o.URL)
+	opts := []nats.Option{
+		nats.Name("lsmux " + o.Replica),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(o.RetryWait),
+		nats.ReconnectJitter(o.RetryWait/10, o.RetryWait/10),
+		nats.RetryOnFailedConnect(true),
+		nats.Timeout(5 * time.Second),
+		nats.ConnectHandler(func(*nats.Conn) { n.log.WithField("nats", where).Info("cluster: connected to NATS") }),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			n.log.WithField("nats", where).Warnf("cluster: lost NATS (%v); reconnecting every %v. Replicas keep serving what they hold; a leader keeps its upstream for up to 3/4 of LSMUX_LEASE_TTL", err, o.RetryWait)
+		}),
+		nats.ReconnectHandler(func(*nats.Conn) { n.log.WithField("nats", where).Info("cluster: reconnected to NATS") }),
+	}
+	if o.CredsFile != "" {
+		opts = append(opts, nats.UserCredentials(o.CredsFile))
+	}
+	if o.CAFile != "" {
+		opts = append(opts, nats.RootCAs(o.CAFile))
+	}
+	if o.CertFile != "" || o.KeyFile != "" {
+		if o.CertFile == "" || o.KeyFile == "" {
+			return nil, errors.New("cluster: set both LSMUX_NATS_CERT and LSMUX_NATS_KEY for mutual TLS")
+		}
+		opts = append(opts, nats.ClientCert(o.CertFile, o.KeyFile))
+	}
+	nc, err := nats.Connect(o.URL, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("cluster: connect to NATS at %s: %w", where, err)
+	}
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(publishBatch*2), jetstream.WithPublishAsyncTimeout(5*time.Second))
+	if err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("cluster: JetStream: %w", err)
+	}
+	n.nc, n.js = nc, js
+	return n, nil
+}
+
+// Close drops the NATS connection. Call it after every stream's Run has
+// returned (they release their leases through it).
+func (n *Node) Close() { n.nc.Close() }
+
+// Replica is this replica's name.
+func (n *Node) Replica() string { return n.opts.Replica }
+
+// Connected reports whether NATS is reachable right now.
+func (n *Node) Connected() bool { return n.nc.IsConnected() }
+
+// natsState names the connection's state for status.
+func (n *Node) natsState() string {
+	switch n.nc.Status() {
+	case nats.CONNECTED:
+		return "connected"
+	case nats.RECONNECTING:
+		return "reconnecting"
+	case nats.CONNECTING:
+		return "connecting"
+	case nats.CLOSED:
+		return "closed"
+	}
+	return strings.ToLower(n.nc.Status().String())
+}
+
+// Names of what a Live Stream stream uses in JetStream. JetStream allows
+// only letters, digits, '-' and '_' in stream and bucket names (and the
+// subject must be one token), so anything else becomes '_' and a short
+// hash of the original name keeps two such names apart.
+type Names struct {
+	Stream  string // JetStream stream of hits, LSMUX_<name>
+	Subject string // lsmux.<name>.hits
+	Bucket  string // key-value bucket of the lease, LSMUX_LEASE_<name>
+}
+
+// NamesFor derives the JetStream names for a Live Stream stream name.
+func NamesFor(stream string) Names {
+	var b strings.Builder
+	for _, r := range stream {
+		if r < 128 && (r == '-' || r == '_' || r >= '0' && r <= '9' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z') {
+			b.WriteRune(r)
+		} else {
+			b.WriteByte('_')
+		}
+	}
+	safe := b.String()
+	if safe != stream || safe == "" {
+		sum := sha256.Sum256([]byte(stream))
+		safe += "_" + hex.EncodeToString(sum[:4])
+	}
+	return Names{Stream: "LSMUX_" + safe, Subject: "lsmux." + safe + ".hits", Bucket: "LSMUX_LEASE_" + safe}
+}
+
+// RedactURL drops passwords and tokens from NATS URLs, for logs and
+// status.
+func RedactURL(urls string) string {
+	parts := strings.Split(urls, ",")
+	for i, p := range parts {
+		u, err := url.Parse(strings.TrimSpace(p))
+		if err != nil {
+			parts[i] = "(unparsable URL)"
+			continue
+		}
+		if u.User != nil {
+			u.User = url.User("REDACTED")
+		}
+		parts[i] = u.String()
+	}
+	return strings.Join(parts, ",")
+}
+
+func nonce() string {
+	b := make([]byte, 4)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+type discard struct{}
+
+func (discard) Write(b []byte) (int, error) { return len(b), nil }
+
+// logLimiter lets one line of each kind through per interval, so a NATS
+// outage does not fill the log with the same complaint four times a
+// lease.
+type logLimiter struct {
+	mu    sync.Mutex
+	last  map[string]time.Time
+	every time.Duration
+}
+
+func (l *logLimiter) allow(kind string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.last == nil {
+		l.last = map[string]time.Time{}
+	}
+	now := time.Now()
+	if t, ok := l.last[kind]; ok && now.Sub(t) < l.every {
+		return false
+	}
+	l.last[kind] = now
+	return true
+}

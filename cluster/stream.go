@@ -1,0 +1,293 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/sirupsen/logrus"
+
+	"lsmux/fanout"
+	"lsmux/upstream"
+)
+
+// Upstream is what a Stream needs of the upstream pool: run it while this
+// replica leads, show why it waits otherwise.
+type Upstream interface {
+	Run(ctx context.Context)
+	Hold(until time.Time, reason string)
+	Streaming() bool
+}
+
+// Stream is one Live Stream stream in cluster mode on this replica: the
+// lease, the publisher (while leading) and the consumer that fills the
+// local hub.
+type Stream struct {
+	node  *Node
+	name  string
+	names Names
+	hub   *fanout.Hub
+	pool  Upstream
+	pub   *publisher
+	log   logrus.FieldLogger
+	logs  logLimiter
+
+	kv         atomic.Pointer[jetstream.KeyValue]
+	ready      atomic.Bool // the hub is numbered from JetStream and caught up
+	setupErr   atomic.Pointer[string]
+	consumed   atomic.Uint64 // last JetStream sequence appended to the hub
+	catchUpTo  uint64        // JetStream's last sequence when the consumer started
+	leaderFlag atomic.Bool
+	draining   atomic.Bool
+
+	mu              sync.Mutex
+	rev             uint64     // lease revision last seen
+	seenAt          time.Time  // when rev was first seen while connected; zero: not watching
+	cur             leaseValue // the lease's value at rev
+	otherUntil      time.Time  // latest moment another replica's upstream may have been open
+	lastClose       time.Time  // when this replica's upstream last closed
+	term            *term      // non-nil while this replica holds the lease
+	leaderChanges   uint64
+	upstreamAllowed time.Time
+}
+
+// NewStream prepares a stream's cluster side; Run starts it. The pool's
+// Sink must be the Stream's Sink.
+func (n *Node) NewStream(name string, hub *fanout.Hub, pool Upstream) *Stream {
+	names := NamesFor(name)
+	log := n.log.WithField("stream", name)
+	s := &Stream{node: n, name: name, names: names, hub: hub, pool: pool, log: log, logs: logLimiter{every: 10 * time.Second},
+		pub: newPublisher(n.js, names.Subject, n.opts.BufferBytes, n.opts.RetryWait, log)}
+	msg := "cluster: waiting for NATS at " + RedactURL(n.opts.URL)
+	s.setupErr.Store(&msg)
+	pool.Hold(time.Time{}, "cluster: waiting for NATS before electing a leader")
+	return s
+}
+
+// Sink is the pool's sink in cluster mode: hits go to JetStream, and come
+// back to every replica's hub through the consumer.
+func (s *Stream) Sink(h upstream.Hit) { s.pub.add(h) }
+
+// Run runs the stream's cluster side until ctx ends, then releases the
+// lease (after closing the upstream) so another replica can take over
+// without waiting for the TTL.
+func (s *Stream) Run(ctx context.Context) {
+	pubCtx, stopPub := context.WithCancel(context.Background())
+	pubDone := make(chan struct{})
+	go func() { defer close(pubDone); s.pub.run(pubCtx, &s.draining) }()
+	defer func() {
+		// Publish what the upstream already handed over, within bounds.
+		s.draining.Store(true)
+		select {
+		case <-pubDone:
+		case <-time.After(s.node.opts.FlushTimeout):
+			if n, _ := s.pub.pending(); n > 0 {
+				s.log.WithField("hits", n).Error("cluster: shutting down with hits not yet published to JetStream; they are lost unless Live Stream backfills them to the next leader")
+			}
+		}
+		stopPub()
+		<-pubDone
+	}()
+
+	cc, ok := s.setup(ctx)
+	if !ok {
+		return
+	}
+	defer cc.Stop()
+	s.elect(ctx)
+}
+
+// setup creates (or updates) the JetStream stream and the lease bucket,
+// and starts the consumer; it retries until NATS answers or ctx ends.
+func (s *Stream) setup(ctx context.Context) (jetstream.ConsumeContext, bool) {
+	o := s.node.opts
+	for attempt := 1; ; attempt++ {
+		cc, err := s.trySetup(ctx)
+		if err == nil {
+			return cc, true
+		}
+		msg := "cluster: " + err.Error()
+		s.setupErr.Store(&msg)
+		if s.logs.allow("setup") {
+			s.log.WithField("attempt", attempt).Warnf("cluster: cannot set up the JetStream stream yet (not serving until it is): %v", err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, false
+		case <-time.After(o.RetryWait):
+		}
+	}
+}
+
+func (s *Stream) trySetup(ctx context.Context) (jetstream.ConsumeContext, error) {
+	o := s.node.opts
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	js := s.node.js
+	jstream, err := js.CreateOrUpdateStream(cctx, jetstream.StreamConfig{
+		Name:        s.names.Stream,
+		Description: "lsmux: hits of Live Stream stream " + s.name,
+		Subjects:    []string{s.names.Subject},
+		Storage:     jetstream.FileStorage,
+		Retention:   jetstream.LimitsPolicy,
+		Discard:     jetstream.DiscardOld,
+		MaxAge:      o.MaxAge,
+		MaxBytes:    o.MaxBytes,
+		Duplicates:  o.DuplicateWindow,
+		Replicas:    o.Replicas,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("create JetStream stream %s (is JetStream enabled on the NATS server? do all replicas use the same LSMUX_NATS_* settings?): %w", s.names.Stream, err)
+	}
+	info := jstream.CachedInfo()
+	kv, err := js.CreateOrUpdateKeyValue(cctx, jetstream.KeyValueConfig{
+		Bucket:      s.names.Bucket,
+		Description: "lsmux: leader lease of Live Stream stream " + s.name,
+		History:     1,
+		Storage:     jetstream.FileStorage,
+		Replicas:    o.Replicas,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("create key-value bucket %s: %w", s.names.Bucket, err)
+	}
+	// Start where the ring would be if this replica had been running: the
+	// newest hits JetStream holds, up to the ring's size. So a subscriber
+	// that moves here from another replica can resume.
+	last := info.State.LastSeq
+	start := last + 1
+	if keep := uint64(s.hub.Stats().MaxHits); start > keep {
+		start -= keep
+	} else {
+		start = 1
+	}
+	start = max(start, info.State.FirstSeq, 1)
+	if next := s.hub.Stats().Newest + 1; start < next {
+		start = next // set up again after a failure: continue where we are
+	}
+	s.hub.Reset(start)
+	s.catchUpTo = last
+	cons, err := js.OrderedConsumer(cctx, s.names.Stream, jetstream.OrderedConsumerConfig{
+		DeliverPolicy: jetstream.DeliverByStartSequencePolicy,
+		OptStartSeq:   start,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("create consumer on %s: %w", s.names.Stream, err)
+	}
+	cc, err := cons.Consume(s.consume, jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+		if s.logs.allow("consume") {
+			s.log.Warnf("cluster: reading the JetStream stream: %v (it resumes by itself)", err)
+		}
+	}))
+	if err != nil {
+		return nil, fmt.Errorf("consume %s: %w", s.names.Stream, err)
+	}
+	if start > last {
+		s.ready.Store(true) // nothing to catch up with
+	}
+	s.kv.Store(&kv)
+	s.log.WithField("jetstream_stream", s.names.Stream).WithField("from_seq", start).WithField("last_seq", last).Info("cluster: reading hits from JetStream")
+	return cc, nil
+}
+
+// consume appends a hit from JetStream to the hub under its JetStream
+// sequence number. Ordered consumers deliver each sequence once, in order,
+// and resume after the last one after any NATS trouble.
+func (s *Stream) consume(m jetstream.Msg) {
+	md, err := m.Metadata()
+	if err != nil {
+		return
+	}
+	seq := md.Sequence.Stream
+	if s.hub.AppendAt(seq, m.Data(), md.Timestamp) {
+		s.consumed.Store(seq)
+	}
+	if !s.ready.Load() && (md.NumPending == 0 || seq >= s.catchUpTo) {
+		s.ready.Store(true)
+	}
+}
+
+// Ready says why subscribers cannot be served yet: until the hub is
+// numbered from JetStream, a sequence number would mean nothing on the
+// other replicas.
+func (s *Stream) Ready() error {
+	if s.ready.Load() {
+		return nil
+	}
+	if e := s.setupErr.Load(); e != nil && s.kv.Load() == nil {
+		return errors.New(*e)
+	}
+	return errors.New("cluster: catching up with the JetStream stream")
+}
+
+// Unready holds readiness back on a leader that cannot reach NATS: it
+// still reads the upstream, but its hits reach nobody until NATS is back.
+func (s *Stream) Unready() error {
+	if err := s.Ready(); err != nil {
+		return err
+	}
+	if s.leaderFlag.Load() && !s.node.Connected() {
+		n, _ := s.pub.pending()
+		return fmt.Errorf("cluster: this replica leads but cannot reach NATS; %d hits buffered", n)
+	}
+	return nil
+}
+
+// Leader reports whether this replica holds the lease.
+func (s *Stream) Leader() bool { return s.leaderFlag.Load() }
+
+// UpstreamStreaming reports whether the leading replica (this one or
+// another, as its lease says) is streaming from Live Stream.
+func (s *Stream) UpstreamStreaming() bool {
+	if s.leaderFlag.Load() {
+		return s.pool.Streaming()
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.cur.Holder != "" && s.cur.Upstream == string(upstream.StateStreaming) &&
+		!s.seenAt.IsZero() && time.Since(s.seenAt) < s.node.opts.LeaseTTL
+}
+
+// Status is a stream's cluster view, shown in /v1/status.
+type Status struct {
+	Replica           string        `json:"replica"`
+	Role              string        `json:"role"`   // leader or follower
+	Leader            string        `json:"leader"` // the replica holding the lease; "" if none
+	LeaderStreaming   bool          `json:"leaderStreaming"`
+	LeaseRevision     uint64        `json:"leaseRevision"`
+	LeaseTTL          string        `json:"leaseTTL"`
+	LeaderChanges     uint64        `json:"leaderChanges"` // times this replica took or lost the lease
+	UpstreamAllowedAt time.Time     `json:"upstreamAllowedAt,omitzero"`
+	NATS              string        `json:"nats"`
+	JetStreamStream   string        `json:"jetstreamStream"`
+	Subject           string        `json:"subject"`
+	ConsumedSeq       uint64        `json:"consumedSeq"`
+	Ready             bool          `json:"ready"`
+	NotReady          string        `json:"notReady,omitempty"`
+	Publish           PublishStatus `json:"publish"`
+}
+
+// Status returns the stream's cluster view.
+func (s *Stream) Status() Status {
+	st := Status{Replica: s.node.opts.Replica, Role: "follower", NATS: s.node.natsState(), JetStreamStream: s.names.Stream,
+		Subject: s.names.Subject, ConsumedSeq: s.consumed.Load(), LeaseTTL: s.node.opts.LeaseTTL.String(), Publish: s.pub.status()}
+	if s.leaderFlag.Load() {
+		st.Role = "leader"
+	}
+	s.mu.Lock()
+	if s.cur.Holder != "" {
+		st.Leader = s.cur.Replica
+	}
+	st.LeaseRevision, st.LeaderChanges, st.UpstreamAllowedAt = s.rev, s.leaderChanges, s.upstreamAllowed
+	s.mu.Unlock()
+	st.LeaderStreaming = s.UpstreamStreaming()
+	if err := s.Unready(); err != nil {
+		st.NotReady = err.Error()
+	} else {
+		st.Ready = true
+	}
+	return st
+}
