@@ -24,7 +24,14 @@ import (
 	"lsmux/upstream/simulator"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m, goleak.Cleanup(func(code int) {
+		if binDir != "" {
+			os.RemoveAll(binDir) // the binary lsmuxBinary built
+		}
+		os.Exit(code)
+	}))
+}
 
 type running struct {
 	app  *app

@@ -1,0 +1,250 @@
+package main
+
+import (
+	"fmt"
+	"net/http"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"lsmux/proxy/proxytest"
+	"lsmux/upstream/simulator"
+)
+
+// Cluster settings for tests: short, through the ordinary flags. A leader
+// that cannot renew closes its upstream after 1.5 s; a follower takes over
+// 2 s after it last saw a renewal, and connects 1 s later.
+const (
+	testLeaseTTL       = 2 * time.Second
+	testReconnectDelay = time.Second
+)
+
+func startReplica(t *testing.T, sim *simulator.Server, natsURL, name string) *running {
+	t.Helper()
+	return startApp(t, sim, "-nats-url", natsURL, "-replica-name", name, "-lease-ttl", testLeaseTTL.String(),
+		"-reconnect-delay", testReconnectDelay.String(), "-reconnect-max-delay", "2s", "-nats-retry-wait", "100ms", "-log-level", "info")
+}
+
+// upstreamOpens returns the simulator's accepted stream connections.
+func upstreamOpens(sim *simulator.Server) []simulator.Attempt {
+	var out []simulator.Attempt
+	for _, a := range sim.Attempts() {
+		if a.Status == http.StatusOK {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// checkNoOverlap is the simulator's witness that two upstream connections
+// were never open at once, and that none was refused as one too many.
+func checkNoOverlap(t *testing.T, sim *simulator.Server) {
+	t.Helper()
+	if peak := sim.PeakActive("demo"); peak != 1 {
+		t.Errorf("the simulator saw %d upstream connections open at once, want 1", peak)
+	}
+	opens := upstreamOpens(sim)
+	for i := 1; i < len(opens); i++ {
+		if opens[i].Start.Before(opens[i-1].End) {
+			t.Errorf("upstream connection %d opened at %s, before connection %d closed at %s", opens[i].ID,
+				opens[i].Start.Format("15:04:05.000"), opens[i-1].ID, opens[i-1].End.Format("15:04:05.000"))
+		}
+	}
+	for _, a := range sim.Attempts() {
+		if a.Status != http.StatusOK {
+			t.Errorf("upstream attempt %d was answered %d (%s)", a.ID, a.Status, a.Reason)
+		}
+	}
+}
+
+// checkSameStream verifies what subscribers on different replicas got: no
+// gap notices, contiguous sequence numbers, no hit twice, and the same
+// hits under the same numbers on every replica.
+func checkSameStream(t *testing.T, subs map[string][]got) {
+	t.Helper()
+	bySeq := map[uint64]uint64{}
+	for name, msgs := range subs {
+		seen := map[uint64]bool{}
+		for i, m := range msgs {
+			if m.Type != "hit" {
+				t.Errorf("%s: message %d is a %s notice (%d..%d)", name, i, m.Type, m.From, m.To)
+				continue
+			}
+			if i > 0 && m.Seq != msgs[i-1].Seq+1 {
+				t.Errorf("%s: seq %d follows %d", name, m.Seq, msgs[i-1].Seq)
+			}
+			if seen[m.Sum] {
+				t.Errorf("%s: hit at seq %d delivered twice", name, m.Seq)
+			}
+			seen[m.Sum] = true
+			if sum, ok := bySeq[m.Seq]; ok && sum != m.Sum {
+				t.Errorf("%s: seq %d is a different hit than on another replica", name, m.Seq)
+			}
+			bySeq[m.Seq] = m.Sum
+		}
+	}
+}
+
+// hasAll reports whether msgs hold every hit in want.
+func hasAll(msgs []got, want [][]byte) bool {
+	have := make(map[uint64]bool, len(msgs))
+	for _, m := range msgs {
+		have[m.Sum] = true
+	}
+	for _, h := range want {
+		if !have[hashHit(h)] {
+			return false
+		}
+	}
+	return true
+}
+
+// TestClusterSurvivesNATSRestartAndPartition runs three replicas in this
+// process (so the race detector watches the cluster code) against one
+// simulator and one embedded NATS server, each replica reaching NATS
+// through its own proxy:
+//   - one upstream connection; every replica numbers every hit the same;
+//   - NATS restarts: hits keep flowing, the upstream is never reconnected;
+//   - the leader is cut off from NATS: it closes its upstream before the
+//     lease can expire, another replica connects, and the simulator never
+//     sees two connections at once; after the cut heals, the hits the cut
+//     leader read meanwhile reach every replica;
+//   - the leader shuts down: it releases the lease, and the next leader
+//     connects after the reconnect delay without waiting for the TTL.
+func TestClusterSurvivesNATSRestartAndPartition(t *testing.T) {
+	sim := newSim(t, 200)
+	ns := startNATS(t)
+	var reps []*running
+	var proxies []*tcpProxy
+	var roots []string
+	for i := range 3 {
+		p := newTCPProxy(t, strings.TrimPrefix(ns.url(), "nats://"))
+		r := startReplica(t, sim, p.url(), fmt.Sprintf("r%d", i))
+		proxies, reps, roots = append(proxies, p), append(reps, r), append(roots, r.root)
+	}
+	waitFor(t, 15*time.Second, "three ready replicas, one leader, one upstream connection", func() bool {
+		for _, r := range roots {
+			if readyStatus(r) != http.StatusOK {
+				return false
+			}
+		}
+		return len(leaders(roots)) == 1 && sim.Active("demo") == 1
+	})
+	subs := make([]*collected, 3)
+	for i, r := range reps {
+		ws, _, err := proxytest.DialWS(r.base+"/ws?from=oldest", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(ws.Close)
+		subs[i] = collect(ws.Msgs)
+	}
+	snapshot := func() map[string][]got {
+		out := map[string][]got{}
+		for i, c := range subs {
+			out[fmt.Sprintf("r%d", i)] = c.hits()
+		}
+		return out
+	}
+	waitAll := func(what string, want [][]byte, which ...int) {
+		t.Helper()
+		waitFor(t, 20*time.Second, what, func() bool {
+			for _, i := range which {
+				if !hasAll(subs[i].hits(), want) {
+					return false
+				}
+			}
+			return true
+		})
+	}
+	waitFor(t, 20*time.Second, "50 hits on every replica", func() bool {
+		return len(subs[0].hits()) >= 50 && len(subs[1].hits()) >= 50 && len(subs[2].hits()) >= 50
+	})
+
+	// NATS restarts.
+	leader := leaders(roots)[0]
+	opensBefore := len(upstreamOpens(sim))
+	away := ns.restart()
+	before := sim.SentHits("demo")
+	waitFor(t, 20*time.Second, "every replica back on NATS", func() bool {
+		for _, r := range roots {
+			if v, err := clusterStatus(r); err != nil || v.NATS != "connected" {
+				return false
+			}
+		}
+		return true
+	})
+	waitAll("hits from before and after the NATS restart on every replica", before, 0, 1, 2)
+	after := sim.SentHits("demo")
+	waitAll("hits sent after the restart", after, 0, 1, 2)
+	if n := len(upstreamOpens(sim)); n != opensBefore {
+		t.Fatalf("NATS restart (away %v): %d upstream connections, was %d: the upstream was reconnected because of NATS", away, n, opensBefore)
+	}
+	if now := leaders(roots); len(now) != 1 || now[0] != leader {
+		t.Fatalf("after the NATS restart the leaders are %v, was [%d]", now, leader)
+	}
+	t.Logf("NATS away %v: upstream kept, %d hits on every replica", away.Round(time.Millisecond), len(after))
+
+	// The leader is cut off from NATS.
+	cutAt := time.Now()
+	proxies[leader].Cut()
+	waitFor(t, 20*time.Second, "another replica to lead and connect upstream", func() bool {
+		now := leaders(roots)
+		return len(now) == 1 && now[0] != leader && len(upstreamOpens(sim)) == opensBefore+1 && sim.Active("demo") == 1
+	})
+	opens := upstreamOpens(sim)
+	old, cur := opens[len(opens)-2], opens[len(opens)-1]
+	closedAfter := old.End.Sub(cutAt)
+	handover := cur.Start.Sub(old.End)
+	// The leader closes 1.5 s after its last renewal, at most 2 s after the
+	// cut (the simulator may notice up to ~0.5 s late).
+	if closedAfter > testLeaseTTL+time.Second {
+		t.Errorf("the cut-off leader's upstream closed %v after the cut; want under 3/4 of the lease TTL (%v) plus slack", closedAfter, testLeaseTTL)
+	}
+	if handover < testReconnectDelay {
+		t.Errorf("the new leader connected %v after the old connection closed; want at least the reconnect delay %v", handover, testReconnectDelay)
+	}
+	checkNoOverlap(t, sim)
+	if code := readyStatus(roots[leader]); code != http.StatusOK {
+		t.Errorf("the cut-off replica (now a follower) answers /readyz %d; it should keep serving what it has", code)
+	}
+	t.Logf("partition: old upstream closed %v after the cut, new one opened %v later", closedAfter.Round(time.Millisecond), handover.Round(time.Millisecond))
+
+	proxies[leader].Heal()
+	healed := sim.SentHits("demo")
+	waitAll("every hit, including those the cut-off leader read before it closed, on every replica", healed, 0, 1, 2)
+	if v, err := clusterStatus(roots[leader]); err != nil || v.Role != "follower" {
+		t.Fatalf("the healed replica: %+v, %v; want a follower", v, err)
+	}
+	checkSameStream(t, snapshot())
+	checkNoOverlap(t, sim)
+
+	// The leader shuts down and releases the lease.
+	second := leaders(roots)[0]
+	reps[second].stop()
+	<-reps[second].done
+	waitFor(t, 20*time.Second, "a third leader to connect upstream", func() bool {
+		return len(upstreamOpens(sim)) == opensBefore+2 && sim.Active("demo") == 1
+	})
+	opens = upstreamOpens(sim)
+	released, third := opens[len(opens)-2], opens[len(opens)-1]
+	gap := third.Start.Sub(released.End)
+	if gap < testReconnectDelay || gap >= testLeaseTTL+testReconnectDelay {
+		t.Errorf("after a release the next leader connected %v after the old connection closed; want between the reconnect delay (%v) and TTL + delay", gap, testReconnectDelay)
+	}
+	final := sim.SentHits("demo")
+	var alive []int
+	for i := range reps {
+		if i != second {
+			alive = append(alive, i)
+		}
+	}
+	waitAll("every hit on the remaining replicas", final, alive...)
+	checkSameStream(t, snapshot())
+	checkNoOverlap(t, sim)
+	if slices.ContainsFunc(alive, func(i int) bool { v, _ := clusterStatus(roots[i]); return v.Publish.Dropped > 0 }) {
+		t.Error("a replica dropped hits it could not publish")
+	}
+	t.Logf("release: next upstream opened %v after the old one closed; %d hits, %d upstream connections, never two at once", gap.Round(time.Millisecond), len(final), len(opens))
+}
