@@ -18,6 +18,10 @@ import (
 const (
 	testLeaseTTL       = 2 * time.Second
 	testReconnectDelay = time.Second
+	// simulatorLag: the simulator notes a connection's end when its
+	// handler returns, a moment after the client closed it, so the gap it
+	// shows between two connections is a little shorter than the real one.
+	simulatorLag = 100 * time.Millisecond
 )
 
 func startReplica(t *testing.T, sim *simulator.Server, natsURL, name string) *running {
@@ -202,7 +206,7 @@ func TestClusterSurvivesNATSRestartAndPartition(t *testing.T) {
 	if closedAfter > testLeaseTTL+time.Second {
 		t.Errorf("the cut-off leader's upstream closed %v after the cut; want under 3/4 of the lease TTL (%v) plus slack", closedAfter, testLeaseTTL)
 	}
-	if handover < testReconnectDelay {
+	if handover < testReconnectDelay-simulatorLag {
 		t.Errorf("the new leader connected %v after the old connection closed; want at least the reconnect delay %v", handover, testReconnectDelay)
 	}
 	checkNoOverlap(t, sim)
@@ -230,7 +234,7 @@ func TestClusterSurvivesNATSRestartAndPartition(t *testing.T) {
 	opens = upstreamOpens(sim)
 	released, third := opens[len(opens)-2], opens[len(opens)-1]
 	gap := third.Start.Sub(released.End)
-	if gap < testReconnectDelay || gap >= testLeaseTTL+testReconnectDelay {
+	if gap < testReconnectDelay-simulatorLag || gap >= testLeaseTTL+testReconnectDelay {
 		t.Errorf("after a release the next leader connected %v after the old connection closed; want between the reconnect delay (%v) and TTL + delay", gap, testReconnectDelay)
 	}
 	final := sim.SentHits("demo")
