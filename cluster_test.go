@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"lsmux/metrics"
 	"lsmux/proxy/proxytest"
 	"lsmux/upstream/simulator"
 )
@@ -187,6 +188,25 @@ func TestClusterSurvivesNATSRestartAndPartition(t *testing.T) {
 	}
 	if now := leaders(roots); len(now) != 1 || now[0] != leader {
 		t.Fatalf("after the NATS restart the leaders are %v, was [%d]", now, leader)
+	}
+	// Cluster metrics: the leader says so, every replica counts what it read.
+	for i, r := range roots {
+		_, text := get(t, r+"/metrics", nil)
+		for _, name := range metrics.Names {
+			if strings.HasPrefix(name, "lsmux_cluster_") && !strings.Contains(text, name+"{") {
+				t.Errorf("replica %d does not expose %s", i, name)
+			}
+		}
+		want := 0.0
+		if i == leader {
+			want = 1
+		}
+		if v := metricValue(t, text, `lsmux_cluster_leader{stream="demo"}`); v != want {
+			t.Errorf("replica %d: lsmux_cluster_leader = %v, want %v", i, v, want)
+		}
+		if v := metricValue(t, text, `lsmux_cluster_consumed_seq{stream="demo"}`); v < float64(len(after)) {
+			t.Errorf("replica %d: lsmux_cluster_consumed_seq = %v, want at least %d", i, v, len(after))
+		}
 	}
 	t.Logf("NATS away %v: upstream kept, %d hits on every replica", away.Round(time.Millisecond), len(after))
 

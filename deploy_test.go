@@ -7,10 +7,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"go.yaml.in/yaml/v3"
 
 	"lsmux/fanout"
 	"lsmux/proxy"
@@ -113,4 +116,51 @@ http {
 		t.Fatalf("a hit took %v through nginx: something buffers", worst)
 	}
 	t.Logf("worst latency through nginx: %v", worst)
+}
+
+// TestDeployExamplesUseRealSettings parses the compose and Kubernetes
+// examples and checks that every LSMUX_* variable they set is one lsmux
+// reads: a misspelt variable in an example is silently ignored by the
+// container, and the operator who copied it would never know.
+func TestDeployExamplesUseRealSettings(t *testing.T) {
+	known := map[string]bool{}
+	for _, line := range strings.Split(configTable(), "\n") {
+		if name, _, ok := strings.Cut(strings.TrimPrefix(line, "| `"), "`"); ok && strings.HasPrefix(name, "LSMUX_") {
+			known[name] = true
+		}
+	}
+	files, _ := filepath.Glob("deploy/*/*.yaml")
+	more, _ := filepath.Glob("deploy/*.yml")
+	files = append(files, more...)
+	if len(files) < 3 {
+		t.Fatalf("found only %v", files)
+	}
+	setting := regexp.MustCompile(`\b(LSMUX_[A-Z0-9_]+)\s*:|name:\s*(LSMUX_[A-Z0-9_]+)`)
+	for _, f := range files {
+		raw, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dec := yaml.NewDecoder(strings.NewReader(string(raw)))
+		for {
+			var doc any
+			if err := dec.Decode(&doc); err != nil {
+				if err.Error() != "EOF" {
+					t.Errorf("%s: not valid YAML: %v", f, err)
+				}
+				break
+			}
+		}
+		found := 0
+		for _, m := range setting.FindAllStringSubmatch(string(raw), -1) {
+			name := m[1] + m[2]
+			found++
+			if !known[name] {
+				t.Errorf("%s sets %s, which lsmux does not read", f, name)
+			}
+		}
+		if found == 0 {
+			t.Errorf("%s sets no LSMUX_ variable", f)
+		}
+	}
 }
