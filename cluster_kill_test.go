@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"lsmux/cluster/natstest"
 	"lsmux/proxy/proxytest"
 )
 
@@ -65,11 +66,11 @@ func TestClusterLeaderKilled(t *testing.T) {
 	}
 	bin := lsmuxBinary(t)
 	sim := newSim(t, 200)
-	ns := startNATS(t)
+	ns := natstest.Start(t)
 	var reps []*replicaProc
 	var roots []string
 	for i := range 3 {
-		r := startReplicaProc(t, bin, sim.StreamURL("demo"), sim.TokenURL(), sim.ClientID(), sim.ClientSecret(), ns.url(), fmt.Sprintf("r%d", i))
+		r := startReplicaProc(t, bin, sim.StreamURL("demo"), sim.TokenURL(), sim.ClientID(), sim.ClientSecret(), ns.URL(), fmt.Sprintf("r%d", i))
 		reps, roots = append(reps, r), append(roots, r.root)
 	}
 	waitFor(t, 30*time.Second, "three ready replicas, one leader, one upstream connection", func() bool {

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"lsmux/cluster/natstest"
 	"lsmux/metrics"
 	"lsmux/proxy/proxytest"
 	"lsmux/upstream/simulator"
@@ -119,13 +120,13 @@ func hasAll(msgs []got, want [][]byte) bool {
 //     connects after the reconnect delay without waiting for the TTL.
 func TestClusterSurvivesNATSRestartAndPartition(t *testing.T) {
 	sim := newSim(t, 200)
-	ns := startNATS(t)
+	ns := natstest.Start(t)
 	var reps []*running
-	var proxies []*tcpProxy
+	var proxies []*natstest.Proxy
 	var roots []string
 	for i := range 3 {
-		p := newTCPProxy(t, strings.TrimPrefix(ns.url(), "nats://"))
-		r := startReplica(t, sim, p.url(), fmt.Sprintf("r%d", i))
+		p := natstest.NewProxy(t, strings.TrimPrefix(ns.URL(), "nats://"))
+		r := startReplica(t, sim, p.URL(), fmt.Sprintf("r%d", i))
 		proxies, reps, roots = append(proxies, p), append(reps, r), append(roots, r.root)
 	}
 	waitFor(t, 15*time.Second, "three ready replicas, one leader, one upstream connection", func() bool {
@@ -170,7 +171,7 @@ func TestClusterSurvivesNATSRestartAndPartition(t *testing.T) {
 	// NATS restarts.
 	leader := leaders(roots)[0]
 	opensBefore := len(upstreamOpens(sim))
-	away := ns.restart()
+	away := ns.Restart()
 	before := sim.SentHits("demo")
 	waitFor(t, 20*time.Second, "every replica back on NATS", func() bool {
 		for _, r := range roots {

@@ -81,6 +81,11 @@ func (p *publisher) add(h upstream.Hit) {
 	p.q = append(p.q, m)
 	p.qBytes += int64(len(m.data))
 	p.mu.Unlock()
+	p.poke()
+}
+
+// poke wakes run (a hit was queued, or draining began).
+func (p *publisher) poke() {
 	select {
 	case p.wake <- struct{}{}:
 	default:

@@ -82,6 +82,7 @@ func (s *Stream) Run(ctx context.Context) {
 	defer func() {
 		// Publish what the upstream already handed over, within bounds.
 		s.draining.Store(true)
+		s.pub.poke()
 		select {
 		case <-pubDone:
 		case <-time.After(s.node.opts.FlushTimeout):
@@ -125,6 +126,15 @@ func (s *Stream) setup(ctx context.Context) (jetstream.ConsumeContext, bool) {
 
 func (s *Stream) trySetup(ctx context.Context) (jetstream.ConsumeContext, error) {
 	o := s.node.opts
+	if !s.node.Connected() {
+		// Fail fast with NATS's own reason: a request would only wait in
+		// the reconnect buffer until its timeout.
+		err := errors.New("not connected to NATS at " + RedactURL(o.URL))
+		if last := s.node.nc.LastError(); last != nil {
+			err = fmt.Errorf("%w: %v", err, last)
+		}
+		return nil, err
+	}
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	js := s.node.js

@@ -249,3 +249,44 @@ func TestAppendNeverWaitsForAStalledReader(t *testing.T) {
 	close(release)
 	<-done
 }
+
+// TestAppendAtKeepsNumbersGivenElsewhere is cluster mode's numbering: the
+// JetStream sequence becomes the hit's number on every replica; a number
+// already held is ignored, and a jump (hits JetStream discarded before this
+// replica read them) reaches a lagging subscriber as a gap notice, then the
+// stream goes on.
+func TestAppendAtKeepsNumbersGivenElsewhere(t *testing.T) {
+	h := NewHub(Options{FirstSeq: 1})
+	h.Reset(500) // the replica starts at JetStream's sequence 500
+	live := h.Subscribe(Live, Info{}, nil)
+	defer live.Close()
+	if got := h.Start(Live); got != 500 {
+		t.Fatalf("after Reset(500) live starts at %d", got)
+	}
+	for seq := uint64(500); seq < 503; seq++ {
+		if !h.AppendAt(seq, hit(int(seq)), time.Now()) {
+			t.Fatalf("AppendAt(%d) refused", seq)
+		}
+	}
+	if h.AppendAt(501, hit(9), time.Now()) {
+		t.Fatal("a number already held was appended again")
+	}
+	got, gap := poll(live)
+	if gap != nil || len(got) != 3 || got[0].Seq != 500 || got[2].Seq != 502 || !bytes.Equal(got[1].Raw(), hit(501)) {
+		t.Fatalf("got %d entries from %v, gap %v", len(got), got, gap)
+	}
+	lagging := h.Subscribe(500, Info{}, nil)
+	defer lagging.Close()
+	h.AppendAt(510, hit(510), time.Now()) // 503..509 never reached this replica
+	got, gap = poll(live)
+	if gap == nil || gap.From != 503 || gap.To != 509 || len(got) != 1 || got[0].Seq != 510 {
+		t.Fatalf("a subscriber at 503: gap %+v with %d entries, want the gap 503..509, then 510", gap, len(got))
+	}
+	got, gap = poll(lagging)
+	if gap == nil || gap.From != 500 || gap.To != 509 {
+		t.Fatalf("a subscriber still at 500: gap %+v, want 500..509 (the jump drops what was held)", gap)
+	}
+	if st := h.Stats(); st.Oldest != 510 || st.Newest != 510 || st.Hits != 1 {
+		t.Fatalf("stats after the jump: %+v", st)
+	}
+}

@@ -1,0 +1,330 @@
+package cluster
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/sirupsen/logrus"
+	"go.uber.org/goleak"
+
+	"lsmux/cluster/natstest"
+	"lsmux/fanout"
+	"lsmux/upstream"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// upstreamLog stands in for Live Stream's view: which replica's upstream
+// was open when. It is the witness that no two overlap.
+type upstreamLog struct {
+	mu    sync.Mutex
+	open  int
+	peak  int
+	spans []span
+}
+
+type span struct {
+	replica    string
+	start, end time.Time
+}
+
+func (l *upstreamLog) spansNow() []span {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]span(nil), l.spans...)
+}
+
+func (l *upstreamLog) openNow() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.open
+}
+
+// fakePool is an upstream pool that "connects" for as long as Run runs.
+type fakePool struct {
+	name      string
+	log       *upstreamLog
+	streaming atomic.Bool
+	hold      atomic.Pointer[string]
+}
+
+func (f *fakePool) Run(ctx context.Context) {
+	f.log.mu.Lock()
+	f.log.open++
+	f.log.peak = max(f.log.peak, f.log.open)
+	i := len(f.log.spans)
+	f.log.spans = append(f.log.spans, span{replica: f.name, start: time.Now()})
+	f.log.mu.Unlock()
+	f.streaming.Store(true)
+	<-ctx.Done()
+	f.streaming.Store(false)
+	f.log.mu.Lock()
+	f.log.open--
+	f.log.spans[i].end = time.Now()
+	f.log.mu.Unlock()
+}
+
+func (f *fakePool) Hold(_ time.Time, reason string) { f.hold.Store(&reason) }
+func (f *fakePool) Streaming() bool                 { return f.streaming.Load() }
+
+type replica struct {
+	node   *Node
+	stream *Stream
+	hub    *fanout.Hub
+	pool   *fakePool
+	proxy  *natstest.Proxy
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+const (
+	testTTL   = time.Second
+	testDelay = 300 * time.Millisecond
+)
+
+func startReplica(t *testing.T, ns *natstest.Server, name string, log *upstreamLog, logs *logrus.Logger) *replica {
+	t.Helper()
+	p := natstest.NewProxy(t, strings.TrimPrefix(ns.URL(), "nats://"))
+	node, err := Connect(Options{URL: p.URL(), Replica: name, LeaseTTL: testTTL, ReconnectDelay: testDelay, RetryWait: 50 * time.Millisecond, Logger: logs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &replica{node: node, hub: fanout.NewHub(fanout.Options{FirstSeq: 1}), pool: &fakePool{name: name, log: log}, proxy: p, done: make(chan struct{})}
+	r.stream = node.NewStream("demo", r.hub, r.pool)
+	ctx, cancel := context.WithCancel(context.Background())
+	r.cancel = cancel
+	go func() { r.stream.Run(ctx); node.Close(); close(r.done) }()
+	t.Cleanup(func() { r.stop() })
+	return r
+}
+
+func (r *replica) stop() {
+	r.cancel()
+	<-r.done
+}
+
+func quietLogger() *logrus.Logger {
+	l := logrus.New()
+	l.Out = &bytes.Buffer{}
+	return l
+}
+
+// TestLeaseNeverLetsTwoUpstreamsOverlap runs two replicas on one NATS
+// server: one leads; cut off from NATS, it closes its upstream within 3/4
+// TTL; the other connects only after TTL + delay; when the cut heals, the
+// first stays a follower; on shutdown the leader releases the lease and
+// the other connects one delay later, without waiting for the TTL.
+func TestLeaseNeverLetsTwoUpstreamsOverlap(t *testing.T) {
+	ns := natstest.Start(t)
+	ulog := &upstreamLog{}
+	a := startReplica(t, ns, "a", ulog, quietLogger())
+	waitFor(t, 10*time.Second, "a to lead", func() bool { return a.stream.Leader() && ulog.openNow() == 1 })
+	b := startReplica(t, ns, "b", ulog, quietLogger())
+	waitFor(t, 10*time.Second, "b to see a as leader", func() bool {
+		st := b.stream.Status()
+		return st.Ready && st.Leader == "a" && st.LeaderStreaming
+	})
+	if h := b.pool.hold.Load(); h == nil || !strings.Contains(*h, "replica a holds the upstream") {
+		t.Errorf("b's upstream hold reason: %v", h)
+	}
+
+	// Hits published by the leader reach both hubs under the same numbers.
+	for i := range 5 {
+		a.stream.Sink(upstream.Hit{Raw: fmt.Appendf(nil, `{"hitIdHigh":1,"hitIdLow":%d}`, i), ID: upstream.HitID{High: 1, Low: uint64(i)}, HasID: true})
+	}
+	a.stream.Sink(upstream.Hit{Raw: []byte(`{"hitIdHigh":1,"hitIdLow":4}`), ID: upstream.HitID{High: 1, Low: 4}, HasID: true}) // republished
+	waitFor(t, 5*time.Second, "5 hits in both hubs", func() bool { return a.hub.Stats().Appended == 5 && b.hub.Stats().Appended == 5 })
+	if sa, sb := a.hub.Stats(), b.hub.Stats(); sa.Oldest != sb.Oldest || sa.Newest != sb.Newest {
+		t.Fatalf("hubs differ: %+v vs %+v", sa, sb)
+	}
+	if st := a.stream.Status().Publish; st.Published != 5 || st.Duplicates != 1 {
+		t.Fatalf("publish status %+v, want 5 published and 1 duplicate", st)
+	}
+
+	// Partition the leader.
+	cut := time.Now()
+	a.proxy.Cut()
+	waitFor(t, 10*time.Second, "b to lead and connect", func() bool { return b.stream.Leader() && ulog.openNow() == 1 && len(ulog.spansNow()) == 2 })
+	spans := ulog.spansNow()
+	if closed := spans[0].end.Sub(cut); closed > testTTL*3/4 {
+		t.Errorf("the cut-off leader closed its upstream %v after the cut; want within 3/4 TTL (%v)", closed, testTTL*3/4)
+	}
+	if gap := spans[1].start.Sub(spans[0].end); gap < testDelay {
+		t.Errorf("b connected %v after a closed; want at least the delay %v", gap, testDelay)
+	}
+	if a.stream.Leader() {
+		t.Error("a still says it leads")
+	}
+	a.proxy.Heal()
+	waitFor(t, 10*time.Second, "a back on NATS, following b", func() bool {
+		st := a.stream.Status()
+		return st.NATS == "connected" && st.Leader == "b"
+	})
+	rev := a.stream.Status().LeaseRevision
+	waitFor(t, 10*time.Second, "a to see b renew four times", func() bool { return a.stream.Status().LeaseRevision >= rev+4 })
+	if n := len(ulog.spansNow()); n != 2 || ulog.peak != 1 {
+		t.Fatalf("after healing: %d upstream spans, peak %d; want 2 and 1", n, ulog.peak)
+	}
+
+	// The leader shuts down and releases.
+	b.stop()
+	waitFor(t, 10*time.Second, "a to lead again", func() bool { return a.stream.Leader() && ulog.openNow() == 1 })
+	spans = ulog.spansNow()
+	gap := spans[2].start.Sub(spans[1].end)
+	if gap < testDelay || gap >= testTTL+testDelay {
+		t.Errorf("after b released, a connected %v after b closed; want between the delay %v and TTL + delay", gap, testDelay)
+	}
+	ulog.mu.Lock()
+	peak := ulog.peak
+	ulog.mu.Unlock()
+	if peak != 1 {
+		t.Errorf("%d upstreams open at once", peak)
+	}
+	t.Logf("partition: closed %v after the cut, next opened %v later; release: next opened %v later",
+		spans[0].end.Sub(cut).Round(time.Millisecond), spans[1].start.Sub(spans[0].end).Round(time.Millisecond), gap.Round(time.Millisecond))
+}
+
+// TestReplicaWithoutNATSServesNothingAndSaysWhy: before a replica has
+// reached JetStream it has no sequence numbers to give, so it is not
+// ready, and it says which NATS it waits for, without the password.
+func TestReplicaWithoutNATSServesNothingAndSaysWhy(t *testing.T) {
+	out := &syncBuffer{}
+	logs := logrus.New()
+	logs.Out = out
+	node, err := Connect(Options{URL: "nats://lsmux:s3cret-pass@127.0.0.1:1", Replica: "r", RetryWait: 20 * time.Millisecond, Logger: logs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer node.Close()
+	pool := &fakePool{name: "r", log: &upstreamLog{}}
+	s := node.NewStream("demo", fanout.NewHub(fanout.Options{FirstSeq: 1}), pool)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { s.Run(ctx); close(done) }()
+	waitFor(t, 5*time.Second, "a setup failure to be logged", func() bool { return strings.Contains(out.String(), "cannot set up") })
+	err = s.Ready()
+	if err == nil || !strings.Contains(err.Error(), "nats://") {
+		t.Fatalf("Ready() = %v; want an error naming the NATS URL", err)
+	}
+	status, _ := json.Marshal(s.Status())
+	cancel()
+	<-done
+	for what, text := range map[string]string{"readiness": err.Error(), "status": string(status), "logs": out.String()} {
+		if strings.Contains(text, "s3cret-pass") {
+			t.Errorf("the NATS password appears in %s: %s", what, text)
+		}
+	}
+	if pool.streaming.Load() || s.Leader() {
+		t.Error("a replica without NATS ran the upstream")
+	}
+}
+
+// TestWrongNATSPasswordIsNeverLogged: an authentication failure is
+// reported, the password is not.
+func TestWrongNATSPasswordIsNeverLogged(t *testing.T) {
+	ns := natstest.Start(t, func(o *server.Options) { o.Username, o.Password = "lsmux", "right-pass" })
+	out := &syncBuffer{}
+	logs := logrus.New()
+	logs.Out = out
+	url := strings.Replace(ns.URL(), "nats://", "nats://lsmux:wrong-pass-42@", 1)
+	node, err := Connect(Options{URL: url, Replica: "r", RetryWait: 20 * time.Millisecond, Logger: logs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := node.NewStream("demo", fanout.NewHub(fanout.Options{FirstSeq: 1}), &fakePool{name: "r", log: &upstreamLog{}})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { s.Run(ctx); close(done) }()
+	waitFor(t, 5*time.Second, "the failure to be logged", func() bool { return strings.Contains(out.String(), "cannot set up") })
+	status, _ := json.Marshal(s.Status())
+	cancel()
+	<-done
+	node.Close()
+	if text := out.String() + string(status); strings.Contains(text, "wrong-pass-42") {
+		t.Fatalf("the NATS password appears:\n%s", text)
+	}
+}
+
+func TestPublishBufferIsBoundedAndCountsWhatItDrops(t *testing.T) {
+	p := newPublisher(nil, "lsmux.demo.hits", 1000, time.Second, quietLogger())
+	raw := bytes.Repeat([]byte("x"), 300)
+	for range 5 {
+		p.add(upstream.Hit{Raw: raw})
+	}
+	n, size := p.pending()
+	if n != 3 || size != 900 {
+		t.Fatalf("buffered %d hits, %d bytes; want 3 and 900 (the bound is 1000)", n, size)
+	}
+	if st := p.status(); st.Dropped != 2 {
+		t.Fatalf("dropped %d, want 2 counted", st.Dropped)
+	}
+	p.remove(2)
+	if n, size := p.pending(); n != 1 || size != 300 {
+		t.Fatalf("after removing 2: %d hits, %d bytes", n, size)
+	}
+}
+
+func TestMsgIDIsTheHitIDOrAHashOfTheBytes(t *testing.T) {
+	id := MsgID(upstream.Hit{Raw: []byte(`{}`), ID: upstream.HitID{High: 18446744073709551615, Low: 7}, HasID: true})
+	if id != "18446744073709551615-7" {
+		t.Fatalf("MsgID with ids = %q", id)
+	}
+	a, b := MsgID(upstream.Hit{Raw: []byte(`{"x":1}`)}), MsgID(upstream.Hit{Raw: []byte(`{"x":2}`)})
+	if a == b || a != MsgID(upstream.Hit{Raw: []byte(`{"x":1}`)}) || !strings.HasPrefix(a, "sha256-") {
+		t.Fatalf("MsgID without ids: %q, %q", a, b)
+	}
+}
+
+func TestNamesForJetStream(t *testing.T) {
+	n := NamesFor("my-endpoint_2")
+	if n.Stream != "LSMUX_my-endpoint_2" || n.Subject != "lsmux.my-endpoint_2.hits" || n.Bucket != "LSMUX_LEASE_my-endpoint_2" {
+		t.Fatalf("%+v", n)
+	}
+	dotted, underscored := NamesFor("a.b"), NamesFor("a_b")
+	if dotted.Stream == underscored.Stream || strings.ContainsAny(dotted.Stream+dotted.Bucket, ". *>") || strings.Count(dotted.Subject, ".") != 2 {
+		t.Fatalf("a.b → %+v, a_b → %+v", dotted, underscored)
+	}
+}
+
+func TestRedactURL(t *testing.T) {
+	got := RedactURL("nats://user:pw1@h1:4222, nats://tok2@h2:4222,tls://h3")
+	if strings.Contains(got, "pw1") || strings.Contains(got, "tok2") || !strings.Contains(got, "h1:4222") || !strings.Contains(got, "tls://h3") {
+		t.Fatalf("RedactURL = %q", got)
+	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
