@@ -146,7 +146,7 @@ func TestMetricsCountConnectsDropsAndDeliveries(t *testing.T) {
 		`lsmux_upstream_attempts_total{conn="0",result="200",stream="demo"}`:            func(v float64) bool { return v == 2 },
 		`lsmux_upstream_state{conn="0",state="streaming",stream="demo"}`:                func(v float64) bool { return v == 1 },
 		`lsmux_upstream_state{conn="0",state="waiting",stream="demo"}`:                  func(v float64) bool { return v == 0 },
-		`lsmux_upstream_hits_total{conn="0",stream="demo"}`:                             func(v float64) bool { return v > 20 },
+		`lsmux_upstream_hits_total{conn="0",stream="demo"}`:                             func(v float64) bool { return v >= 20 },
 		`lsmux_delivered_hits_total{stream="demo",transport="sse"}`:                     func(v float64) bool { return v >= 20 },
 		`lsmux_delivery_lag_seconds_count{transport="sse"}`:                             func(v float64) bool { return v > 0 },
 		`lsmux_subscribers{stream="demo",transport="sse"}`:                              func(v float64) bool { return v == 1 },
