@@ -16,6 +16,7 @@ import (
 
 	cdplog "github.com/chromedp/cdproto/log"
 
+	"lsmux/cluster/natstest"
 	"lsmux/upstream/simulator"
 )
 
@@ -25,13 +26,7 @@ import (
 // narrows the tail, an invalid filter shows the server's error, and the
 // console stays clean.
 func TestDashboardInChromium(t *testing.T) {
-	browser, err := exec.LookPath("chromium")
-	if err != nil {
-		if os.Getenv("LSMUX_BROWSER_TESTS") == "1" {
-			t.Fatal("chromium is not installed but LSMUX_BROWSER_TESTS=1 (.ci/run installs Debian's chromium)")
-		}
-		t.Skip("chromium not installed: apt-get install chromium, or set LSMUX_BROWSER_TESTS=1 to make this a failure")
-	}
+	browser := chromiumOrSkip(t)
 	sim, err := simulator.New(simulator.Options{Rate: 80})
 	if err != nil {
 		t.Fatal(err)
@@ -41,56 +36,9 @@ func TestDashboardInChromium(t *testing.T) {
 		"-client-id", sim.ClientID(), "-client-secret", sim.ClientSecret(), "-reconnect-delay", "2s", "-shutdown-timeout", "2s"},
 		demoFaults(sim, 2*time.Second))
 
-	opts := append(chromedp.DefaultExecAllocatorOptions[:],
-		chromedp.ExecPath(browser),
-		chromedp.Flag("headless", true), chromedp.Flag("no-sandbox", true), chromedp.Flag("disable-gpu", true),
-		chromedp.Flag("no-first-run", true), chromedp.Flag("disable-background-networking", true),
-		chromedp.Flag("disable-component-update", true), chromedp.Flag("disable-sync", true), chromedp.Flag("disable-quic", true),
-		chromedp.UserDataDir(t.TempDir()), chromedp.WindowSize(1280, 1000))
-	allocCtx, allocCancel := chromedp.NewExecAllocator(context.Background(), opts...)
-	defer allocCancel()
-	ctx, cancel := chromedp.NewContext(allocCtx)
-	defer cancel()
-	if err := chromedp.Do(ctx); err != nil {
-		t.Fatalf("start chromium: %v", err)
-	}
-	var mu sync.Mutex
-	var consoleErrors []string
-	chromedp.Listen(ctx, func(ev any) {
-		mu.Lock()
-		defer mu.Unlock()
-		switch e := ev.(type) {
-		case *runtime.EventConsoleAPICalled:
-			if e.Type == runtime.ConsoleAPICalledTypeError {
-				msg := "console.error:"
-				for _, a := range e.Args {
-					msg += " " + string(a.Value) + a.Description
-				}
-				consoleErrors = append(consoleErrors, msg)
-			}
-		case *runtime.EventExceptionThrown:
-			desc := ""
-			if e.ExceptionDetails.Exception != nil {
-				desc = e.ExceptionDetails.Exception.Description
-			}
-			consoleErrors = append(consoleErrors, "exception: "+e.ExceptionDetails.Text+" "+desc)
-		case *cdplog.EventEntryAdded:
-			if e.Entry.Level == cdplog.EntryLevelError {
-				consoleErrors = append(consoleErrors, "log: "+e.Entry.Text+" "+e.Entry.URL)
-			}
-		}
-	})
 	page := "http://" + a.addr() + "/"
-	step, stepCancel := context.WithTimeout(ctx, 60*time.Second)
-	defer stepCancel()
-	poll := func(what, expr string) {
-		t.Helper()
-		if _, err := chromedp.Run(step, chromedp.Poll[bool](expr, chromedp.WithPollingTimeout(30*time.Second))); err != nil {
-			mu.Lock()
-			defer mu.Unlock()
-			t.Fatalf("%s: %v (console: %q)", what, err, consoleErrors)
-		}
-	}
+	d := openBrowser(t, browser)
+	step, poll, consoleErrors := d.step, d.poll, d.consoleErrors
 	if err := chromedp.Do(step, chromedp.Navigate(page)); err != nil {
 		t.Fatal(err)
 	}
@@ -142,9 +90,106 @@ func TestDashboardInChromium(t *testing.T) {
 	if update {
 		os.WriteFile("docs/dashboard.png", png, 0o644)
 	}
-	mu.Lock()
-	defer mu.Unlock()
-	if len(consoleErrors) > 0 {
-		t.Fatalf("browser console errors: %q", consoleErrors)
+	if errs := consoleErrors(); len(errs) > 0 {
+		t.Fatalf("browser console errors: %q", errs)
+	}
+}
+
+func chromiumOrSkip(t *testing.T) string {
+	t.Helper()
+	browser, err := exec.LookPath("chromium")
+	if err != nil {
+		if os.Getenv("LSMUX_BROWSER_TESTS") == "1" {
+			t.Fatal("chromium is not installed but LSMUX_BROWSER_TESTS=1 (.ci/run installs Debian's chromium)")
+		}
+		t.Skip("chromium not installed: apt-get install chromium, or set LSMUX_BROWSER_TESTS=1 to make this a failure")
+	}
+	return browser
+}
+
+// browserPage is a headless Chromium tab with its console watched.
+type browserPage struct {
+	step          context.Context
+	poll          func(what, expr string)
+	consoleErrors func() []string
+}
+
+func openBrowser(t *testing.T, browser string) *browserPage {
+	t.Helper()
+	opts := append(chromedp.DefaultExecAllocatorOptions[:],
+		chromedp.ExecPath(browser),
+		chromedp.Flag("headless", true), chromedp.Flag("no-sandbox", true), chromedp.Flag("disable-gpu", true),
+		chromedp.Flag("no-first-run", true), chromedp.Flag("disable-background-networking", true),
+		chromedp.Flag("disable-component-update", true), chromedp.Flag("disable-sync", true), chromedp.Flag("disable-quic", true),
+		chromedp.UserDataDir(t.TempDir()), chromedp.WindowSize(1280, 1000))
+	allocCtx, allocCancel := chromedp.NewExecAllocator(context.Background(), opts...)
+	t.Cleanup(allocCancel)
+	ctx, cancel := chromedp.NewContext(allocCtx)
+	t.Cleanup(cancel)
+	if err := chromedp.Do(ctx); err != nil {
+		t.Fatalf("start chromium: %v", err)
+	}
+	var mu sync.Mutex
+	var consoleErrors []string
+	chromedp.Listen(ctx, func(ev any) {
+		mu.Lock()
+		defer mu.Unlock()
+		switch e := ev.(type) {
+		case *runtime.EventConsoleAPICalled:
+			if e.Type == runtime.ConsoleAPICalledTypeError {
+				msg := "console.error:"
+				for _, a := range e.Args {
+					msg += " " + string(a.Value) + a.Description
+				}
+				consoleErrors = append(consoleErrors, msg)
+			}
+		case *runtime.EventExceptionThrown:
+			desc := ""
+			if e.ExceptionDetails.Exception != nil {
+				desc = e.ExceptionDetails.Exception.Description
+			}
+			consoleErrors = append(consoleErrors, "exception: "+e.ExceptionDetails.Text+" "+desc)
+		case *cdplog.EventEntryAdded:
+			if e.Entry.Level == cdplog.EntryLevelError {
+				consoleErrors = append(consoleErrors, "log: "+e.Entry.Text+" "+e.Entry.URL)
+			}
+		}
+	})
+	step, stepCancel := context.WithTimeout(ctx, 60*time.Second)
+	t.Cleanup(stepCancel)
+	poll := func(what, expr string) {
+		t.Helper()
+		if _, err := chromedp.Run(step, chromedp.Poll[bool](expr, chromedp.WithPollingTimeout(30*time.Second))); err != nil {
+			mu.Lock()
+			defer mu.Unlock()
+			t.Fatalf("%s: %v (console: %q)", what, err, consoleErrors)
+		}
+	}
+	return &browserPage{step: step, poll: poll, consoleErrors: func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		return append([]string(nil), consoleErrors...)
+	}}
+}
+
+// TestDashboardShowsClusterRole opens a follower's dashboard in cluster
+// mode: it names the replica that holds the upstream, shows why its own
+// connection row waits, and counts hits arriving through JetStream.
+func TestDashboardShowsClusterRole(t *testing.T) {
+	browser := chromiumOrSkip(t)
+	sim := newSim(t, 80)
+	ns := natstest.Start(t)
+	leader := startReplica(t, sim, ns.URL(), "r0")
+	waitFor(t, 15*time.Second, "r0 to lead", func() bool { return len(leaders([]string{leader.root})) == 1 })
+	follower := startReplica(t, sim, ns.URL(), "r1")
+	d := openBrowser(t, browser)
+	if err := chromedp.Do(d.step, chromedp.Navigate(follower.root+"/")); err != nil {
+		t.Fatal(err)
+	}
+	d.poll("the cluster line to name the leader", `document.querySelector("#cluster").textContent.includes("replica r0 holds the upstream; this is r1")`)
+	d.poll("the connection row to say why it waits", `document.querySelector("#upstream").textContent.includes("follower: replica r0 holds the upstream")`)
+	d.poll("hits through JetStream to be counted", `parseInt(document.querySelector("#hits-total").textContent.replace(/\D/g, "")) > 20`)
+	if errs := d.consoleErrors(); len(errs) > 0 {
+		t.Fatalf("browser console errors: %q", errs)
 	}
 }

@@ -29,7 +29,7 @@ function renderUpstream(conns) {
     if ((c.state === "waiting" || c.state === "failing") && c.nextAttempt) {
       next = "in " + Math.max(0, Math.ceil((new Date(c.nextAttempt) - Date.now()) / 1000)) + " s";
     }
-    const last = (c.lastStatus ? c.lastStatus + " " : "") + (c.lastError || "");
+    const last = c.hold || (c.lastStatus ? c.lastStatus + " " : "") + (c.lastError || "");
     return el("tr", {}, el("td", {}, "#" + c.slot), el("td", { class: "state-" + c.state }, c.state), el("td", {}, ago(c.since)),
       el("td", {}, fmt.format(c.attempts)), el("td", {}, fmt.format(c.hits)), el("td", {}, last), el("td", {}, next));
   });
@@ -56,8 +56,20 @@ function renderUpstream(conns) {
     el("li", { class: e.kind }, new Date(e.time).toLocaleTimeString() + "  #" + e.slot + " " + e.kind + (e.status ? " " + e.status : "") + (e.reason ? " — " + e.reason : ""))));
 }
 
+// renderCluster says, in cluster mode, who holds the upstream.
+function renderCluster(c) {
+  const p = $("#cluster");
+  p.hidden = !c;
+  if (!c) return;
+  const who = c.role === "leader" ? "this replica (" + c.replica + ") holds the upstream" :
+    c.leader ? "replica " + c.leader + " holds the upstream; this is " + c.replica : "no replica holds the upstream yet";
+  p.textContent = "Cluster: " + who + " · NATS " + c.nats + " · JetStream seq " + fmt.format(c.consumedSeq) +
+    (c.notReady ? " · not ready: " + c.notReady : "");
+}
+
 function renderThroughput(s) {
-  const hitsIn = s.upstream.reduce((n, c) => n + c.hits, 0);
+  // In cluster mode hits arrive through JetStream, on followers too.
+  const hitsIn = s.cluster ? s.hub.appended : s.upstream.reduce((n, c) => n + c.hits, 0);
   const t = Date.now();
   samples.push({ t, hitsIn, delivered: s.hub.delivered || 0 });
   samples = samples.filter((x) => t - x.t <= 5 * 60e3 + 2000);
@@ -115,6 +127,7 @@ async function poll() {
     if (!stream) start(s.name, st);
     $("#lsmux-state").textContent = st.shuttingDown ? "lsmux is shutting down" : "live";
     renderUpstream(s.upstream);
+    renderCluster(s.cluster);
     renderThroughput(s);
   } catch (e) {
     $("#lsmux-state").textContent = "lsmux unreachable, retrying…";
