@@ -160,19 +160,19 @@ func (s *Stream) observe(ctx context.Context, kv jetstream.KeyValue) {
 		v = leaseValue{Holder: "unreadable lease value", Replica: "?"}
 	}
 	s.mu.Lock()
-	changed := e.Revision() != s.rev || s.seenAt.IsZero()
-	if changed {
-		holderChanged := v.Holder != s.cur.Holder
+	newHolder := false
+	if e.Revision() != s.rev || s.seenAt.IsZero() {
+		newHolder = v.Holder != s.cur.Holder
 		s.rev, s.seenAt, s.cur = e.Revision(), now, v
 		if v.Holder != "" && v.Holder != s.node.id {
 			s.otherUntil = now.Add(o.LeaseTTL) // its upstream may stay open that long
 		}
-		if holderChanged && v.Holder != "" && v.Holder != s.node.id {
-			s.pool.Hold(time.Time{}, "follower: replica "+v.Replica+" holds the upstream")
-		}
 	}
 	seenAt := s.seenAt
 	s.mu.Unlock()
+	if newHolder && v.Holder != "" && v.Holder != s.node.id {
+		s.pool.Hold(time.Time{}, "follower: replica "+v.Replica+" holds the upstream")
+	}
 	switch {
 	case v.Holder == s.node.id:
 		// Ours, from before a fence: nobody took it meanwhile.
