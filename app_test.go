@@ -20,6 +20,7 @@ import (
 	"github.com/gorilla/websocket"
 	"go.uber.org/goleak"
 
+	"lsmux/internal/testutil"
 	"lsmux/proxy/proxytest"
 	"lsmux/upstream/simulator"
 )
@@ -113,16 +114,7 @@ func newSim(t *testing.T, rate float64) *simulator.Server {
 	return sim
 }
 
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
+var waitFor = testutil.WaitFor
 
 // steadySubscribers connects one WebSocket and one SSE subscriber from the
 // oldest hit and collects everything they receive.
@@ -419,22 +411,7 @@ func TestDemoServesHitsWithoutCredentials(t *testing.T) {
 	}
 }
 
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+type syncBuf = testutil.SyncBuffer
 
 func TestHealthcheckCommand(t *testing.T) {
 	sim := newSim(t, 100)

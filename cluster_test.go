@@ -93,17 +93,21 @@ func checkSameStream(t *testing.T, subs map[string][]got) {
 }
 
 // hasAll reports whether msgs hold every hit in want.
-func hasAll(msgs []got, want [][]byte) bool {
+func hasAll(msgs []got, want [][]byte) bool { return countMissing(msgs, want) == 0 }
+
+// countMissing counts the hits of want that msgs lack.
+func countMissing(msgs []got, want [][]byte) int {
 	have := make(map[uint64]bool, len(msgs))
 	for _, m := range msgs {
 		have[m.Sum] = true
 	}
+	n := 0
 	for _, h := range want {
 		if !have[hashHit(h)] {
-			return false
+			n++
 		}
 	}
-	return true
+	return n
 }
 
 // TestClusterSurvivesNATSRestartAndPartition runs three replicas in this
@@ -155,14 +159,26 @@ func TestClusterSurvivesNATSRestartAndPartition(t *testing.T) {
 	}
 	waitAll := func(what string, want [][]byte, which ...int) {
 		t.Helper()
-		waitFor(t, 20*time.Second, what, func() bool {
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			missing := map[int]int{}
 			for _, i := range which {
-				if !hasAll(subs[i].hits(), want) {
-					return false
+				if n := countMissing(subs[i].hits(), want); n > 0 {
+					missing[i] = n
 				}
 			}
-			return true
-		})
+			if len(missing) == 0 {
+				return
+			}
+			if time.Now().After(deadline) {
+				for i, n := range missing {
+					v, err := clusterStatus(roots[i])
+					t.Logf("replica %d misses %d of %d hits; it has %d messages; cluster status %+v %v", i, n, len(want), len(subs[i].hits()), v, err)
+				}
+				t.Fatalf("timed out waiting for %s", what)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
 	}
 	waitFor(t, 20*time.Second, "50 hits on every replica", func() bool {
 		return len(subs[0].hits()) >= 50 && len(subs[1].hits()) >= 50 && len(subs[2].hits()) >= 50

@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"lsmux/internal/testutil"
 	"lsmux/proxy/proxytest"
 )
 
@@ -39,16 +40,7 @@ func next(t *testing.T, ch <-chan msg, timeout time.Duration) msg {
 	return m
 }
 
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
+var waitFor = testutil.WaitFor
 
 // proxyNext is Next without failing: for reading until the stream is quiet.
 func proxyNext(ch <-chan msg, timeout time.Duration) (msg, error) { return proxytest.Next(ch, timeout) }

@@ -1,7 +1,6 @@
 package upstream_test
 
 import (
-	"bytes"
 	"context"
 	"sync"
 	"testing"
@@ -9,21 +8,12 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"lsmux/internal/testutil"
 	"lsmux/upstream"
 	"lsmux/upstream/simulator"
 )
 
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
+var waitFor = testutil.WaitFor
 
 // collector is a Sink that keeps every hit.
 type collector struct {
@@ -49,23 +39,7 @@ func (c *collector) snapshot() [][]byte {
 	return append([][]byte(nil), c.hits...)
 }
 
-// syncBuffer is a log destination tests can read while the pool writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+type syncBuffer = testutil.SyncBuffer
 
 type rig struct {
 	sim  *simulator.Server
