@@ -237,6 +237,9 @@ func TestClusterSurvivesNATSRestartAndPartition(t *testing.T) {
 	sim.BackfillDuplicates(50)
 	cutAt := time.Now()
 	proxies[leader].Cut()
+	// Until it closes its upstream (3/4 TTL), it reads hits nobody else
+	// gets: it asks not to get new subscribers.
+	waitFor(t, testLeaseTTL/2, "the cut-off leader to report not ready", func() bool { return readyStatus(roots[leader]) == http.StatusServiceUnavailable })
 	waitFor(t, 20*time.Second, "another replica to lead and connect upstream", func() bool {
 		now := leaders(roots)
 		return len(now) == 1 && now[0] != leader && len(upstreamOpens(sim)) == opensBefore+1 && sim.Active("demo") == 1
@@ -270,6 +273,7 @@ func TestClusterSurvivesNATSRestartAndPartition(t *testing.T) {
 
 	// The leader shuts down and releases the lease.
 	second := leaders(roots)[0]
+	sim.BackfillDuplicates(50) // hits in flight when it closes, as above
 	reps[second].stop()
 	<-reps[second].done
 	waitFor(t, 20*time.Second, "a third leader to connect upstream", func() bool {
