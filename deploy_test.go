@@ -164,3 +164,19 @@ func TestDeployExamplesUseRealSettings(t *testing.T) {
 		}
 	}
 }
+
+// TestReadmeShowsTheClusterComposeFile keeps the README's cluster example
+// the same as the file in deploy/ (which the test above checks).
+func TestReadmeShowsTheClusterComposeFile(t *testing.T) {
+	compose, err := os.ReadFile("deploy/docker-compose.cluster.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	readme, err := os.ReadFile("README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(readme), "<!-- cluster compose -->\n```yaml\n"+string(compose)+"```\n<!-- end cluster compose -->") {
+		t.Fatal("README.md's cluster compose example differs from deploy/docker-compose.cluster.yml; copy the file between the <!-- cluster compose --> markers")
+	}
+}
