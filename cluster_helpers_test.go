@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
+
+	"lsmux/proxy/proxytest"
 )
 
 // clusterView is what the tests read of /v1/status and /readyz.
@@ -108,4 +110,20 @@ func freeAddr(t *testing.T) string {
 	}
 	defer ln.Close()
 	return ln.Addr().String()
+}
+
+// subscribeFromOldest opens a WebSocket subscriber from the oldest hit on
+// each stream base URL and collects what each gets.
+func subscribeFromOldest(t *testing.T, bases []string) []*collected {
+	t.Helper()
+	var subs []*collected
+	for _, base := range bases {
+		ws, _, err := proxytest.DialWS(base+"/ws?from=oldest", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(ws.Close)
+		subs = append(subs, collect(ws.Msgs))
+	}
+	return subs
 }

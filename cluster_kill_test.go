@@ -88,15 +88,11 @@ func TestClusterLeaderKilled(t *testing.T) {
 			followers = append(followers, i)
 		}
 	}
-	subs := make([]*collected, 3)
-	for i, r := range reps {
-		ws, _, err := proxytest.DialWS(r.base+"/ws?from=oldest", nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(ws.Close)
-		subs[i] = collect(ws.Msgs)
+	var bases []string
+	for _, r := range reps {
+		bases = append(bases, r.base)
 	}
+	subs := subscribeFromOldest(t, bases)
 	// A browser reads the first follower over SSE.
 	browser, err := proxytest.DialSSE(reps[followers[0]].base+"/sse?from=oldest", nil)
 	if err != nil {

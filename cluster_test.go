@@ -10,7 +10,6 @@ import (
 
 	"lsmux/cluster/natstest"
 	"lsmux/metrics"
-	"lsmux/proxy/proxytest"
 	"lsmux/upstream/simulator"
 )
 
@@ -141,15 +140,11 @@ func TestClusterSurvivesNATSRestartAndPartition(t *testing.T) {
 		}
 		return len(leaders(roots)) == 1 && sim.Active("demo") == 1
 	})
-	subs := make([]*collected, 3)
-	for i, r := range reps {
-		ws, _, err := proxytest.DialWS(r.base+"/ws?from=oldest", nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(ws.Close)
-		subs[i] = collect(ws.Msgs)
+	var bases []string
+	for _, r := range reps {
+		bases = append(bases, r.base)
 	}
+	subs := subscribeFromOldest(t, bases)
 	snapshot := func() map[string][]got {
 		out := map[string][]got{}
 		for i, c := range subs {
