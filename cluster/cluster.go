@@ -27,6 +27,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -126,6 +127,8 @@ type Node struct {
 	nc   *nats.Conn
 	js   jetstream.JetStream
 	log  logrus.FieldLogger
+
+	connectErr atomic.Pointer[string] // why the last connection attempt failed
 }
 
 // Connect starts connecting to NATS and returns at once: a replica that
@@ -151,6 +154,10 @@ func Connect(o Options) (*Node, error) {
 			n.log.WithField("nats", where).Warnf("cluster: lost NATS (%v); reconnecting every %v. Replicas keep serving what they hold; a leader keeps its upstream for up to 3/4 of LSMUX_LEASE_TTL", err, o.RetryWait)
 		}),
 		nats.ReconnectHandler(func(*nats.Conn) { n.log.WithField("nats", where).Info("cluster: reconnected to NATS") }),
+		nats.ReconnectErrHandler(func(_ *nats.Conn, err error) {
+			msg := err.Error()
+			n.connectErr.Store(&msg)
+		}),
 	}
 	if o.CredsFile != "" {
 		opts = append(opts, nats.UserCredentials(o.CredsFile))
@@ -186,6 +193,17 @@ func (n *Node) Replica() string { return n.opts.Replica }
 
 // Connected reports whether NATS is reachable right now.
 func (n *Node) Connected() bool { return n.nc.IsConnected() }
+
+// notConnected explains, for readiness and logs, why NATS cannot be used.
+func (n *Node) notConnected() error {
+	msg := "not connected to NATS at " + RedactURL(n.opts.URL)
+	if last := n.nc.LastError(); last != nil {
+		msg += ": " + last.Error()
+	} else if e := n.connectErr.Load(); e != nil {
+		msg += ": " + *e
+	}
+	return errors.New(msg + " (is it running and reachable, with JetStream on? see LSMUX_NATS_URL)")
+}
 
 // natsState names the connection's state for status.
 func (n *Node) natsState() string {

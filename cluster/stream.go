@@ -129,11 +129,7 @@ func (s *Stream) trySetup(ctx context.Context) (jetstream.ConsumeContext, error)
 	if !s.node.Connected() {
 		// Fail fast with NATS's own reason: a request would only wait in
 		// the reconnect buffer until its timeout.
-		err := errors.New("not connected to NATS at " + RedactURL(o.URL))
-		if last := s.node.nc.LastError(); last != nil {
-			err = fmt.Errorf("%w: %v", err, last)
-		}
-		return nil, err
+		return nil, s.node.notConnected()
 	}
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
