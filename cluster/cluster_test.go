@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/sirupsen/logrus"
 	"go.uber.org/goleak"
 
@@ -305,3 +307,43 @@ func TestRedactURL(t *testing.T) {
 }
 
 type syncBuffer = testutil.SyncBuffer
+
+// TestDeletedLeaseIsNotAFreeLease: an operator purges the lease key while a
+// leader holds the upstream, and a new replica starts. The newcomer must
+// not take the missing key at once (the leader only finds out at its next
+// renewal); it waits a whole TTL, and the reconnect delay, so the two
+// upstreams never overlap.
+func TestDeletedLeaseIsNotAFreeLease(t *testing.T) {
+	ns := natstest.Start(t)
+	ulog := &upstreamLog{}
+	a := startReplica(t, ns, "a", ulog, quietLogger())
+	waitFor(t, 10*time.Second, "a to lead", func() bool { return a.stream.Leader() && ulog.openNow() == 1 })
+	nc, err := nats.Connect(ns.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	kv, err := js.KeyValue(t.Context(), NamesFor("demo").Bucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := kv.Purge(t.Context(), leaseKey); err != nil {
+		t.Fatal(err)
+	}
+	b := startReplica(t, ns, "b", ulog, quietLogger())
+	waitFor(t, 10*time.Second, "one of them to lead again with its upstream open", func() bool {
+		return len(ulog.spansNow()) >= 2 && ulog.openNow() == 1
+	})
+	ulog.mu.Lock()
+	peak := ulog.peak
+	ulog.mu.Unlock()
+	if peak != 1 {
+		t.Fatalf("%d upstreams were open at once after the lease key was purged", peak)
+	}
+	spans := ulog.spansNow()
+	if gap := spans[1].start.Sub(spans[0].end); gap < testDelay {
+		t.Errorf("the next upstream opened %v after the last closed; want at least the reconnect delay %v", gap, testDelay)
+	}
+	t.Logf("purged lease: a closed, %s opened %v later (b leads: %v)", spans[1].replica, spans[1].start.Sub(spans[0].end).Round(time.Millisecond), b.stream.Leader())
+}

@@ -15,8 +15,8 @@ import (
 const leaseKey = "leader"
 
 // leaseValue is what the lease holds. Times are wall-clock times of the
-// replica that wrote them; only NotBefore and Released are compared across
-// replicas, and both only delay a connection further.
+// replica that wrote them; only NotBefore is compared across replicas, and
+// it only delays a connection further.
 type leaseValue struct {
 	Holder   string `json:"holder"` // holder id (replica/nonce); "" once released
 	Replica  string `json:"replica,omitempty"`
@@ -24,8 +24,9 @@ type leaseValue struct {
 	// NotBefore is when the holder's upstream was allowed to connect: it
 	// inherited a wait from its predecessor, and hands it on.
 	NotBefore time.Time `json:"notBefore,omitzero"`
-	// Released is set when the holder let go: its upstream had closed by
-	// then, so a successor waits the reconnect delay from here.
+	// Released is set when the holder let go, after its upstream closed
+	// (for people reading the bucket; a successor counts the reconnect
+	// delay from when it saw the release, on its own clock).
 	Released time.Time `json:"released,omitzero"`
 }
 
@@ -44,6 +45,18 @@ type term struct {
 	fence     *time.Timer
 	allowedAt time.Time
 	done      chan struct{} // closed once the pool has stopped
+	// validUntil is when the fence falls, on the wall clock: the timer
+	// runs on the monotonic clock, which stands still while the machine
+	// is suspended or the process stopped, so step also compares this.
+	validUntil time.Time
+}
+
+// extend moves the fence to a quarter TTL before the lease, renewed at
+// sent, can expire.
+func (tm *term) extend(sent time.Time, ttl time.Duration) {
+	valid := ttl - ttl/4
+	tm.validUntil = sent.Round(0).Add(valid)
+	tm.fence.Reset(valid - time.Since(sent))
 }
 
 // elect runs the lease until ctx ends. It owns s.term.
@@ -74,20 +87,11 @@ func (s *Stream) step(ctx context.Context) {
 		s.observe(opCtx, kv)
 		return
 	}
-	if s.term.ctx.Err() != nil {
+	if s.term.ctx.Err() != nil || time.Now().Round(0).After(s.term.validUntil) {
 		s.stepDown("cluster: could not renew the lease for 3/4 of LSMUX_LEASE_TTL (is NATS reachable?); closed the upstream connection so that no other replica's can overlap it")
 		return
 	}
 	s.renew(opCtx, kv)
-}
-
-// validity is how long after a renewal was sent the leader may keep its
-// upstream: the TTL less a quarter, so the connection is closed before
-// any follower (which counts from when it saw the renewal, later still)
-// can take over.
-func (s *Stream) validity(sent time.Time) time.Duration {
-	ttl := s.node.opts.LeaseTTL
-	return ttl - ttl/4 - time.Since(sent)
 }
 
 func (s *Stream) renew(ctx context.Context, kv jetstream.KeyValue) {
@@ -102,7 +106,7 @@ func (s *Stream) renew(ctx context.Context, kv jetstream.KeyValue) {
 	sent := time.Now()
 	rev, err := kv.Update(ctx, leaseKey, v.encode(), s.leaseRev())
 	if err == nil {
-		tm.fence.Reset(s.validity(sent))
+		tm.extend(sent, s.node.opts.LeaseTTL)
 		s.mu.Lock()
 		s.rev, s.seenAt, s.cur = rev, sent, v
 		s.mu.Unlock()
@@ -124,7 +128,7 @@ func (s *Stream) renew(ctx context.Context, kv jetstream.KeyValue) {
 		return
 	}
 	if s.logs.allow("renew") {
-		s.log.Warnf("cluster: cannot renew the lease (%v); the upstream connection closes in %v unless NATS answers", err, max(0, time.Until(sent.Add(s.validity(sent)))).Round(time.Millisecond))
+		s.log.Warnf("cluster: cannot renew the lease (%v); the upstream connection closes in %v unless NATS answers", err, max(0, time.Until(tm.validUntil)).Round(time.Millisecond))
 	}
 }
 
@@ -136,19 +140,12 @@ func (s *Stream) observe(ctx context.Context, kv jetstream.KeyValue) {
 	e, err := kv.Get(ctx, leaseKey)
 	now := time.Now()
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		s.mu.Lock()
-		other := s.otherUntil
-		s.mu.Unlock()
-		var after time.Time
-		if !other.IsZero() {
-			after = other.Add(o.ReconnectDelay)
-		}
-		s.take(ctx, kv, 0, s.allowedAfter(after), "no replica held the lease")
+		s.observeMissing(ctx, kv, now)
 		return
 	}
 	if err != nil {
 		s.mu.Lock()
-		s.seenAt = time.Time{} // not watching: the TTL clock starts over
+		s.seenAt, s.missingSince = time.Time{}, time.Time{} // not watching: the TTL clock starts over
 		s.mu.Unlock()
 		if s.logs.allow("observe") {
 			s.log.Warnf("cluster: cannot read the leader lease (%v); this replica will not take over while it cannot see NATS", err)
@@ -160,6 +157,7 @@ func (s *Stream) observe(ctx context.Context, kv jetstream.KeyValue) {
 		v = leaseValue{Holder: "unreadable lease value", Replica: "?"}
 	}
 	s.mu.Lock()
+	s.missingSince = time.Time{}
 	newHolder := false
 	if e.Revision() != s.rev || s.seenAt.IsZero() {
 		newHolder = v.Holder != s.cur.Holder
@@ -178,18 +176,50 @@ func (s *Stream) observe(ctx context.Context, kv jetstream.KeyValue) {
 		// Ours, from before a fence: nobody took it meanwhile.
 		s.take(ctx, kv, e.Revision(), s.allowedAfter(v.NotBefore), "this replica's own lease, after a lapse")
 	case v.Holder == "":
-		closed := seenAt
-		if !v.Released.IsZero() && v.Released.Before(closed) {
-			closed = v.Released
-		}
+		// The holder closed its upstream before it wrote the release, so
+		// before this replica first saw it.
 		s.mu.Lock()
-		s.otherUntil = time.Time{} // the release says when it closed
+		s.otherUntil = time.Time{}
 		s.mu.Unlock()
-		s.take(ctx, kv, e.Revision(), s.allowedAfter(closed.Add(o.ReconnectDelay), v.NotBefore), "released by replica "+v.Replica)
+		s.take(ctx, kv, e.Revision(), s.allowedAfter(seenAt.Add(o.ReconnectDelay), v.NotBefore), "released by replica "+v.Replica)
 	case now.Sub(seenAt) >= o.LeaseTTL:
 		s.take(ctx, kv, e.Revision(), s.allowedAfter(seenAt.Add(o.LeaseTTL+o.ReconnectDelay), v.NotBefore),
 			"replica "+v.Replica+" did not renew the lease for LSMUX_LEASE_TTL")
 	}
+}
+
+// observeMissing handles a lease key that does not exist: never created,
+// or deleted, purged or lost with NATS's storage while a leader may still
+// hold the upstream (it finds out at its next renewal). So the key must
+// stay missing for a whole TTL while this replica watches before it takes
+// the lease, and, unless the bucket has never held anything (a new
+// cluster), the reconnect delay follows.
+func (s *Stream) observeMissing(ctx context.Context, kv jetstream.KeyValue, now time.Time) {
+	o := s.node.opts
+	s.mu.Lock()
+	if s.missingSince.IsZero() {
+		s.missingSince = now
+	}
+	since, other := s.missingSince, s.otherUntil
+	s.mu.Unlock()
+	if now.Sub(since) < o.LeaseTTL {
+		return
+	}
+	var after time.Time
+	if !other.IsZero() {
+		after = other.Add(o.ReconnectDelay)
+	}
+	if st, err := kv.Status(ctx); err != nil || st.Values() > 0 {
+		after = maxTime(after, since.Add(o.ReconnectDelay))
+	}
+	s.take(ctx, kv, 0, s.allowedAfter(after), "no replica held the lease")
+}
+
+func maxTime(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }
 
 // allowedAfter is when this replica's upstream may connect: not before the
@@ -236,7 +266,8 @@ func (s *Stream) take(ctx context.Context, kv jetstream.KeyValue, rev uint64, al
 
 	tctx, cancel := context.WithCancel(context.Background())
 	tm := &term{ctx: tctx, cancel: cancel, allowedAt: allowedAt, done: make(chan struct{})}
-	tm.fence = time.AfterFunc(s.validity(sent), cancel)
+	tm.fence = time.AfterFunc(time.Hour, cancel)
+	tm.extend(sent, s.node.opts.LeaseTTL)
 	s.term = tm
 	s.leaderFlag.Store(true)
 	s.log.WithField("why", why).WithField("upstream_at", allowedAt.Format(time.RFC3339)).
@@ -278,7 +309,7 @@ func (s *Stream) stepDown(why string) {
 	s.stopTerm()
 	s.mu.Lock()
 	s.leaderChanges++
-	s.seenAt = time.Time{}
+	s.seenAt, s.missingSince = time.Time{}, time.Time{}
 	s.mu.Unlock()
 	s.pool.Hold(time.Time{}, "follower: lost the lease")
 	s.log.Warn(why)

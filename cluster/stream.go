@@ -47,6 +47,7 @@ type Stream struct {
 	mu              sync.Mutex
 	rev             uint64     // lease revision last seen
 	seenAt          time.Time  // when rev was first seen while connected; zero: not watching
+	missingSince    time.Time  // when the lease key was first seen missing while connected
 	cur             leaseValue // the lease's value at rev
 	otherUntil      time.Time  // latest moment another replica's upstream may have been open
 	lastClose       time.Time  // when this replica's upstream last closed
