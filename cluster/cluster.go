@@ -23,7 +23,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"net/url"
 	"os"
 	"strings"
 	"sync"
@@ -151,11 +150,11 @@ func Connect(o Options) (*Node, error) {
 		nats.Timeout(5 * time.Second),
 		nats.ConnectHandler(func(*nats.Conn) { n.log.WithField("nats", where).Info("cluster: connected to NATS") }),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
-			n.log.WithField("nats", where).Warnf("cluster: lost NATS (%v); reconnecting every %v. Replicas keep serving what they hold; a leader keeps its upstream for up to 3/4 of LSMUX_LEASE_TTL", err, o.RetryWait)
+			n.log.WithField("nats", where).Warnf("cluster: lost NATS (%s); reconnecting every %v. Replicas keep serving what they hold; a leader keeps its upstream for up to 3/4 of LSMUX_LEASE_TTL", errText(err, o.URL), o.RetryWait)
 		}),
 		nats.ReconnectHandler(func(*nats.Conn) { n.log.WithField("nats", where).Info("cluster: reconnected to NATS") }),
 		nats.ReconnectErrHandler(func(_ *nats.Conn, err error) {
-			msg := err.Error()
+			msg := errText(err, o.URL)
 			n.connectErr.Store(&msg)
 		}),
 	}
@@ -173,7 +172,7 @@ func Connect(o Options) (*Node, error) {
 	}
 	nc, err := nats.Connect(o.URL, opts...)
 	if err != nil {
-		return nil, fmt.Errorf("cluster: connect to NATS at %s: %w", where, err)
+		return nil, fmt.Errorf("cluster: connect to NATS at %s: %s", where, redactIn(err.Error(), o.URL))
 	}
 	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(publishBatch*2), jetstream.WithPublishAsyncTimeout(5*time.Second))
 	if err != nil {
@@ -198,7 +197,7 @@ func (n *Node) Connected() bool { return n.nc.IsConnected() }
 func (n *Node) notConnected() error {
 	msg := "not connected to NATS at " + RedactURL(n.opts.URL)
 	if last := n.nc.LastError(); last != nil {
-		msg += ": " + last.Error()
+		msg += ": " + redactIn(last.Error(), n.opts.URL)
 	} else if e := n.connectErr.Load(); e != nil {
 		msg += ": " + *e
 	}
@@ -248,22 +247,46 @@ func NamesFor(stream string) Names {
 	return Names{Stream: "LSMUX_" + safe, Subject: "lsmux." + safe + ".hits", Bucket: "LSMUX_LEASE_" + safe}
 }
 
-// RedactURL drops passwords and tokens from NATS URLs, for logs and
-// status.
+// RedactURL drops user names, passwords and tokens from NATS URLs, for
+// logs and status. It works on the text, not a parsed URL: nats.go also
+// accepts "user:pass@host:4222" without a scheme, and a password with a
+// stray '%' that url.Parse would reject.
 func RedactURL(urls string) string {
 	parts := strings.Split(urls, ",")
 	for i, p := range parts {
-		u, err := url.Parse(strings.TrimSpace(p))
-		if err != nil {
-			parts[i] = "(unparsable URL)"
-			continue
+		scheme, rest := "", strings.TrimSpace(p)
+		if j := strings.Index(rest, "://"); j >= 0 {
+			scheme, rest = rest[:j+3], rest[j+3:]
 		}
-		if u.User != nil {
-			u.User = url.User("REDACTED")
+		if at := strings.LastIndex(rest, "@"); at >= 0 {
+			rest = "REDACTED@" + rest[at+1:]
 		}
-		parts[i] = u.String()
+		parts[i] = scheme + rest
 	}
 	return strings.Join(parts, ",")
+}
+
+// redactIn removes the URLs' credentials from a message (an error from
+// nats.go may quote the URL it was given).
+func redactIn(msg, urls string) string {
+	for _, p := range strings.Split(urls, ",") {
+		rest := strings.TrimSpace(p)
+		if j := strings.Index(rest, "://"); j >= 0 {
+			rest = rest[j+3:]
+		}
+		if at := strings.LastIndex(rest, "@"); at > 0 {
+			msg = strings.ReplaceAll(msg, rest[:at], "REDACTED")
+		}
+	}
+	return msg
+}
+
+// errText is an error's message without credentials ("closed" for none).
+func errText(err error, urls string) string {
+	if err == nil {
+		return "closed"
+	}
+	return redactIn(err.Error(), urls)
 }
 
 func nonce() string {

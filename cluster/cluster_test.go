@@ -300,9 +300,34 @@ func TestNamesForJetStream(t *testing.T) {
 }
 
 func TestRedactURL(t *testing.T) {
-	got := RedactURL("nats://user:pw1@h1:4222, nats://tok2@h2:4222,tls://h3")
-	if strings.Contains(got, "pw1") || strings.Contains(got, "tok2") || !strings.Contains(got, "h1:4222") || !strings.Contains(got, "tls://h3") {
-		t.Fatalf("RedactURL = %q", got)
+	got := RedactURL("nats://user:pw1@h1:4222, nats://tok2@h2:4222,tls://h3,lsmux:pw3@h4:4222,nats://u:p%ss4@h5")
+	for _, secret := range []string{"pw1", "tok2", "pw3", "p%ss4"} {
+		if strings.Contains(got, secret) {
+			t.Errorf("RedactURL leaves %q in %q", secret, got)
+		}
+	}
+	for _, host := range []string{"nats://REDACTED@h1:4222", "tls://h3", "REDACTED@h4:4222", "nats://REDACTED@h5"} {
+		if !strings.Contains(got, host) {
+			t.Errorf("RedactURL = %q, lost %q", got, host)
+		}
+	}
+}
+
+// TestConnectErrorsHideThePassword: nats.go quotes a URL it cannot parse
+// in its error; that message must not carry the password on to the logs.
+func TestConnectErrorsHideThePassword(t *testing.T) {
+	for _, url := range []string{"nats://lsmux:p%ss-99@127.0.0.1:1", "lsmux:plain-pass-99@127.0.0.1:1"} {
+		node, err := Connect(Options{URL: url, Replica: "r", RetryWait: 20 * time.Millisecond, Logger: quietLogger()})
+		var text string
+		if err != nil {
+			text = err.Error()
+		} else {
+			text = node.notConnected().Error()
+			node.Close()
+		}
+		if strings.Contains(text, "p%ss-99") || strings.Contains(text, "plain-pass-99") {
+			t.Errorf("%s: the password appears in %q", url, text)
+		}
 	}
 }
 
