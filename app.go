@@ -63,6 +63,7 @@ func newApp(cfg *config, tokens upstream.TokenSource, log *logrus.Logger, demo h
 			// Sequence numbers come from JetStream (the hub is renumbered
 			// when the stream is reached), hits reach the hub through it.
 			hubOpts.FirstSeq = 1
+			hubOpts.MaxAhead = uint64(cfg.BufferHits) // a client from a replica ahead of this one waits
 			sink = func(h upstream.Hit) { st.cluster.Sink(h) }
 		}
 		st.hub = fanout.NewHub(hubOpts)

@@ -22,6 +22,12 @@ type Options struct {
 	// a run averages under a million hits a second) and stay below
 	// JavaScript's 2^53 until the year 2255.
 	FirstSeq uint64
+	// MaxAhead lets a subscriber start up to this many numbers beyond the
+	// next hit and wait for it, instead of getting a gap notice. Cluster
+	// mode sets it: numbers are shared by all replicas, and a subscriber
+	// that moves from a replica slightly ahead to one slightly behind must
+	// neither be told of a gap nor sent what it already has.
+	MaxAhead uint64
 }
 
 // Defaults: a few minutes of a busy stream (1,000 hits/s of ~1.5 KB hits
@@ -47,6 +53,7 @@ type Gap struct{ From, To uint64 }
 type Hub struct {
 	maxHits  int
 	maxBytes int64
+	maxAhead uint64
 
 	wmu   sync.Mutex // producers only
 	ring  []atomic.Pointer[Entry]
@@ -87,6 +94,7 @@ func NewHub(o Options) *Hub {
 	h := &Hub{
 		maxHits:  o.MaxHits,
 		maxBytes: o.MaxBytes,
+		maxAhead: o.MaxAhead,
 		ring:     make([]atomic.Pointer[Entry], o.MaxHits),
 		closed:   make(chan struct{}),
 		subs:     registry{subs: map[uint64]*Subscriber{}},
@@ -153,8 +161,14 @@ func (h *Hub) resetLocked(next uint64) {
 	}
 	h.bytes = 0
 	h.held.Store(0)
-	h.oldest.Store(next)
-	h.next.Store(next)
+	// Readers load oldest, then next: keep oldest <= next at every step.
+	if next >= end {
+		h.next.Store(next)
+		h.oldest.Store(next)
+	} else {
+		h.oldest.Store(next)
+		h.next.Store(next)
+	}
 }
 
 // store adds the entry for seq (== next) and unlocks wmu.
@@ -208,8 +222,9 @@ func (h *Hub) Read(from uint64, dst []*Entry, maxBytes int, size func(*Entry) in
 		taken += size(e)
 		entries = append(entries, e)
 	}
-	if len(entries) == 0 && gap == nil && s == end {
-		// Nothing new: hand out the wake channel, then look once more, so
+	if len(entries) == 0 && gap == nil && s >= end {
+		// Nothing new (or the cursor waits beyond the next hit, see
+		// MaxAhead): hand out the wake channel, then look once more, so
 		// an Append between the two cannot be missed.
 		h.waiting.Store(true)
 		w := h.wake.Load()
@@ -229,6 +244,8 @@ func (h *Hub) clamp(from uint64) (*Gap, uint64) {
 	case from < oldest:
 		// Fell off the ring, or an id from an earlier run of lsmux.
 		return &Gap{From: from, To: oldest - 1}, oldest
+	case from > next && from-next <= h.maxAhead:
+		return nil, from // wait for it
 	case from > next:
 		// Beyond anything numbered in this run: an id from an earlier run
 		// whose clock was ahead. Its position means nothing here; the

@@ -290,3 +290,32 @@ func TestAppendAtKeepsNumbersGivenElsewhere(t *testing.T) {
 		t.Fatalf("stats after the jump: %+v", st)
 	}
 }
+
+// TestCursorAheadWaitsWithinMaxAhead: in cluster mode a subscriber may
+// arrive from a replica a little ahead of this one; it waits for its
+// number instead of getting a gap notice and the whole ring again.
+func TestCursorAheadWaitsWithinMaxAhead(t *testing.T) {
+	h := NewHub(Options{FirstSeq: 1, MaxAhead: 10})
+	for i := range 3 {
+		h.AppendAt(uint64(i+1), hit(i+1), time.Now())
+	}
+	ahead := h.Subscribe(8, Info{}, nil) // this replica has 1..3; the client has seen up to 7
+	defer ahead.Close()
+	got, gap, wake := ahead.Poll(anySize, 1<<30)
+	if gap != nil || len(got) != 0 || wake == nil {
+		t.Fatalf("a cursor 5 ahead: %d entries, gap %v, wake %v; want to wait", len(got), gap, wake)
+	}
+	for seq := uint64(4); seq <= 9; seq++ {
+		h.AppendAt(seq, hit(int(seq)), time.Now())
+	}
+	<-wake
+	got, gap = poll(ahead)
+	if gap != nil || len(got) != 2 || got[0].Seq != 8 || got[1].Seq != 9 {
+		t.Fatalf("after catching up: %d entries from %v, gap %v; want 8 and 9", len(got), got, gap)
+	}
+	far := h.Subscribe(100, Info{}, nil) // beyond MaxAhead: a number from another numbering
+	defer far.Close()
+	if _, gap := poll(far); gap == nil || gap.From != 100 || gap.To != 100 {
+		t.Fatalf("a cursor far ahead: gap %v, want a notice naming 100", gap)
+	}
+}
