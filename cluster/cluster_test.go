@@ -259,7 +259,7 @@ func TestWrongNATSPasswordIsNeverLogged(t *testing.T) {
 }
 
 func TestPublishBufferIsBoundedAndCountsWhatItDrops(t *testing.T) {
-	p := newPublisher(nil, "lsmux.demo.hits", 1000, time.Second, quietLogger())
+	p := newPublisher(nil, func() bool { return false }, "lsmux.demo.hits", 1000, time.Second, quietLogger())
 	raw := bytes.Repeat([]byte("x"), 300)
 	for range 5 {
 		p.add(upstream.Hit{Raw: raw})

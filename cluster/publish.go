@@ -25,9 +25,11 @@ const publishBatch = 256
 // publishes in order, retrying what JetStream did not acknowledge. Every
 // message carries the hit id as its message id, so a retry (or another
 // leader's backfill) that JetStream already stored is answered as a
-// duplicate instead of stored twice.
+// duplicate instead of stored twice. While NATS is unreachable it holds
+// the hits rather than piling copies into the client's reconnect buffer.
 type publisher struct {
-	js       jetstream.JetStream
+	js        jetstream.JetStream
+	connected func() bool
 	subject  string
 	maxBytes int64
 	retry    time.Duration
@@ -49,8 +51,8 @@ type outMsg struct {
 	data []byte
 }
 
-func newPublisher(js jetstream.JetStream, subject string, maxBytes int64, retry time.Duration, log logrus.FieldLogger) *publisher {
-	return &publisher{js: js, subject: subject, maxBytes: maxBytes, retry: retry, log: log,
+func newPublisher(js jetstream.JetStream, connected func() bool, subject string, maxBytes int64, retry time.Duration, log logrus.FieldLogger) *publisher {
+	return &publisher{js: js, connected: connected, subject: subject, maxBytes: maxBytes, retry: retry, log: log,
 		wake: make(chan struct{}, 1), logs: logLimiter{every: 10 * time.Second}}
 }
 
@@ -141,11 +143,20 @@ func (p *publisher) run(ctx context.Context, drain *atomic.Bool) {
 			}
 			continue
 		}
-		done, err := p.publish(ctx, batch)
-		p.remove(done)
-		if err == nil {
-			wait = p.retry / 4
-			continue
+		var err error
+		if p.connected() {
+			var done int
+			done, err = p.publish(ctx, batch)
+			p.remove(done)
+			if err == nil {
+				wait = p.retry / 4
+				continue
+			}
+		} else {
+			err = errors.New("not connected to NATS")
+		}
+		if ctx.Err() != nil {
+			return
 		}
 		msg := err.Error()
 		p.lastErr.Store(&msg)
@@ -165,8 +176,9 @@ func (p *publisher) run(ctx context.Context, drain *atomic.Bool) {
 // publish sends a batch and waits for its acknowledgements. It returns how
 // many hits from the front are settled (stored, duplicates, or dropped as
 // impossible) and the error that stopped the rest. Hits after a failed one
-// are sent again even if they were stored: the message id makes that a
-// duplicate, and keeps their order.
+// are sent again even if they were stored: the message id makes those
+// duplicates. Order is kept, except that a hit JetStream refused while it
+// stored later ones is stored after them when it is retried.
 func (p *publisher) publish(ctx context.Context, batch []outMsg) (int, error) {
 	futures := make([]jetstream.PubAckFuture, 0, len(batch))
 	var sendErr error
@@ -198,10 +210,28 @@ func (p *publisher) publish(ctx context.Context, batch []outMsg) (int, error) {
 				p.published.Add(1)
 			}
 		case err := <-f.Err():
+			p.settle(ctx, futures[i+1:])
 			return i, err
 		}
 	}
 	return len(futures), sendErr
+}
+
+// settle waits for the answers to a failed batch's remaining publishes, so
+// they no longer count against the client's limit of pending ones when the
+// batch is retried.
+func (p *publisher) settle(ctx context.Context, futures []jetstream.PubAckFuture) {
+	for _, f := range futures {
+		if f == nil {
+			continue
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-f.Ok():
+		case <-f.Err():
+		}
+	}
 }
 
 // PublishStatus is the leader's side of the JetStream stream.

@@ -62,7 +62,7 @@ func (n *Node) NewStream(name string, hub *fanout.Hub, pool Upstream) *Stream {
 	names := NamesFor(name)
 	log := n.log.WithField("stream", name)
 	s := &Stream{node: n, name: name, names: names, hub: hub, pool: pool, log: log, logs: logLimiter{every: 10 * time.Second},
-		pub: newPublisher(n.js, names.Subject, n.opts.BufferBytes, n.opts.RetryWait, log)}
+		pub: newPublisher(n.js, n.Connected, names.Subject, n.opts.BufferBytes, n.opts.RetryWait, log)}
 	msg := "cluster: waiting for NATS at " + RedactURL(n.opts.URL)
 	s.setupErr.Store(&msg)
 	pool.Hold(time.Time{}, "cluster: waiting for NATS before electing a leader")
