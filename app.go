@@ -63,7 +63,10 @@ func newApp(cfg *config, tokens upstream.TokenSource, log *logrus.Logger, demo h
 			// Sequence numbers come from JetStream (the hub is renumbered
 			// when the stream is reached), hits reach the hub through it.
 			hubOpts.FirstSeq = 1
-			hubOpts.MaxAhead = uint64(cfg.BufferHits) // a client from a replica ahead of this one waits
+			// A client from a replica ahead of this one waits for its
+			// number (up to what JetStream holds, plus some slack for
+			// what this replica has not heard of yet).
+			hubOpts.MaxAhead = 10_000
 			sink = func(h upstream.Hit) { st.cluster.Sink(h) }
 		}
 		st.hub = fanout.NewHub(hubOpts)

@@ -209,6 +209,7 @@ func (s *Stream) consume(m jetstream.Msg) {
 		return
 	}
 	seq := md.Sequence.Stream
+	s.hub.SetHorizon(seq + md.NumPending)
 	if s.hub.AppendAt(seq, m.Data(), md.Timestamp) {
 		s.consumed.Store(seq)
 	}

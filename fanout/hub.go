@@ -23,10 +23,11 @@ type Options struct {
 	// JavaScript's 2^53 until the year 2255.
 	FirstSeq uint64
 	// MaxAhead lets a subscriber start up to this many numbers beyond the
-	// next hit and wait for it, instead of getting a gap notice. Cluster
-	// mode sets it: numbers are shared by all replicas, and a subscriber
-	// that moves from a replica slightly ahead to one slightly behind must
-	// neither be told of a gap nor sent what it already has.
+	// next hit, or beyond the horizon (SetHorizon), and wait for it,
+	// instead of getting a gap notice. Cluster mode sets it: numbers are
+	// shared by all replicas, and a subscriber that moves from a replica
+	// ahead to one behind must neither be told of a gap nor sent what it
+	// already has.
 	MaxAhead uint64
 }
 
@@ -59,7 +60,8 @@ type Hub struct {
 	ring  []atomic.Pointer[Entry]
 	bytes int64 // guarded by wmu
 
-	oldest atomic.Uint64 // seq of the oldest entry held (== next when empty)
+	horizon atomic.Uint64 // highest number known to exist elsewhere (cluster mode)
+	oldest  atomic.Uint64 // seq of the oldest entry held (== next when empty)
 	next   atomic.Uint64 // seq the next Append gets; entries below it are published
 	held   atomic.Int64  // bytes held, for Stats
 
@@ -140,15 +142,28 @@ func (h *Hub) AppendAt(seq uint64, raw []byte, received time.Time) bool {
 	return true
 }
 
-// Reset drops every hit held and numbers the next hit next (which must not
-// be below the current next number). Cluster mode calls it once at start,
-// to continue from the JetStream stream's sequence.
+// Reset drops every hit held and numbers the next hit next. Cluster mode
+// calls it at start, to continue from the JetStream stream's sequence, and
+// when that stream's numbering started over (it was deleted or lost): then
+// every subscriber ahead of the new numbers gets a gap notice.
 func (h *Hub) Reset(next uint64) {
 	h.wmu.Lock()
-	if next > h.next.Load() {
+	if next != h.next.Load() {
+		h.horizon.Store(0)
 		h.resetLocked(next)
 	}
 	h.wmu.Unlock()
+}
+
+// SetHorizon records that numbers up to seq exist (JetStream told this
+// replica so), so a subscriber may wait for them.
+func (h *Hub) SetHorizon(seq uint64) {
+	for {
+		cur := h.horizon.Load()
+		if seq <= cur || h.horizon.CompareAndSwap(cur, seq) {
+			return
+		}
+	}
 }
 
 // resetLocked empties the ring. A reader that raced it finds a nil or
@@ -244,8 +259,8 @@ func (h *Hub) clamp(from uint64) (*Gap, uint64) {
 	case from < oldest:
 		// Fell off the ring, or an id from an earlier run of lsmux.
 		return &Gap{From: from, To: oldest - 1}, oldest
-	case from > next && from-next <= h.maxAhead:
-		return nil, from // wait for it
+	case from > next && h.maxAhead > 0 && from <= max(next, h.horizon.Load())+h.maxAhead:
+		return nil, from // numbered elsewhere, not here yet: wait for it
 	case from > next:
 		// Beyond anything numbered in this run: an id from an earlier run
 		// whose clock was ahead. Its position means nothing here; the

@@ -318,4 +318,14 @@ func TestCursorAheadWaitsWithinMaxAhead(t *testing.T) {
 	if _, gap := poll(far); gap == nil || gap.From != 100 || gap.To != 100 {
 		t.Fatalf("a cursor far ahead: gap %v, want a notice naming 100", gap)
 	}
+	h.SetHorizon(195) // JetStream says numbers up to 195 exist: this replica is behind
+	behind := h.Subscribe(150, Info{}, nil)
+	defer behind.Close()
+	if got, gap, wake := behind.Poll(anySize, 1<<30); gap != nil || len(got) != 0 || wake == nil {
+		t.Fatalf("a cursor within the horizon: %d entries, gap %v; want to wait", len(got), gap)
+	}
+	h.Reset(1) // the numbering started over (the JetStream stream was recreated)
+	if _, gap := poll(behind); gap == nil || gap.From != 150 {
+		t.Fatalf("after the numbering started over, a cursor at 150: gap %v, want a notice", gap)
+	}
 }
