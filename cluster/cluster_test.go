@@ -102,7 +102,8 @@ func startReplica(t *testing.T, ns *natstest.Server, name string, log *upstreamL
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &replica{node: node, hub: fanout.NewHub(fanout.Options{FirstSeq: 1}), pool: &fakePool{name: name, log: log}, proxy: p, done: make(chan struct{})}
+	hub := fanout.NewHub(fanout.Options{FirstSeq: 1, MaxAhead: 10_000}) // as in app.go
+	r := &replica{node: node, hub: hub, pool: &fakePool{name: name, log: log}, proxy: p, done: make(chan struct{})}
 	r.stream = node.NewStream("demo", r.hub, r.pool)
 	ctx, cancel := context.WithCancel(context.Background())
 	r.cancel = cancel
@@ -371,4 +372,53 @@ func TestDeletedLeaseIsNotAFreeLease(t *testing.T) {
 		t.Errorf("the next upstream opened %v after the last closed; want at least the reconnect delay %v", gap, testDelay)
 	}
 	t.Logf("purged lease: a closed, %s opened %v later (b leads: %v)", spans[1].replica, spans[1].start.Sub(spans[0].end).Round(time.Millisecond), b.stream.Leader())
+}
+
+// TestDeletedStreamIsCreatedAgain: someone deletes the JetStream stream of
+// hits (or NATS loses it). The replicas notice within a TTL, create it
+// again, and carry on numbering from its new start; a subscriber holding
+// an old number is told of the gap.
+func TestDeletedStreamIsCreatedAgain(t *testing.T) {
+	ns := natstest.Start(t)
+	ulog := &upstreamLog{}
+	a := startReplica(t, ns, "a", ulog, quietLogger())
+	b := startReplica(t, ns, "b", ulog, quietLogger())
+	waitFor(t, 10*time.Second, "a leader", func() bool {
+		return (a.stream.Leader() || b.stream.Leader()) && b.stream.Ready() == nil && a.stream.Ready() == nil
+	})
+	leader := a
+	if b.stream.Leader() {
+		leader = b
+	}
+	send := func(from, to int) {
+		for i := from; i < to; i++ {
+			leader.stream.Sink(upstream.Hit{Raw: fmt.Appendf(nil, `{"hitIdHigh":2,"hitIdLow":%d}`, i), ID: upstream.HitID{High: 2, Low: uint64(i)}, HasID: true})
+		}
+	}
+	send(0, 50)
+	waitFor(t, 5*time.Second, "50 hits in both hubs", func() bool { return a.hub.Stats().Appended == 50 && b.hub.Stats().Appended == 50 })
+	old := b.hub.Subscribe(fanout.Live, fanout.Info{}, nil)
+	defer old.Close()
+
+	nc, err := nats.Connect(ns.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	if err := js.DeleteStream(t.Context(), NamesFor("demo").Stream); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the stream to exist again and both replicas to be ready", func() bool {
+		_, err := js.Stream(t.Context(), NamesFor("demo").Stream)
+		return err == nil && a.stream.Ready() == nil && b.stream.Ready() == nil
+	})
+	send(50, 60)
+	waitFor(t, 10*time.Second, "new hits in both hubs under the new numbers", func() bool {
+		return a.hub.Stats().Newest >= 10 && b.hub.Stats().Newest >= 10 && a.hub.Stats().Newest < 50
+	})
+	got, gap, _ := old.Poll(func(e *fanout.Entry) int { return len(e.Raw()) }, 1<<30)
+	if gap == nil || gap.From != 51 {
+		t.Fatalf("a subscriber waiting at 51 from the old numbering: gap %v with %d hits; want a gap notice", gap, len(got))
+	}
 }

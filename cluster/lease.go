@@ -63,7 +63,13 @@ func (tm *term) extend(sent time.Time, ttl time.Duration) {
 func (s *Stream) elect(ctx context.Context) {
 	t := time.NewTicker(s.node.opts.LeaseTTL / 4)
 	defer t.Stop()
-	for {
+	for tick := 1; ; tick++ {
+		if tick%4 == 0 {
+			if lost := s.storageLost(ctx); lost != nil && !s.rebuild(ctx, lost) {
+				s.resign()
+				return
+			}
+		}
 		s.step(ctx)
 		var fenced <-chan struct{}
 		if s.term != nil {

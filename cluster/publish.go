@@ -30,11 +30,11 @@ const publishBatch = 256
 type publisher struct {
 	js        jetstream.JetStream
 	connected func() bool
-	subject  string
-	maxBytes int64
-	retry    time.Duration
-	log      logrus.FieldLogger
-	logs     logLimiter
+	subject   string
+	maxBytes  int64
+	retry     time.Duration
+	log       logrus.FieldLogger
+	logs      logLimiter
 
 	mu     sync.Mutex
 	q      []outMsg

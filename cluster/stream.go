@@ -43,6 +43,8 @@ type Stream struct {
 	catchUpTo  uint64        // JetStream's last sequence when the consumer started
 	leaderFlag atomic.Bool
 	draining   atomic.Bool
+	cc         jetstream.ConsumeContext // owned by Run's goroutine
+	renumber   bool                     // owned by Run's goroutine: the next setup may number downwards
 
 	mu              sync.Mutex
 	rev             uint64     // lease revision last seen
@@ -95,22 +97,23 @@ func (s *Stream) Run(ctx context.Context) {
 		<-pubDone
 	}()
 
-	cc, ok := s.setup(ctx)
-	if !ok {
+	if !s.setup(ctx) {
 		return
 	}
-	defer cc.Stop()
+	defer func() { s.cc.Stop() }()
 	s.elect(ctx)
 }
 
 // setup creates (or updates) the JetStream stream and the lease bucket,
-// and starts the consumer; it retries until NATS answers or ctx ends.
-func (s *Stream) setup(ctx context.Context) (jetstream.ConsumeContext, bool) {
+// and starts the consumer (s.cc); it retries until NATS answers or ctx
+// ends.
+func (s *Stream) setup(ctx context.Context) bool {
 	o := s.node.opts
 	for attempt := 1; ; attempt++ {
 		cc, err := s.trySetup(ctx)
 		if err == nil {
-			return cc, true
+			s.cc = cc
+			return true
 		}
 		msg := "cluster: " + err.Error()
 		s.setupErr.Store(&msg)
@@ -119,10 +122,48 @@ func (s *Stream) setup(ctx context.Context) (jetstream.ConsumeContext, bool) {
 		}
 		select {
 		case <-ctx.Done():
-			return nil, false
+			return false
 		case <-time.After(o.RetryWait):
 		}
 	}
+}
+
+// storageLost reports whether the JetStream stream or the lease bucket is
+// gone (deleted by someone, or lost with NATS's storage), or the stream's
+// numbering started over. Without this check the replicas would wait for
+// hits that never come and elect no leader, while reporting ready.
+func (s *Stream) storageLost(ctx context.Context) error {
+	if !s.node.Connected() {
+		return nil // nothing to learn now
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.node.opts.LeaseTTL/4)
+	defer cancel()
+	st, err := s.node.js.Stream(ctx, s.names.Stream)
+	switch {
+	case errors.Is(err, jetstream.ErrStreamNotFound):
+		return fmt.Errorf("the JetStream stream %s is gone", s.names.Stream)
+	case err != nil:
+		return nil
+	case st.CachedInfo().State.LastSeq < s.consumed.Load():
+		return fmt.Errorf("the JetStream stream %s starts over at %d, below %d already read (was it deleted and created again?)",
+			s.names.Stream, st.CachedInfo().State.LastSeq, s.consumed.Load())
+	}
+	if _, err := s.node.js.KeyValue(ctx, s.names.Bucket); errors.Is(err, jetstream.ErrBucketNotFound) {
+		return fmt.Errorf("the lease bucket %s is gone", s.names.Bucket)
+	}
+	return nil
+}
+
+// rebuild sets the stream up again after storageLost. The hub is
+// renumbered when the stream's numbering started over: subscribers get a
+// gap notice and carry on with the new numbers.
+func (s *Stream) rebuild(ctx context.Context, why error) bool {
+	s.log.Errorf("cluster: %v; creating it again (hits not yet read from it are lost)", why)
+	s.cc.Stop()
+	s.ready.Store(false)
+	s.consumed.Store(0)
+	s.renumber = true
+	return s.setup(ctx)
 }
 
 func (s *Stream) trySetup(ctx context.Context) (jetstream.ConsumeContext, error) {
@@ -172,10 +213,11 @@ func (s *Stream) trySetup(ctx context.Context) (jetstream.ConsumeContext, error)
 		start = 1
 	}
 	start = max(start, info.State.FirstSeq, 1)
-	if next := s.hub.Stats().Newest + 1; start < next {
+	if next := s.hub.Stats().Newest + 1; start < next && !s.renumber {
 		start = next // set up again after a failure: continue where we are
 	}
 	s.hub.Reset(start)
+	s.renumber = false
 	s.catchUpTo = last
 	cons, err := js.OrderedConsumer(cctx, s.names.Stream, jetstream.OrderedConsumerConfig{
 		DeliverPolicy: jetstream.DeliverByStartSequencePolicy,

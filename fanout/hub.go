@@ -61,9 +61,10 @@ type Hub struct {
 	bytes int64 // guarded by wmu
 
 	horizon atomic.Uint64 // highest number known to exist elsewhere (cluster mode)
+	stale   atomic.Uint64 // numbers up to here may be from before a renumbering (Reset downwards)
 	oldest  atomic.Uint64 // seq of the oldest entry held (== next when empty)
-	next   atomic.Uint64 // seq the next Append gets; entries below it are published
-	held   atomic.Int64  // bytes held, for Stats
+	next    atomic.Uint64 // seq the next Append gets; entries below it are published
+	held    atomic.Int64  // bytes held, for Stats
 
 	wake    atomic.Pointer[chan struct{}] // closed by Append when someone waits
 	waiting atomic.Bool
@@ -148,8 +149,13 @@ func (h *Hub) AppendAt(seq uint64, raw []byte, received time.Time) bool {
 // every subscriber ahead of the new numbers gets a gap notice.
 func (h *Hub) Reset(next uint64) {
 	h.wmu.Lock()
-	if next != h.next.Load() {
-		h.horizon.Store(0)
+	if cur := h.next.Load(); next != cur {
+		if next < cur {
+			// Any cursor a subscriber may hold now is from the old
+			// numbering, also one allowed to wait beyond it.
+			h.stale.Store(max(h.stale.Load(), max(cur, h.horizon.Load())+h.maxAhead))
+			h.horizon.Store(0)
+		}
 		h.resetLocked(next)
 	}
 	h.wmu.Unlock()
@@ -259,7 +265,7 @@ func (h *Hub) clamp(from uint64) (*Gap, uint64) {
 	case from < oldest:
 		// Fell off the ring, or an id from an earlier run of lsmux.
 		return &Gap{From: from, To: oldest - 1}, oldest
-	case from > next && h.maxAhead > 0 && from <= max(next, h.horizon.Load())+h.maxAhead:
+	case from > next && h.mayWait(from, next):
 		return nil, from // numbered elsewhere, not here yet: wait for it
 	case from > next:
 		// Beyond anything numbered in this run: an id from an earlier run
@@ -268,6 +274,21 @@ func (h *Hub) clamp(from uint64) (*Gap, uint64) {
 		return &Gap{From: from, To: from}, oldest
 	}
 	return nil, from
+}
+
+// mayWait says whether a cursor beyond the next hit is worth waiting for
+// (see MaxAhead): it is, when JetStream said the number exists, or when it
+// is a little beyond that and cannot be a number from before the
+// numbering started over.
+func (h *Hub) mayWait(from, next uint64) bool {
+	if h.maxAhead == 0 {
+		return false
+	}
+	hz := h.horizon.Load()
+	if from <= hz {
+		return true
+	}
+	return from > h.stale.Load() && from <= max(next, hz)+h.maxAhead
 }
 
 // Cursor positions for Subscribe.
