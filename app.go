@@ -128,7 +128,7 @@ func (a *app) addr() string { return a.ln.Addr().String() }
 func (a *app) run(ctx context.Context) error {
 	upCtx, stopUpstream := context.WithCancel(context.Background())
 	defer stopUpstream()
-	g := new(errgroup.Group)
+	g, failed := errgroup.WithContext(context.Background())
 	var upstreams sync.WaitGroup
 	for _, st := range a.streams {
 		if st.cluster != nil {
@@ -142,9 +142,17 @@ func (a *app) run(ctx context.Context) error {
 		a.closeNode() // after the leases are released through it
 		return nil
 	})
-	g.Go(func() error { return a.server.Serve(a.ln) })
 	g.Go(func() error {
-		<-ctx.Done()
+		if err := a.server.Serve(a.ln); err != nil {
+			return fmt.Errorf("serve %s: %w", a.addr(), err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		select {
+		case <-ctx.Done():
+		case <-failed.Done(): // the listener failed: shut down rather than sit there deaf
+		}
 		a.log.WithField("timeout", a.cfg.ShutdownTimeout.String()).Info("shutting down: closing the upstream connection, then draining subscribers")
 		stopUpstream()
 		sctx, cancel := context.WithTimeout(context.Background(), a.cfg.ShutdownTimeout)
