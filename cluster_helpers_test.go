@@ -16,12 +16,13 @@ import (
 
 // clusterView is what the tests read of /v1/status and /readyz.
 type clusterView struct {
-	Role        string `json:"role"`
-	Leader      string `json:"leader"`
-	NATS        string `json:"nats"`
-	ConsumedSeq uint64 `json:"consumedSeq"`
-	Ready       bool   `json:"ready"`
-	Publish     struct {
+	Role          string `json:"role"`
+	Leader        string `json:"leader"`
+	NATS          string `json:"nats"`
+	ConsumedSeq   uint64 `json:"consumedSeq"`
+	LeaseRevision uint64 `json:"leaseRevision"`
+	Ready         bool   `json:"ready"`
+	Publish       struct {
 		Published, Duplicates, Dropped uint64
 	} `json:"publish"`
 }

@@ -1,0 +1,167 @@
+package main
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"net/http"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"lsmux/cluster/natstest"
+)
+
+// chaosDuration is how long TestClusterChaos injects faults: 20 s by
+// default, LSMUX_CLUSTER_CHAOS=10m for a long run.
+func chaosDuration(t *testing.T) time.Duration {
+	if v := os.Getenv("LSMUX_CLUSTER_CHAOS"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			t.Fatalf("LSMUX_CLUSTER_CHAOS=%q: %v", v, err)
+		}
+		return d
+	}
+	return 20 * time.Second
+}
+
+// TestClusterChaos runs three replicas and, for a bounded time, one fault
+// after another, chosen at random (the seed is logged): the leader cut off
+// from NATS and healed, a follower cut off and healed, NATS restarted, the
+// leader shut down and a new replica started in its place. After each
+// fault the cluster must settle on one leader with one upstream
+// connection. At the end: the simulator never saw two connections at once
+// nor one opened sooner than the reconnect delay after the last closed;
+// every hit it sent reached every running replica's subscriber, under the
+// same number everywhere, once.
+func TestClusterChaos(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs for 20 s")
+	}
+	duration := chaosDuration(t)
+	seed := uint64(time.Now().UnixNano())
+	rng := rand.New(rand.NewPCG(seed, seed>>1))
+	t.Logf("seed %d, %v", seed, duration)
+
+	sim := newSim(t, 200)
+	ns := natstest.Start(t)
+	type member struct {
+		name  string
+		r     *running
+		proxy *natstest.Proxy
+		sub   *collected
+	}
+	started := 0
+	start := func() *member {
+		name := fmt.Sprintf("r%d", started)
+		started++
+		p := natstest.NewProxy(t, strings.TrimPrefix(ns.URL(), "nats://"))
+		r := startReplica(t, sim, p.URL(), name)
+		waitFor(t, 30*time.Second, name+" to be ready", func() bool { return readyStatus(r.root) == http.StatusOK })
+		return &member{name: name, r: r, proxy: p, sub: subscribeFromOldest(t, []string{r.base})[0]}
+	}
+	var alive, all []*member
+	for range 3 {
+		m := start()
+		alive, all = append(alive, m), append(all, m)
+	}
+	roots := func() []string {
+		var out []string
+		for _, m := range alive {
+			out = append(out, m.r.root)
+		}
+		return out
+	}
+	settled := func(what string) int {
+		t.Helper()
+		var leader int
+		waitFor(t, 30*time.Second, "one leader and one upstream connection after "+what, func() bool {
+			ls := leaders(roots())
+			if len(ls) != 1 || sim.Active("demo") != 1 {
+				return false
+			}
+			leader = ls[0]
+			return true
+		})
+		return leader
+	}
+	renewals := func(m *member, n uint64) {
+		t.Helper()
+		v, _ := clusterStatus(m.r.root)
+		waitFor(t, 30*time.Second, fmt.Sprintf("%d lease renewals", n), func() bool {
+			w, err := clusterStatus(m.r.root)
+			return err == nil && w.Role == "leader" && w.LeaseRevision >= v.LeaseRevision+n
+		})
+	}
+	connected := func(m *member) {
+		t.Helper()
+		waitFor(t, 30*time.Second, m.name+" back on NATS", func() bool {
+			v, err := clusterStatus(m.r.root)
+			return err == nil && v.NATS == "connected"
+		})
+	}
+
+	faults := map[string]int{}
+	deadline := time.Now().Add(duration)
+	for time.Now().Before(deadline) {
+		leader := settled("the last fault")
+		sim.BackfillDuplicates(50) // covers hits in flight when a connection is closed
+		switch f := rng.IntN(4); f {
+		case 0:
+			faults["leader cut off"]++
+			m := alive[leader]
+			m.proxy.Cut()
+			waitFor(t, 30*time.Second, "another replica to lead", func() bool {
+				ls := leaders(roots())
+				return len(ls) == 1 && ls[0] != leader && sim.Active("demo") == 1
+			})
+			m.proxy.Heal()
+			connected(m)
+		case 1:
+			faults["follower cut off"]++
+			m := alive[(leader+1+rng.IntN(len(alive)-1))%len(alive)]
+			m.proxy.Cut()
+			renewals(alive[leader], 6) // 1.5 TTL: long enough to take over, if it wrongly would
+			m.proxy.Heal()
+			connected(m)
+		case 2:
+			faults["NATS restart"]++
+			before := len(upstreamOpens(sim))
+			ns.Restart()
+			for _, m := range alive {
+				connected(m)
+			}
+			settled("a NATS restart")
+			if n := len(upstreamOpens(sim)); n != before {
+				t.Errorf("a NATS restart reconnected the upstream (%d connections, was %d)", n, before)
+			}
+		case 3:
+			faults["leader shut down, new replica"]++
+			m := alive[leader]
+			m.r.stop()
+			<-m.r.done
+			alive = append(alive[:leader:leader], alive[leader+1:]...)
+			n := start()
+			alive, all = append(alive, n), append(all, n)
+		}
+	}
+	settled("the last fault")
+	sent := sim.SentHits("demo")
+	for _, m := range alive {
+		waitFor(t, 30*time.Second, m.name+" to have every hit sent", func() bool { return hasAll(m.sub.hits(), sent) })
+	}
+	subs := map[string][]got{}
+	for _, m := range all {
+		subs[m.name] = m.sub.hits()
+	}
+	checkSameStream(t, subs)
+	checkNoOverlap(t, sim)
+	opens := upstreamOpens(sim)
+	for i := 1; i < len(opens); i++ {
+		if gap := opens[i].Start.Sub(opens[i-1].End); gap < testReconnectDelay-simulatorLag {
+			t.Errorf("upstream connection %d opened %v after the previous one closed; want at least %v", opens[i].ID, gap, testReconnectDelay)
+		}
+	}
+	t.Logf("chaos %v: faults %v, %d hits sent and delivered to every running replica, %d upstream connections (never two at once), %d replicas started",
+		duration, faults, len(sent), len(opens), started)
+}
