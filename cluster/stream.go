@@ -44,7 +44,10 @@ type Stream struct {
 	leaderFlag atomic.Bool
 	draining   atomic.Bool
 	cc         jetstream.ConsumeContext // owned by Run's goroutine
-	renumber   bool                     // owned by Run's goroutine: the next setup may number downwards
+	created    time.Time                // owned by Run's goroutine: when the JetStream stream read from was created
+	// missingChecks counts storageLost's "not found" answers in a row
+	// (owned by Run's goroutine).
+	missingChecks int
 
 	mu              sync.Mutex
 	rev             uint64     // lease revision last seen
@@ -138,31 +141,39 @@ func (s *Stream) storageLost(ctx context.Context) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.node.opts.LeaseTTL/4)
 	defer cancel()
+	// JetStream may answer "not found" for a moment while it recovers
+	// after a restart: only a second answer in a row, a TTL later, counts.
+	missing := func(what string) error {
+		s.missingChecks++
+		if s.missingChecks < 2 {
+			return nil
+		}
+		return errors.New(what + " is gone")
+	}
 	st, err := s.node.js.Stream(ctx, s.names.Stream)
 	switch {
 	case errors.Is(err, jetstream.ErrStreamNotFound):
-		return fmt.Errorf("the JetStream stream %s is gone", s.names.Stream)
+		return missing("the JetStream stream " + s.names.Stream)
 	case err != nil:
 		return nil
-	case st.CachedInfo().State.LastSeq < s.consumed.Load():
-		return fmt.Errorf("the JetStream stream %s starts over at %d, below %d already read (was it deleted and created again?)",
-			s.names.Stream, st.CachedInfo().State.LastSeq, s.consumed.Load())
+	case !st.CachedInfo().Created.Equal(s.created):
+		return fmt.Errorf("the JetStream stream %s was created again at %s (deleted meanwhile?)", s.names.Stream, st.CachedInfo().Created.Format(time.RFC3339))
 	}
 	if _, err := s.node.js.KeyValue(ctx, s.names.Bucket); errors.Is(err, jetstream.ErrBucketNotFound) {
-		return fmt.Errorf("the lease bucket %s is gone", s.names.Bucket)
+		return missing("the lease bucket " + s.names.Bucket)
 	}
+	s.missingChecks = 0
 	return nil
 }
 
 // rebuild sets the stream up again after storageLost. The hub is
-// renumbered when the stream's numbering started over: subscribers get a
-// gap notice and carry on with the new numbers.
+// renumbered when the stream is a new one: subscribers get a gap notice
+// and carry on with its numbers.
 func (s *Stream) rebuild(ctx context.Context, why error) bool {
 	s.log.Errorf("cluster: %v; creating it again (hits not yet read from it are lost)", why)
 	s.cc.Stop()
 	s.ready.Store(false)
-	s.consumed.Store(0)
-	s.renumber = true
+	s.missingChecks = 0
 	return s.setup(ctx)
 }
 
@@ -213,11 +224,13 @@ func (s *Stream) trySetup(ctx context.Context) (jetstream.ConsumeContext, error)
 		start = 1
 	}
 	start = max(start, info.State.FirstSeq, 1)
-	if next := s.hub.Stats().Newest + 1; start < next && !s.renumber {
+	if next := s.hub.Stats().Newest + 1; start < next && info.Created.Equal(s.created) {
 		start = next // set up again after a failure: continue where we are
+	} else if !s.created.IsZero() && !info.Created.Equal(s.created) {
+		s.consumed.Store(0) // a new stream: its numbers start over
 	}
+	s.created = info.Created
 	s.hub.Reset(start)
-	s.renumber = false
 	s.catchUpTo = last
 	cons, err := js.OrderedConsumer(cctx, s.names.Stream, jetstream.OrderedConsumerConfig{
 		DeliverPolicy: jetstream.DeliverByStartSequencePolicy,
