@@ -36,11 +36,16 @@ type Stream struct {
 	log   logrus.FieldLogger
 	logs  logLimiter
 
-	kv         atomic.Pointer[jetstream.KeyValue]
-	ready      atomic.Bool // the hub is numbered from JetStream and caught up
-	setupErr   atomic.Pointer[string]
-	consumed   atomic.Uint64 // last JetStream sequence appended to the hub
-	catchUpTo  uint64        // JetStream's last sequence when the consumer started
+	kv        atomic.Pointer[jetstream.KeyValue]
+	ready     atomic.Bool // the hub is numbered from JetStream and caught up
+	setupErr  atomic.Pointer[string]
+	consumed  atomic.Uint64 // last JetStream sequence appended to the hub
+	catchUpTo atomic.Uint64 // JetStream's last sequence when the consumer started
+	// consumeMu and gen keep a stopped consumer's late deliveries out of
+	// the hub: nats.go may still call the old handler after Stop, and one
+	// old number appended after a renumbering would hide the new ones.
+	consumeMu  sync.Mutex
+	gen        uint64 // guarded by consumeMu
 	leaderFlag atomic.Bool
 	draining   atomic.Bool
 	cc         jetstream.ConsumeContext // owned by Run's goroutine
@@ -172,6 +177,13 @@ func (s *Stream) storageLost(ctx context.Context) error {
 func (s *Stream) rebuild(ctx context.Context, why error) bool {
 	s.log.Errorf("cluster: %v; creating it again (hits not yet read from it are lost)", why)
 	s.cc.Stop()
+	s.consumeMu.Lock()
+	s.gen++ // whatever the old consumer still delivers is dropped
+	s.consumeMu.Unlock()
+	select {
+	case <-s.cc.Closed():
+	case <-time.After(s.node.opts.LeaseTTL / 4):
+	}
 	s.ready.Store(false)
 	s.missingChecks = 0
 	return s.setup(ctx)
@@ -231,7 +243,7 @@ func (s *Stream) trySetup(ctx context.Context) (jetstream.ConsumeContext, error)
 	}
 	s.created = info.Created
 	s.hub.Reset(start)
-	s.catchUpTo = last
+	s.catchUpTo.Store(last)
 	cons, err := js.OrderedConsumer(cctx, s.names.Stream, jetstream.OrderedConsumerConfig{
 		DeliverPolicy: jetstream.DeliverByStartSequencePolicy,
 		OptStartSeq:   start,
@@ -239,7 +251,11 @@ func (s *Stream) trySetup(ctx context.Context) (jetstream.ConsumeContext, error)
 	if err != nil {
 		return nil, fmt.Errorf("create consumer on %s: %w", s.names.Stream, err)
 	}
-	cc, err := cons.Consume(s.consume, jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+	s.consumeMu.Lock()
+	s.gen++
+	gen := s.gen
+	s.consumeMu.Unlock()
+	cc, err := cons.Consume(func(m jetstream.Msg) { s.consume(gen, m) }, jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
 		if s.logs.allow("consume") {
 			s.log.Warnf("cluster: reading the JetStream stream: %v (it resumes by itself)", err)
 		}
@@ -258,17 +274,22 @@ func (s *Stream) trySetup(ctx context.Context) (jetstream.ConsumeContext, error)
 // consume appends a hit from JetStream to the hub under its JetStream
 // sequence number. Ordered consumers deliver each sequence once, in order,
 // and resume after the last one after any NATS trouble.
-func (s *Stream) consume(m jetstream.Msg) {
+func (s *Stream) consume(gen uint64, m jetstream.Msg) {
 	md, err := m.Metadata()
 	if err != nil {
 		return
+	}
+	s.consumeMu.Lock()
+	defer s.consumeMu.Unlock()
+	if gen != s.gen {
+		return // from a consumer already stopped
 	}
 	seq := md.Sequence.Stream
 	s.hub.SetHorizon(seq + md.NumPending)
 	if s.hub.AppendAt(seq, m.Data(), md.Timestamp) {
 		s.consumed.Store(seq)
 	}
-	if !s.ready.Load() && (md.NumPending == 0 || seq >= s.catchUpTo) {
+	if !s.ready.Load() && (md.NumPending == 0 || seq >= s.catchUpTo.Load()) {
 		s.ready.Store(true)
 	}
 }
