@@ -24,6 +24,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -275,11 +277,18 @@ func redactIn(msg, urls string) string {
 			rest = rest[j+3:]
 		}
 		if at := strings.LastIndex(rest, "@"); at > 0 {
-			msg = strings.ReplaceAll(msg, rest[:at], "REDACTED")
+			user := rest[:at]
+			quoted := strconv.Quote(user) // as url.Parse's errors quote it (%q)
+			msg = strings.ReplaceAll(msg, user, "REDACTED")
+			msg = strings.ReplaceAll(msg, quoted[1:len(quoted)-1], "REDACTED")
 		}
 	}
-	return msg
+	return userinfo.ReplaceAllString(msg, "${1}REDACTED@")
 }
+
+// userinfo matches credentials in any URL-like text, whatever a library
+// did to the characters around them.
+var userinfo = regexp.MustCompile(`(://)[^\s/@"]*@`)
 
 // errText is an error's message without credentials ("closed" for none).
 func errText(err error, urls string) string {
