@@ -45,17 +45,17 @@ type term struct {
 	fence     *time.Timer
 	allowedAt time.Time
 	done      chan struct{} // closed once the pool has stopped
-	// validUntil is when the fence falls, on the wall clock: the timer
-	// runs on the monotonic clock, which stands still while the machine
-	// is suspended or the process stopped, so step also compares this.
-	validUntil time.Time
+	// validUntil is when the fence falls, on the boot clock (sinceBoot):
+	// the timer runs on Go's monotonic clock, which stands still while the
+	// machine is suspended, so step also compares this.
+	validUntil time.Duration
 }
 
 // extend moves the fence to a quarter TTL before the lease, renewed at
 // sent, can expire.
 func (tm *term) extend(sent time.Time, ttl time.Duration) {
 	valid := ttl - ttl/4
-	tm.validUntil = sent.Round(0).Add(valid)
+	tm.validUntil = sinceBoot() - time.Since(sent) + valid
 	tm.fence.Reset(valid - time.Since(sent))
 }
 
@@ -93,7 +93,7 @@ func (s *Stream) step(ctx context.Context) {
 		s.observe(opCtx, kv)
 		return
 	}
-	if s.term.ctx.Err() != nil || time.Now().Round(0).After(s.term.validUntil) {
+	if s.term.ctx.Err() != nil || sinceBoot() > s.term.validUntil {
 		s.stepDown("cluster: could not renew the lease for 3/4 of LSMUX_LEASE_TTL (is NATS reachable?); closed the upstream connection so that no other replica's can overlap it")
 		return
 	}
@@ -134,7 +134,7 @@ func (s *Stream) renew(ctx context.Context, kv jetstream.KeyValue) {
 		return
 	}
 	if s.logs.allow("renew") {
-		s.log.Warnf("cluster: cannot renew the lease (%v); the upstream connection closes in %v unless NATS answers", err, max(0, time.Until(tm.validUntil)).Round(time.Millisecond))
+		s.log.Warnf("cluster: cannot renew the lease (%v); the upstream connection closes in %v unless NATS answers", err, max(0, tm.validUntil-sinceBoot()).Round(time.Millisecond))
 	}
 }
 
