@@ -375,30 +375,33 @@ func TestDeletedLeaseIsNotAFreeLease(t *testing.T) {
 }
 
 // TestDeletedStreamIsCreatedAgain: someone deletes the JetStream stream of
-// hits (or NATS loses it). The replicas notice within a TTL, create it
-// again, and carry on numbering from its new start; a subscriber holding
-// an old number is told of the gap.
+// hits (or NATS loses it). The replicas notice, create it again numbering
+// on far above the old numbers (so no number ever means two hits), and a
+// subscriber waiting at the old next number is told of the gap. If an
+// operator creates it again at 1 instead, the replicas renumber down, and
+// a subscriber waiting at a number from before is told too.
 func TestDeletedStreamIsCreatedAgain(t *testing.T) {
 	ns := natstest.Start(t)
 	ulog := &upstreamLog{}
 	a := startReplica(t, ns, "a", ulog, quietLogger())
 	b := startReplica(t, ns, "b", ulog, quietLogger())
-	waitFor(t, 10*time.Second, "a leader", func() bool {
-		return (a.stream.Leader() || b.stream.Leader()) && b.stream.Ready() == nil && a.stream.Ready() == nil
-	})
+	waitFor(t, 10*time.Second, "a leader", func() bool { return (a.stream.Leader() || b.stream.Leader()) && b.stream.Ready() == nil && a.stream.Ready() == nil })
 	leader := a
 	if b.stream.Leader() {
 		leader = b
 	}
-	send := func(from, to int) {
-		for i := from; i < to; i++ {
-			leader.stream.Sink(upstream.Hit{Raw: fmt.Appendf(nil, `{"hitIdHigh":2,"hitIdLow":%d}`, i), ID: upstream.HitID{High: 2, Low: uint64(i)}, HasID: true})
+	sent := 0
+	send := func(n int) {
+		for range n {
+			leader.stream.Sink(upstream.Hit{Raw: fmt.Appendf(nil, `{"hitIdHigh":2,"hitIdLow":%d}`, sent), ID: upstream.HitID{High: 2, Low: uint64(sent)}, HasID: true})
+			sent++
 		}
 	}
-	send(0, 50)
+	send(50)
 	waitFor(t, 5*time.Second, "50 hits in both hubs", func() bool { return a.hub.Stats().Appended == 50 && b.hub.Stats().Appended == 50 })
-	old := b.hub.Subscribe(fanout.Live, fanout.Info{}, nil)
-	defer old.Close()
+	waiting := b.hub.Subscribe(fanout.Live, fanout.Info{}, nil)
+	defer waiting.Close()
+	size := func(e *fanout.Entry) int { return len(e.Raw()) }
 
 	nc, err := nats.Connect(ns.URL())
 	if err != nil {
@@ -406,19 +409,33 @@ func TestDeletedStreamIsCreatedAgain(t *testing.T) {
 	}
 	defer nc.Close()
 	js, _ := jetstream.New(nc)
-	if err := js.DeleteStream(t.Context(), NamesFor("demo").Stream); err != nil {
+	name := NamesFor("demo").Stream
+	if err := js.DeleteStream(t.Context(), name); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, "the stream to exist again and both replicas to be ready", func() bool {
-		_, err := js.Stream(t.Context(), NamesFor("demo").Stream)
-		return err == nil && a.stream.Ready() == nil && b.stream.Ready() == nil
+	waitFor(t, 10*time.Second, "the stream to exist again", func() bool { _, err := js.Stream(t.Context(), name); return err == nil })
+	send(10)
+	waitFor(t, 10*time.Second, "new hits in both hubs, numbered above the old ones", func() bool {
+		return a.hub.Stats().Newest >= 50+renumberGap && b.hub.Stats().Newest >= 50+renumberGap
 	})
-	send(50, 60)
-	waitFor(t, 10*time.Second, "new hits in both hubs under the new numbers", func() bool {
-		return a.hub.Stats().Newest >= 10 && b.hub.Stats().Newest >= 10 && a.hub.Stats().Newest < 50
+	got, gap, _ := waiting.Poll(size, 1<<30)
+	if gap == nil || gap.From != 51 || len(got) != 10 || got[0].Seq != 51+renumberGap-1 {
+		t.Fatalf("a subscriber waiting at 51: gap %v then %d hits; want a gap notice, then the 10 new hits", gap, len(got))
+	}
+
+	// An operator deletes it and creates it again at 1.
+	if err := js.DeleteStream(t.Context(), name); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.CreateStream(t.Context(), jetstream.StreamConfig{Name: name, Subjects: []string{NamesFor("demo").Subject}, Duplicates: time.Minute}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "both replicas on the new numbering", func() bool {
+		return a.hub.Stats().Newest < 50 && b.hub.Stats().Newest < 50 && a.stream.Ready() == nil && b.stream.Ready() == nil
 	})
-	got, gap, _ := old.Poll(func(e *fanout.Entry) int { return len(e.Raw()) }, 1<<30)
-	if gap == nil || gap.From != 51 {
-		t.Fatalf("a subscriber waiting at 51 from the old numbering: gap %v with %d hits; want a gap notice", gap, len(got))
+	send(10)
+	waitFor(t, 10*time.Second, "the hits in both hubs", func() bool { return a.hub.Stats().Newest >= 10 && b.hub.Stats().Newest >= 10 })
+	if _, gap, _ := waiting.Poll(size, 1<<30); gap == nil {
+		t.Fatal("a subscriber from the second numbering was not told the numbers started over")
 	}
 }

@@ -15,6 +15,11 @@ import (
 	"lsmux/upstream"
 )
 
+// renumberGap is how far above the numbers a replica has seen it starts a
+// JetStream stream it has to create again: other replicas may be ahead of
+// it, by far less than this.
+const renumberGap = 1 << 20
+
 // Upstream is what a Stream needs of the upstream pool: run it while this
 // replica leads, show why it waits otherwise.
 type Upstream interface {
@@ -199,7 +204,7 @@ func (s *Stream) trySetup(ctx context.Context) (jetstream.ConsumeContext, error)
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	js := s.node.js
-	jstream, err := js.CreateOrUpdateStream(cctx, jetstream.StreamConfig{
+	cfg := jetstream.StreamConfig{
 		Name:        s.names.Stream,
 		Description: "lsmux: hits of Live Stream stream " + s.name,
 		Subjects:    []string{s.names.Subject},
@@ -210,7 +215,24 @@ func (s *Stream) trySetup(ctx context.Context) (jetstream.ConsumeContext, error)
 		MaxBytes:    o.MaxBytes,
 		Duplicates:  o.DuplicateWindow,
 		Replicas:    o.Replicas,
-	})
+	}
+	jstream, err := js.Stream(cctx, s.names.Stream)
+	switch {
+	case err == nil:
+		cfg.FirstSeq = jstream.CachedInfo().Config.FirstSeq // fixed at creation
+		jstream, err = js.CreateOrUpdateStream(cctx, cfg)
+	case errors.Is(err, jetstream.ErrStreamNotFound):
+		if newest := s.hub.Stats().Newest; newest > 0 {
+			// Created again (it was deleted or lost): number on from
+			// well above anything any replica has handed out, so no
+			// subscriber's number ever means a different hit.
+			cfg.FirstSeq = newest + renumberGap
+		}
+		jstream, err = js.CreateStream(cctx, cfg)
+		if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+			jstream, err = js.Stream(cctx, s.names.Stream) // another replica was quicker
+		}
+	}
 	if err != nil {
 		return nil, fmt.Errorf("create JetStream stream %s (is JetStream enabled on the NATS server? do all replicas use the same LSMUX_NATS_* settings?): %w", s.names.Stream, err)
 	}
