@@ -111,3 +111,34 @@ func FuzzConfigEnv(f *testing.F) {
 		}
 	})
 }
+
+// TestClusterConfigChecks: cluster settings that cannot work are refused
+// at start, naming the variable, and the NATS URL's password is never
+// echoed.
+func TestClusterConfigChecks(t *testing.T) {
+	base := map[string]string{"LSMUX_NATS_URL": "nats://lsmux:hush-77@nats:4222"}
+	for env, want := range map[string]string{
+		"LSMUX_NATS_DUPLICATE_WINDOW=30s": "LSMUX_NATS_DUPLICATE_WINDOW",
+		"LSMUX_NATS_REPLICAS=7":           "LSMUX_NATS_REPLICAS",
+		"LSMUX_NATS_CERT=/c.pem":          "LSMUX_NATS_KEY",
+		"LSMUX_LEASE_TTL=0s":              "LSMUX_LEASE_TTL",
+		"LSMUX_NATS_MAX_AGE=1m":           "LSMUX_NATS_MAX_AGE",
+	} {
+		k, v, _ := strings.Cut(env, "=")
+		_, err := loadConfig(nil, func(name string) string {
+			if name == k {
+				return v
+			}
+			return base[name]
+		}, io.Discard)
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: error %v, want it to name %s", env, err, want)
+		}
+		if err != nil && strings.Contains(err.Error(), "hush-77") {
+			t.Errorf("%s: the error shows the NATS password: %v", env, err)
+		}
+	}
+	if _, err := loadConfig(nil, func(name string) string { return base[name] }, io.Discard); err != nil {
+		t.Errorf("the defaults with a NATS URL: %v", err)
+	}
+}
