@@ -105,7 +105,12 @@ func TestClusterChaos(t *testing.T) {
 	deadline := time.Now().Add(duration)
 	for time.Now().Before(deadline) {
 		leader := settled("the last fault")
-		sim.BackfillDuplicates(50) // covers hits in flight when a connection is closed
+		// Live Stream backfills from where it thinks the connection ended,
+		// which is before whatever sat unread in the socket buffers when
+		// lsmux closed it; under -race on two cores lsmux's reader can be
+		// a second behind, so repeat 500 hits (2.5 s) on the next
+		// connection. JetStream drops the repeats it already has.
+		sim.BackfillDuplicates(500)
 		switch f := rng.IntN(4); f {
 		case 0:
 			faults["leader cut off"]++
@@ -127,13 +132,18 @@ func TestClusterChaos(t *testing.T) {
 		case 2:
 			faults["NATS restart"]++
 			before := len(upstreamOpens(sim))
-			ns.Restart()
+			away := ns.Restart()
 			for _, m := range alive {
 				connected(m)
 			}
 			settled("a NATS restart")
-			if n := len(upstreamOpens(sim)); n != before {
-				t.Errorf("a NATS restart reconnected the upstream (%d connections, was %d)", n, before)
+			// A restart shorter than a quarter TTL must not touch the
+			// upstream; a longer one (JetStream recovering a large store
+			// on a busy machine) may close it, by design (README).
+			if n := len(upstreamOpens(sim)); n != before && away < testLeaseTTL/4 {
+				t.Errorf("a NATS restart of %v reconnected the upstream (%d connections, was %d)", away, n, before)
+			} else if n != before {
+				faults["NATS restart long enough to close the upstream"]++
 			}
 		case 3:
 			faults["leader shut down, new replica"]++
@@ -148,7 +158,37 @@ func TestClusterChaos(t *testing.T) {
 	settled("the last fault")
 	sent := sim.SentHits("demo")
 	for _, m := range alive {
-		waitFor(t, 30*time.Second, m.name+" to have every hit sent", func() bool { return hasAll(m.sub.hits(), sent) })
+		deadline := time.Now().Add(30 * time.Second)
+		for countMissing(m.sub.hits(), sent) > 0 {
+			if time.Now().After(deadline) {
+				for _, o := range alive {
+					v, err := clusterStatus(o.r.root)
+					t.Logf("%s misses %d of %d hits; cluster status %+v %v", o.name, countMissing(o.sub.hits(), sent), len(sent), v, err)
+				}
+				have := map[uint64]bool{}
+				for _, g := range m.sub.hits() {
+					have[g.Sum] = true
+				}
+				for i, h := range sent {
+					if !have[hashHit(h)] {
+						t.Logf("first missing hit: #%d of %d sent", i, len(sent))
+						break
+					}
+				}
+				for _, a := range upstreamOpens(sim) {
+					t.Logf("upstream %d: %s..%s %d hits (%s)", a.ID, a.Start.Format("15:04:05.000"), a.End.Format("15:04:05.000"), a.Hits, a.Reason)
+				}
+				for _, o := range all {
+					for _, line := range strings.Split(o.r.logs.String(), "\n") {
+						if strings.Contains(line, `"level":"error"`) || strings.Contains(line, "not yet published") {
+							t.Logf("%s: %s", o.name, line)
+						}
+					}
+				}
+				t.Fatalf("timed out waiting for %s to have every hit sent", m.name)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
 	}
 	subs := map[string][]got{}
 	for _, m := range all {

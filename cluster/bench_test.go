@@ -18,7 +18,7 @@ import (
 // Live Stream's thousands per second.
 func BenchmarkLeaderToHub(b *testing.B) {
 	ns := natstest.Start(b)
-	node, err := Connect(Options{URL: ns.URL(), Replica: "bench", LeaseTTL: 10 * time.Second, BufferBytes: 4 << 30, Logger: quietLogger()}) // the loop offers hits far faster than Live Stream would
+	node, err := Connect(Options{URL: ns.URL(), Replica: "bench", LeaseTTL: time.Second, BufferBytes: 4 << 30, Logger: quietLogger()}) // the loop offers hits far faster than Live Stream would
 	if err != nil {
 		b.Fatal(err)
 	}
