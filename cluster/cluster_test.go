@@ -385,7 +385,9 @@ func TestDeletedStreamIsCreatedAgain(t *testing.T) {
 	ulog := &upstreamLog{}
 	a := startReplica(t, ns, "a", ulog, quietLogger())
 	b := startReplica(t, ns, "b", ulog, quietLogger())
-	waitFor(t, 10*time.Second, "a leader", func() bool { return (a.stream.Leader() || b.stream.Leader()) && b.stream.Ready() == nil && a.stream.Ready() == nil })
+	waitFor(t, 10*time.Second, "a leader", func() bool {
+		return (a.stream.Leader() || b.stream.Leader()) && b.stream.Ready() == nil && a.stream.Ready() == nil
+	})
 	leader := a
 	if b.stream.Leader() {
 		leader = b
