@@ -211,8 +211,8 @@ func (c *config) check() error {
 				errs = append(errs, fmt.Errorf("%s=%v: must be positive", name, d))
 			}
 		}
-		if c.NATSDuplicateWindow < c.LeaseTTL+c.ReconnectDelay {
-			errs = append(errs, fmt.Errorf("LSMUX_NATS_DUPLICATE_WINDOW=%v is shorter than a failover (LSMUX_LEASE_TTL + LSMUX_RECONNECT_DELAY = %v): the new leader's backfill would be stored twice", c.NATSDuplicateWindow, c.LeaseTTL+c.ReconnectDelay))
+		if failover := c.LeaseTTL + c.LeaseTTL/4 + c.ReconnectDelay; c.NATSDuplicateWindow < failover {
+			errs = append(errs, fmt.Errorf("LSMUX_NATS_DUPLICATE_WINDOW=%v is shorter than a failover (1.25 × LSMUX_LEASE_TTL + LSMUX_RECONNECT_DELAY = %v): the new leader's backfill would be stored twice; raise it", c.NATSDuplicateWindow, failover))
 		}
 		if c.NATSDuplicateWindow > c.NATSMaxAge {
 			errs = append(errs, fmt.Errorf("LSMUX_NATS_DUPLICATE_WINDOW=%v is longer than LSMUX_NATS_MAX_AGE=%v (JetStream refuses that)", c.NATSDuplicateWindow, c.NATSMaxAge))

@@ -13,8 +13,16 @@ import (
 // step cannot close it for nothing.
 func sinceBoot() time.Duration {
 	var ts unix.Timespec
-	if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts); err != nil {
-		return time.Duration(time.Now().UnixNano())
+	if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts); err != nil || !bootClockWorks {
+		return time.Since(processStart) // the monotonic clock, on one scale
 	}
 	return time.Duration(ts.Nano())
 }
+
+var (
+	processStart   = time.Now()
+	bootClockWorks = func() bool {
+		var ts unix.Timespec
+		return unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts) == nil
+	}()
+)

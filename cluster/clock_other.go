@@ -4,6 +4,9 @@ package cluster
 
 import "time"
 
-// sinceBoot falls back to the wall clock where CLOCK_BOOTTIME does not
-// exist: it counts a suspend, but follows clock steps.
-func sinceBoot() time.Duration { return time.Duration(time.Now().UnixNano()) }
+// sinceBoot falls back to the monotonic clock where CLOCK_BOOTTIME does
+// not exist: it ignores clock steps but not a suspend (the timer already
+// covers that case as well as it can).
+func sinceBoot() time.Duration { return time.Since(processStart) }
+
+var processStart = time.Now()

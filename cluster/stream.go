@@ -53,11 +53,12 @@ type Stream struct {
 	gen        uint64 // guarded by consumeMu
 	leaderFlag atomic.Bool
 	draining   atomic.Bool
-	cc         jetstream.ConsumeContext // owned by Run's goroutine
-	created    time.Time                // owned by Run's goroutine: when the JetStream stream read from was created
-	// missingChecks counts storageLost's "not found" answers in a row
-	// (owned by Run's goroutine).
-	missingChecks int
+	cc         jetstream.ConsumeContext  // owned by Run's goroutine
+	created    time.Time                 // owned by Run's goroutine: when the JetStream stream read from was created
+	createdAt  atomic.Pointer[time.Time] // the same, for Status
+	// streamMisses and bucketMisses count storageLost's "not found"
+	// answers in a row (owned by Run's goroutine).
+	streamMisses, bucketMisses int
 
 	mu              sync.Mutex
 	rev             uint64     // lease revision last seen
@@ -153,9 +154,9 @@ func (s *Stream) storageLost(ctx context.Context) error {
 	defer cancel()
 	// JetStream may answer "not found" for a moment while it recovers
 	// after a restart: only a second answer in a row, a TTL later, counts.
-	missing := func(what string) error {
-		s.missingChecks++
-		if s.missingChecks < 2 {
+	missing := func(count *int, what string) error {
+		*count++
+		if *count < 2 {
 			return nil
 		}
 		return errors.New(what + " is gone")
@@ -163,16 +164,16 @@ func (s *Stream) storageLost(ctx context.Context) error {
 	st, err := s.node.js.Stream(ctx, s.names.Stream)
 	switch {
 	case errors.Is(err, jetstream.ErrStreamNotFound):
-		return missing("the JetStream stream " + s.names.Stream)
+		return missing(&s.streamMisses, "the JetStream stream "+s.names.Stream)
 	case err != nil:
 		return nil
 	case !st.CachedInfo().Created.Equal(s.created):
 		return fmt.Errorf("the JetStream stream %s was created again at %s (deleted meanwhile?)", s.names.Stream, st.CachedInfo().Created.Format(time.RFC3339))
 	}
 	if _, err := s.node.js.KeyValue(ctx, s.names.Bucket); errors.Is(err, jetstream.ErrBucketNotFound) {
-		return missing("the lease bucket " + s.names.Bucket)
+		return missing(&s.bucketMisses, "the lease bucket "+s.names.Bucket)
 	}
-	s.missingChecks = 0
+	s.streamMisses, s.bucketMisses = 0, 0
 	return nil
 }
 
@@ -190,7 +191,7 @@ func (s *Stream) rebuild(ctx context.Context, why error) bool {
 	case <-time.After(s.node.opts.LeaseTTL / 4):
 	}
 	s.ready.Store(false)
-	s.missingChecks = 0
+	s.streamMisses, s.bucketMisses = 0, 0
 	return s.setup(ctx)
 }
 
@@ -222,12 +223,12 @@ func (s *Stream) trySetup(ctx context.Context) (jetstream.ConsumeContext, error)
 		cfg.FirstSeq = jstream.CachedInfo().Config.FirstSeq // fixed at creation
 		jstream, err = js.CreateOrUpdateStream(cctx, cfg)
 	case errors.Is(err, jetstream.ErrStreamNotFound):
-		if newest := s.hub.Stats().Newest; newest > 0 {
-			// Created again (it was deleted or lost): number on from
-			// well above anything any replica has handed out, so no
-			// subscriber's number ever means a different hit.
-			cfg.FirstSeq = newest + renumberGap
-		}
+		// Number from the clock in microseconds (as a single lsmux
+		// does), and above anything this replica has seen: when the
+		// stream is created again after it was deleted or lost, even by
+		// a replica that just started, numbers go on upwards, and no
+		// subscriber's number ever means a different hit.
+		cfg.FirstSeq = max(uint64(time.Now().UnixMicro()), s.hub.Stats().Newest+renumberGap)
 		jstream, err = js.CreateStream(cctx, cfg)
 		if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
 			jstream, err = js.Stream(cctx, s.names.Stream) // another replica was quicker
@@ -258,12 +259,20 @@ func (s *Stream) trySetup(ctx context.Context) (jetstream.ConsumeContext, error)
 		start = 1
 	}
 	start = max(start, info.State.FirstSeq, 1)
-	if next := s.hub.Stats().Newest + 1; start < next && info.Created.Equal(s.created) {
+	next := s.hub.Stats().Newest + 1
+	switch {
+	case start < next && info.Created.Equal(s.created):
 		start = next // set up again after a failure: continue where we are
-	} else if !s.created.IsZero() && !info.Created.Equal(s.created) {
+	case !s.created.IsZero() && !info.Created.Equal(s.created) && s.consumed.Load() >= info.State.FirstSeq && next <= info.State.LastSeq+1:
+		// A new stream, but the old consumer already followed it to its
+		// numbers (nats.go's ordered consumer recreates itself): the hub
+		// holds the new stream's hits, go on from there.
+		start = next
+	case !s.created.IsZero() && !info.Created.Equal(s.created):
 		s.consumed.Store(0) // a new stream: its numbers start over
 	}
 	s.created = info.Created
+	s.createdAt.Store(&info.Created)
 	s.hub.Reset(start)
 	s.catchUpTo.Store(last)
 	cons, err := js.OrderedConsumer(cctx, s.names.Stream, jetstream.OrderedConsumerConfig{
@@ -369,6 +378,7 @@ type Status struct {
 	UpstreamAllowedAt time.Time     `json:"upstreamAllowedAt,omitzero"`
 	NATS              string        `json:"nats"`
 	JetStreamStream   string        `json:"jetstreamStream"`
+	JetStreamCreated  time.Time     `json:"jetstreamCreated,omitzero"` // changes if the stream was deleted and created again
 	Subject           string        `json:"subject"`
 	ConsumedSeq       uint64        `json:"consumedSeq"`
 	Ready             bool          `json:"ready"`
@@ -382,6 +392,9 @@ func (s *Stream) Status() Status {
 		Subject: s.names.Subject, ConsumedSeq: s.consumed.Load(), LeaseTTL: s.node.opts.LeaseTTL.String(), Publish: s.pub.status()}
 	if s.leaderFlag.Load() {
 		st.Role = "leader"
+	}
+	if c := s.createdAt.Load(); c != nil {
+		st.JetStreamCreated = *c
 	}
 	s.mu.Lock()
 	if s.cur.Holder != "" {
