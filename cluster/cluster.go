@@ -23,6 +23,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"regexp"
 	"strconv"
@@ -115,7 +116,7 @@ func (o Options) withDefaults() Options {
 	}
 	if o.Logger == nil {
 		l := logrus.New()
-		l.Out = discard{}
+		l.Out = io.Discard
 		o.Logger = l
 	}
 	return o
@@ -303,10 +304,6 @@ func nonce() string {
 	_, _ = rand.Read(b)
 	return hex.EncodeToString(b)
 }
-
-type discard struct{}
-
-func (discard) Write(b []byte) (int, error) { return len(b), nil }
 
 // logLimiter lets one line of each kind through per interval, so a NATS
 // outage does not fill the log with the same complaint four times a

@@ -54,8 +54,7 @@ type Stream struct {
 	leaderFlag atomic.Bool
 	draining   atomic.Bool
 	cc         jetstream.ConsumeContext  // owned by Run's goroutine
-	created    time.Time                 // owned by Run's goroutine: when the JetStream stream read from was created
-	createdAt  atomic.Pointer[time.Time] // the same, for Status
+	createdAt  atomic.Pointer[time.Time] // when the JetStream stream read from was created
 	// streamMisses and bucketMisses count storageLost's "not found"
 	// answers in a row (owned by Run's goroutine).
 	streamMisses, bucketMisses int
@@ -167,7 +166,7 @@ func (s *Stream) storageLost(ctx context.Context) error {
 		return missing(&s.streamMisses, "the JetStream stream "+s.names.Stream)
 	case err != nil:
 		return nil
-	case !st.CachedInfo().Created.Equal(s.created):
+	case !st.CachedInfo().Created.Equal(s.streamCreated()):
 		return fmt.Errorf("the JetStream stream %s was created again at %s (deleted meanwhile?)", s.names.Stream, st.CachedInfo().Created.Format(time.RFC3339))
 	}
 	if _, err := s.node.js.KeyValue(ctx, s.names.Bucket); errors.Is(err, jetstream.ErrBucketNotFound) {
@@ -260,18 +259,18 @@ func (s *Stream) trySetup(ctx context.Context) (jetstream.ConsumeContext, error)
 	}
 	start = max(start, info.State.FirstSeq, 1)
 	next := s.hub.Stats().Newest + 1
+	known := s.streamCreated()
 	switch {
-	case start < next && info.Created.Equal(s.created):
+	case start < next && info.Created.Equal(known):
 		start = next // set up again after a failure: continue where we are
-	case !s.created.IsZero() && !info.Created.Equal(s.created) && s.consumed.Load() >= info.State.FirstSeq && next <= info.State.LastSeq+1:
+	case !known.IsZero() && !info.Created.Equal(known) && s.consumed.Load() >= info.State.FirstSeq && next <= info.State.LastSeq+1:
 		// A new stream, but the old consumer already followed it to its
 		// numbers (nats.go's ordered consumer recreates itself): the hub
 		// holds the new stream's hits, go on from there.
 		start = next
-	case !s.created.IsZero() && !info.Created.Equal(s.created):
+	case !known.IsZero() && !info.Created.Equal(known):
 		s.consumed.Store(0) // a new stream: its numbers start over
 	}
-	s.created = info.Created
 	s.createdAt.Store(&info.Created)
 	s.hub.Reset(start)
 	s.catchUpTo.Store(last)
@@ -323,6 +322,15 @@ func (s *Stream) consume(gen uint64, m jetstream.Msg) {
 	if !s.ready.Load() && (md.NumPending == 0 || seq >= s.catchUpTo.Load()) {
 		s.ready.Store(true)
 	}
+}
+
+// streamCreated is when the JetStream stream this replica reads was
+// created (zero before setup); a change means it was created again.
+func (s *Stream) streamCreated() time.Time {
+	if c := s.createdAt.Load(); c != nil {
+		return *c
+	}
+	return time.Time{}
 }
 
 // Ready says why subscribers cannot be served yet: until the hub is
@@ -393,9 +401,7 @@ func (s *Stream) Status() Status {
 	if s.leaderFlag.Load() {
 		st.Role = "leader"
 	}
-	if c := s.createdAt.Load(); c != nil {
-		st.JetStreamCreated = *c
-	}
+	st.JetStreamCreated = s.streamCreated()
 	s.mu.Lock()
 	if s.cur.Holder != "" {
 		st.Leader = s.cur.Replica

@@ -11,6 +11,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/url"
@@ -133,7 +134,7 @@ func NewPool(cfg Config) (*Pool, error) {
 	cfg.Policy = cfg.Policy.withDefaults()
 	if cfg.Logger == nil {
 		l := logrus.New()
-		l.Out = nilWriter{}
+		l.Out = io.Discard
 		cfg.Logger = l
 	}
 	p := &Pool{
@@ -249,7 +250,3 @@ func (p *Pool) requestURL() string {
 	u.RawQuery = q.Encode()
 	return u.String()
 }
-
-type nilWriter struct{}
-
-func (nilWriter) Write(b []byte) (int, error) { return len(b), nil }
