@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"syscall"
 
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sync/errgroup"
@@ -20,9 +21,11 @@ import (
 	"lsmux/web"
 )
 
-// app is one running lsmux: for each stream an upstream pool feeding a
-// hub, and one proxy serving them all. Streams share nothing but the
-// process: one stream's upstream trouble never touches another's.
+// app is one running lsmux: for each stream a feed (the upstream pool, or
+// in cluster mode the JetStream stream that runs the pool while this
+// replica leads) filling a hub, and one proxy serving them all. Streams
+// share nothing but the process: one stream's upstream trouble never
+// touches another's.
 type app struct {
 	cfg     *config
 	log     *logrus.Logger
@@ -33,11 +36,40 @@ type app struct {
 	node    *cluster.Node // cluster mode only
 }
 
+// appStream is one stream's pieces.
 type appStream struct {
-	hub     *fanout.Hub
-	pool    *upstream.Pool
-	cluster *cluster.Stream // cluster mode only: runs the pool while this replica leads
+	name string
+	hub  *fanout.Hub
+	feed feed
 }
+
+// feed is what the app needs of a stream's feed beyond what proxy and
+// metrics read: running it.
+type feed interface {
+	proxy.Feed
+	metrics.Feed
+	Run(ctx context.Context)
+}
+
+// poolFeed is a plain lsmux's feed: the upstream pool appending to the
+// hub.
+type poolFeed struct {
+	*upstream.Pool
+	hub *fanout.Hub
+}
+
+// Run holds the upstream connections, every hit going to the hub.
+func (f poolFeed) Run(ctx context.Context) { f.Pool.Run(ctx, hubSink{f.hub}) }
+
+// hubSink appends the pool's hits to a hub (it copies what it keeps).
+type hubSink struct{ hub *fanout.Hub }
+
+func (s hubSink) Deliver(h upstream.Hit) { s.hub.Append(h.Raw, h.Received) }
+
+var (
+	_ feed = poolFeed{}
+	_ feed = (*cluster.Stream)(nil)
+)
 
 // newApp wires the pieces and binds the listener (so the address is known
 // before run, and a busy port fails at once).
@@ -56,43 +88,30 @@ func newApp(cfg *config, tokens upstream.TokenSource, log *logrus.Logger, demo h
 	var served []*proxy.Stream
 	var scraped []metrics.Stream
 	for _, sp := range specs {
-		st := &appStream{}
-		hubOpts := fanout.Options{MaxHits: cfg.BufferHits, MaxBytes: int64(cfg.BufferBytes)}
-		sink := func(h upstream.Hit) { st.hub.Append(h.Raw, h.Received) }
-		if a.node != nil {
-			// Sequence numbers come from JetStream (the hub is renumbered
-			// when the stream is reached), hits reach the hub through it.
-			hubOpts.FirstSeq = 1
-			// A client from a replica ahead of this one waits for its
-			// number (up to what JetStream holds, plus some slack for
-			// what this replica has not heard of yet).
-			hubOpts.MaxAhead = 10_000
-			sink = func(h upstream.Hit) { st.cluster.Sink(h) }
-		}
-		st.hub = fanout.NewHub(hubOpts)
-		st.pool, err = upstream.NewPool(cfg.upstreamConfig(sp, tokens, sink, log))
+		pool, err := upstream.NewPool(cfg.upstreamConfig(sp, tokens, log))
 		if err != nil {
 			a.closeNode()
 			return nil, fmt.Errorf("stream %s: %w", sp.Name, err)
 		}
-		ps := &proxy.Stream{Name: st.pool.Name(), Hub: st.hub, Upstream: st.pool.Status}
-		ms := metrics.Stream{Name: st.pool.Name(), Hub: st.hub, Upstream: st.pool.Status}
+		hubOpts := fanout.Options{MaxHits: cfg.BufferHits, MaxBytes: cfg.BufferBytes}
+		st := &appStream{name: pool.Name()}
 		if a.node != nil {
-			st.cluster = a.node.NewStream(st.pool.Name(), st.hub, st.pool)
-			ps.Ready, ps.Unready, ps.UpstreamStreaming = st.cluster.Ready, st.cluster.Unready, st.cluster.UpstreamStreaming
-			ps.Cluster = func() any { return st.cluster.Status() }
-			ms.Cluster = st.cluster.Status
+			cs := a.node.NewStream(st.name, hubOpts, pool)
+			st.hub, st.feed = cs.Hub(), cs
+		} else {
+			st.hub = fanout.NewHub(hubOpts)
+			st.feed = poolFeed{Pool: pool, hub: st.hub}
 		}
 		a.streams = append(a.streams, st)
-		served = append(served, ps)
-		scraped = append(scraped, ms)
+		served = append(served, &proxy.Stream{Name: st.name, Hub: st.hub, Feed: st.feed})
+		scraped = append(scraped, metrics.Stream{Name: st.name, Hub: st.hub, Feed: st.feed})
 	}
-	a.metrics = metrics.New(version, func() []metrics.Stream { return scraped })
+	a.metrics = metrics.New(version, scraped)
 	a.server = proxy.New(served, proxy.Options{
 		PingInterval:      cfg.PingInterval,
 		WriteTimeout:      cfg.WriteTimeout,
 		SlowDisconnect:    cfg.SlowPolicy == "disconnect",
-		MaxMessageSize:    int64(cfg.MaxMessageSize),
+		MaxMessageSize:    cfg.MaxMessageSize,
 		Web:               web.Handler(),
 		Metrics:           a.metrics.Handler(),
 		Demo:              demo,
@@ -108,9 +127,20 @@ func newApp(cfg *config, tokens upstream.TokenSource, log *logrus.Logger, demo h
 	a.ln, err = net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		a.closeNode()
-		return nil, fmt.Errorf("listen %s: %w (is another lsmux running? set LSMUX_LISTEN)", cfg.Listen, err)
+		return nil, listenError(cfg.Listen, err)
 	}
 	return a, nil
+}
+
+// listenError says what to do about a listener that cannot be opened.
+func listenError(addr string, err error) error {
+	if errors.Is(err, syscall.EADDRINUSE) {
+		return fmt.Errorf("listen %s: %w (another process, perhaps another lsmux, holds the port: stop it or set LSMUX_LISTEN to another host:port)", addr, err)
+	}
+	if errors.Is(err, syscall.EACCES) {
+		return fmt.Errorf("listen %s: %w (ports below 1024 need privileges: use a port such as :8080)", addr, err)
+	}
+	return fmt.Errorf("listen %s: %w (LSMUX_LISTEN wants host:port, such as :8080 or 127.0.0.1:8080)", addr, err)
 }
 
 func (a *app) closeNode() {
@@ -131,11 +161,7 @@ func (a *app) run(ctx context.Context) error {
 	g, failed := errgroup.WithContext(context.Background())
 	var upstreams sync.WaitGroup
 	for _, st := range a.streams {
-		if st.cluster != nil {
-			upstreams.Go(func() { st.cluster.Run(upCtx) })
-		} else {
-			upstreams.Go(func() { st.pool.Run(upCtx) })
-		}
+		upstreams.Go(func() { st.feed.Run(upCtx) })
 	}
 	g.Go(func() error {
 		upstreams.Wait()
@@ -169,8 +195,35 @@ func (a *app) run(ctx context.Context) error {
 	})
 	names := make([]string, len(a.streams))
 	for i, st := range a.streams {
-		names[i] = st.pool.Name()
+		names[i] = st.name
 	}
 	a.log.WithField("streams", strings.Join(names, ",")).WithField("listen", a.addr()).Info("lsmux serving")
 	return g.Wait()
+}
+
+// clusterOptions are the cluster settings (LSMUX_NATS_* and friends).
+func (c *config) clusterOptions(log logrus.FieldLogger) cluster.Options {
+	return cluster.Options{
+		URL: c.NATSURL, Replica: c.ReplicaName, CredsFile: c.NATSCreds, CAFile: c.NATSCA, CertFile: c.NATSCert, KeyFile: c.NATSKey,
+		LeaseTTL: c.LeaseTTL, ReconnectDelay: c.ReconnectDelay, RetryWait: c.NATSRetryWait,
+		MaxAge: c.NATSMaxAge, MaxBytes: c.NATSMaxBytes, DuplicateWindow: c.NATSDuplicateWindow, Replicas: c.NATSReplicas,
+		BufferBytes: c.NATSBufferBytes, FlushTimeout: c.ShutdownTimeout / 2,
+		Logger: log,
+	}
+}
+
+// upstreamConfig is one stream's upstream settings.
+func (c *config) upstreamConfig(sp streamSpec, tokens upstream.TokenSource, log logrus.FieldLogger) upstream.Config {
+	return upstream.Config{
+		StreamURL:     sp.URL,
+		Name:          sp.Name,
+		ClientID:      c.ClientID,
+		Tokens:        tokens,
+		Params:        sp.Params,
+		Policy:        upstream.Policy{Delay: c.ReconnectDelay, MaxDelay: c.ReconnectMaxDelay, AuthRetry: c.AuthRetryDelay},
+		StallTimeout:  c.StallTimeout,
+		MaxRecordSize: int(c.MaxRecordSize),
+		DedupWindow:   c.DedupWindow,
+		Logger:        log,
+	}
 }

@@ -20,6 +20,7 @@ import (
 	"github.com/gorilla/websocket"
 	"go.uber.org/goleak"
 
+	"lsmux/internal/cli"
 	"lsmux/internal/testutil"
 	"lsmux/proxy/proxytest"
 	"lsmux/upstream/simulator"
@@ -52,7 +53,7 @@ func startApp(t *testing.T, sim *simulator.Server, extra ...string) *running {
 	args := append([]string{"-listen", "127.0.0.1:0", "-stream-url", sim.StreamURL("demo"), "-token-url", sim.TokenURL(),
 		"-client-id", sim.ClientID(), "-client-secret", sim.ClientSecret(), "-reconnect-delay", "200ms",
 		"-reconnect-max-delay", "1s", "-auth-retry-delay", "100ms", "-shutdown-timeout", "2s", "-log-level", "warn"}, extra...)
-	cfg, err := loadConfig(args, func(string) string { return "" }, io.Discard)
+	cfg, err := loadConfig("lsmux serve", serveSummary, args, cli.Env{}, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -84,7 +85,7 @@ func startApp(t *testing.T, sim *simulator.Server, extra ...string) *running {
 // optional demo handler, and stops it when the test ends.
 func runApp(t *testing.T, args []string, demo http.Handler) *app {
 	t.Helper()
-	cfg, err := loadConfig(args, func(string) string { return "" }, io.Discard)
+	cfg, err := loadConfig("lsmux serve", serveSummary, args, cli.Env{}, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -357,22 +358,22 @@ func TestUpstreamStaysOpenWithNoSubscribers(t *testing.T) {
 
 func TestRunCommands(t *testing.T) {
 	var out, errOut bytes.Buffer
-	if code := run(context.Background(), []string{"version"}, func(string) string { return "" }, &out, &errOut); code != 0 || !strings.HasPrefix(out.String(), "lsmux ") {
+	if code := run(context.Background(), []string{"version"}, cli.Env{}, &out, &errOut); code != 0 || !strings.HasPrefix(out.String(), "lsmux ") {
 		t.Fatalf("version: %d %q", code, out.String())
 	}
 	out.Reset()
-	if code := run(context.Background(), []string{"bogus"}, func(string) string { return "" }, &out, &errOut); code != 2 {
+	if code := run(context.Background(), []string{"bogus"}, cli.Env{}, &out, &errOut); code != 2 {
 		t.Fatalf("unknown command exit %d, want 2", code)
 	}
 	errOut.Reset()
-	code := run(context.Background(), []string{"serve"}, func(string) string { return "" }, &out, &errOut)
-	if code != 1 || !strings.Contains(errOut.String(), "LSMUX_STREAM_URL") || !strings.Contains(errOut.String(), "lsmux demo") {
+	code := run(context.Background(), []string{"serve"}, cli.Env{}, &out, &errOut)
+	if code != 2 || !strings.Contains(errOut.String(), "LSMUX_STREAM_URL") || !strings.Contains(errOut.String(), "lsmux demo") {
 		t.Fatalf("serve without a stream: %d %q", code, errOut.String())
 	}
 	errOut.Reset()
 	env := map[string]string{"LSMUX_STREAM_URL": "https://x/api/1/stream/s"}
-	code = run(context.Background(), []string{"serve"}, func(k string) string { return env[k] }, &out, &errOut)
-	if code != 1 || !strings.Contains(errOut.String(), "LSMUX_CLIENT_ID") {
+	code = run(context.Background(), []string{"serve"}, cli.Env(env), &out, &errOut)
+	if code != 2 || !strings.Contains(errOut.String(), "LSMUX_CLIENT_ID") {
 		t.Fatalf("serve without credentials: %d %q", code, errOut.String())
 	}
 }
@@ -382,7 +383,7 @@ func TestDemoServesHitsWithoutCredentials(t *testing.T) {
 	var out syncBuf
 	done := make(chan int, 1)
 	go func() {
-		done <- run(ctx, []string{"demo", "-listen", "127.0.0.1:0", "-log-level", "error"}, func(string) string { return "" }, &out, io.Discard)
+		done <- run(ctx, []string{"demo", "-listen", "127.0.0.1:0", "-log-level", "error"}, cli.Env{}, &out, io.Discard)
 	}()
 	var url string
 	waitFor(t, 5*time.Second, "the demo to print its URL", func() bool {
@@ -416,24 +417,19 @@ type syncBuf = testutil.SyncBuffer
 func TestHealthcheckCommand(t *testing.T) {
 	sim := newSim(t, 100)
 	r := startApp(t, sim)
-	env := func(k string) string {
-		if k == "LSMUX_LISTEN" {
-			return r.app.addr()
-		}
-		return ""
-	}
+	env := cli.Env{"LSMUX_LISTEN": r.app.addr()}
 	var out, errOut bytes.Buffer
 	if code := run(context.Background(), []string{"healthcheck"}, env, &out, &errOut); code != 0 {
 		t.Fatalf("healthcheck of a ready instance: exit %d: %s", code, errOut.String())
 	}
-	waitFor(t, 5*time.Second, "the upstream to stream", func() bool { return r.app.streams[0].pool.Streaming() })
+	waitFor(t, 5*time.Second, "the upstream to stream", func() bool { return r.app.streams[0].feed.Streaming() })
 	if code := run(context.Background(), []string{"healthcheck", "-upstream"}, env, &out, &errOut); code != 0 {
 		t.Fatalf("strict healthcheck with a streaming upstream: exit %d: %s", code, errOut.String())
 	}
 	// Not ready: the upstream is down (strict), or the instance is gone.
 	sim.FailNext(100, http.StatusServiceUnavailable)
 	sim.DropConnections()
-	waitFor(t, 5*time.Second, "the upstream to wait", func() bool { return !r.app.streams[0].pool.Streaming() })
+	waitFor(t, 5*time.Second, "the upstream to wait", func() bool { return !r.app.streams[0].feed.Streaming() })
 	errOut.Reset()
 	if code := run(context.Background(), []string{"healthcheck", "-upstream"}, env, &out, &errOut); code != 1 || !strings.Contains(errOut.String(), "503") {
 		t.Fatalf("strict healthcheck with the upstream down: exit %d: %s", code, errOut.String())
@@ -471,21 +467,21 @@ func TestTwoStreamsOneFailingTheOtherFlows(t *testing.T) {
 	}
 	defer retired.Close()
 	waitFor(t, 5*time.Second, "the retired stream to be reported failing", func() bool {
-		return a.streams[1].pool.Status()[0].State == "failing"
+		return a.streams[1].feed.Conns()[0].State == "failing"
 	})
 	for range 50 {
 		if _, err := proxytest.Next(sales.Msgs, 5*time.Second); err != nil {
 			t.Fatalf("the healthy stream stopped while the other failed: %v", err)
 		}
 	}
-	if st := a.streams[0].pool.Status(); len(st) != 2 || st[0].State != "streaming" || st[1].State != "streaming" {
+	if st := a.streams[0].feed.Conns(); len(st) != 2 || st[0].State != "streaming" || st[1].State != "streaming" {
 		t.Fatalf("sales upstream %+v, want two streaming connections (maxConnections=2 from its URL)", st)
 	}
 	if n := sim.PeakActive("sales"); n != 2 {
 		t.Fatalf("sales had %d connections, want 2", n)
 	}
-	if a.streams[1].pool.Status()[0].LastStatus != 404 {
-		t.Fatalf("retired: %+v", a.streams[1].pool.Status()[0])
+	if a.streams[1].feed.Conns()[0].LastStatus != 404 {
+		t.Fatalf("retired: %+v", a.streams[1].feed.Conns()[0])
 	}
 }
 

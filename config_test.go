@@ -7,43 +7,51 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"lsmux/internal/cli"
 )
 
-var updateReadme = flag.Bool("update-readme", false, "rewrite README.md's configuration table from the flags")
+var updateDocs = flag.Bool("update-docs", false, "rewrite docs/configuration.md's table from the flags")
 
-// TestReadmeConfigTableMatchesTheFlags fails when a flag is undocumented or
-// documented wrongly. Fix with: go test -run ReadmeConfig -update-readme .
-func TestReadmeConfigTableMatchesTheFlags(t *testing.T) {
-	readme, err := os.ReadFile("README.md")
+// testConfig loads serve's configuration from args and env alone.
+func testConfig(args []string, env cli.Env) (*config, error) {
+	return loadConfig("lsmux serve", serveSummary, args, env, io.Discard)
+}
+
+// TestConfigTableMatchesTheFlags fails when a flag is undocumented or
+// documented wrongly. Fix with: go test -run ConfigTable -update-docs .
+func TestConfigTableMatchesTheFlags(t *testing.T) {
+	const path = "docs/configuration.md"
+	doc, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	const begin, end = "<!-- config table -->\n", "<!-- end config table -->"
-	text := string(readme)
+	text := string(doc)
 	i, j := strings.Index(text, begin), strings.Index(text, end)
 	if i < 0 || j < i {
-		t.Fatalf("README.md lacks the %q ... %q markers", begin, end)
+		t.Fatalf("%s lacks the %q ... %q markers", path, begin, end)
 	}
 	want := configTable()
 	if text[i+len(begin):j] == want {
 		return
 	}
-	if *updateReadme {
-		os.WriteFile("README.md", []byte(text[:i+len(begin)]+want+text[j:]), 0o644)
+	if *updateDocs {
+		os.WriteFile(path, []byte(text[:i+len(begin)]+want+text[j:]), 0o644)
 		return
 	}
-	t.Fatalf("README.md's configuration table is out of date; run: go test -run ReadmeConfig -update-readme .")
+	t.Fatalf("%s's configuration table is out of date; run: go test -run ConfigTable -update-docs .", path)
 }
 
 func TestEnvironmentFillsFlagsAndFlagsWin(t *testing.T) {
-	env := map[string]string{
+	env := cli.Env{
 		"LSMUX_LISTEN":          ":9999",
 		"LSMUX_MAX_CONNECTIONS": "3",
 		"LSMUX_RECONNECT_DELAY": "90s",
 		"LSMUX_BUFFER_BYTES":    "64MiB",
 		"LSMUX_SMOOTHING":       "true",
 	}
-	c, err := loadConfig([]string{"-max-connections", "2"}, func(k string) string { return env[k] }, io.Discard)
+	c, err := testConfig([]string{"-max-connections", "2"}, env)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -52,40 +60,81 @@ func TestEnvironmentFillsFlagsAndFlagsWin(t *testing.T) {
 	}
 }
 
-func TestBadConfigSaysWhichVariable(t *testing.T) {
+// TestBadConfigSaysWhichVariableAndTheForm: every refused setting names
+// its variable and what it wants instead.
+func TestBadConfigSaysWhichVariableAndTheForm(t *testing.T) {
 	for env, want := range map[string]string{
-		"LSMUX_MAX_CONNECTIONS=9":          "LSMUX_MAX_CONNECTIONS=9",
-		"LSMUX_RECONNECT_DELAY=soon":       "LSMUX_RECONNECT_DELAY=soon",
-		"LSMUX_RESET=middle":               "LSMUX_RESET",
-		"LSMUX_BUFFER_BYTES=lots":          "LSMUX_BUFFER_BYTES",
+		"LSMUX_MAX_CONNECTIONS=9":          "LSMUX_MAX_CONNECTIONS=9: Live Stream allows 1 to 8",
+		"LSMUX_RECONNECT_DELAY=soon":       "LSMUX_RECONNECT_DELAY=soon: want a duration such as 60s",
+		"LSMUX_RECONNECT_DELAY=60":         "a unit is needed: 60s?",
+		"LSMUX_RESET=middle":               `LSMUX_RESET="middle": want smallest or largest`,
+		"LSMUX_BUFFER_BYTES=lots":          "LSMUX_BUFFER_BYTES=lots: size \"lots\": want a whole number of bytes",
 		"LSMUX_SLOW_POLICY=drop":           "LSMUX_SLOW_POLICY",
 		"LSMUX_RECONNECT_MAX_DELAY=1s":     "LSMUX_RECONNECT_MAX_DELAY",
-		"LSMUX_SMOOTHING_BUCKET_SIZE=9000": "LSMUX_SMOOTHING_BUCKET_SIZE",
+		"LSMUX_SMOOTHING_BUCKET_SIZE=9000": "LSMUX_SMOOTHING_BUCKET_SIZE=9000",
+		"LSMUX_LISTEN=8080":                "LSMUX_LISTEN=8080: want host:port, such as :8080",
+		"LSMUX_MAX_SUBSCRIBERS=many":       "LSMUX_MAX_SUBSCRIBERS=many: want a whole number",
+		"LSMUX_SMOOTHING=maybe":            "LSMUX_SMOOTHING=maybe: want true or false",
+		"LSMUX_LOG_LEVEL=loud":             "LSMUX_LOG_LEVEL",
+		"LSMUX_STREAMS=x=ftp://h/a":        "want [name=]https://livestream.adobe.net/api/1/stream/<name>",
+		"LSMUX_STREAMS=https://h/api/1/stream/a?maxConnections=12": "maxConnections=12: Live Stream allows 1 to 8",
+		"LSMUX_STREAMS=https://h/api/1/stream/a?reset=middle":      `reset="middle": want smallest or largest`,
+		"LSMUX_STREAMS=https://h/api/1/stream/a b":                 "stream name \"a b\"",
 	} {
 		k, v, _ := strings.Cut(env, "=")
-		_, err := loadConfig(nil, func(name string) string {
-			if name == k {
-				return v
-			}
-			return ""
-		}, io.Discard)
+		_, err := testConfig(nil, cli.Env{k: v})
 		if err == nil || !strings.Contains(err.Error(), want) {
-			t.Errorf("%s: error %v, want it to name %s", env, err, want)
+			t.Errorf("%s: error %v, want it to say %q", env, err, want)
 		}
 	}
 }
 
-func TestParseByteSize(t *testing.T) {
-	for in, want := range map[string]int64{"1024": 1024, "4MiB": 4 << 20, "1 GiB": 1 << 30, "2KB": 2000, "10B": 10} {
-		got, err := parseByteSize(in)
-		if err != nil || got != want {
-			t.Errorf("%q: %d %v, want %d", in, got, err, want)
+// TestConfigErrorsKeepTheirOrder: several errors come in the same order
+// every run (they used to follow a map's random order).
+func TestConfigErrorsKeepTheirOrder(t *testing.T) {
+	env := cli.Env{"LSMUX_WRITE_TIMEOUT": "0s", "LSMUX_PING_INTERVAL": "-1s", "LSMUX_STALL_TIMEOUT": "0s", "LSMUX_SHUTDOWN_TIMEOUT": "0s"}
+	_, first := testConfig(nil, env)
+	if first == nil {
+		t.Fatal("zero durations accepted")
+	}
+	for range 20 {
+		if _, err := testConfig(nil, env); err == nil || err.Error() != first.Error() {
+			t.Fatalf("errors in another order:\n%v\nthen\n%v", first, err)
 		}
 	}
-	for _, in := range []string{"", "-1", "1.5MiB", "MiB", "9999999999GiB"} {
-		if _, err := parseByteSize(in); err == nil {
-			t.Errorf("%q accepted", in)
+}
+
+func TestCredentialsErrorNamesWhatIsMissing(t *testing.T) {
+	for env, want := range map[string]string{
+		"LSMUX_CLIENT_ID=abc":     "LSMUX_CLIENT_SECRET is not",
+		"LSMUX_CLIENT_SECRET=abc": "LSMUX_CLIENT_ID is not",
+		"LSMUX_SCOPES=x":          "set LSMUX_CLIENT_ID and LSMUX_CLIENT_SECRET",
+	} {
+		k, v, _ := strings.Cut(env, "=")
+		c, err := testConfig(nil, cli.Env{k: v, "LSMUX_STREAM_URL": "https://h/api/1/stream/s"})
+		if err != nil {
+			t.Fatal(err)
 		}
+		if _, err := c.tokenSource(); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: %v, want %q", env, err, want)
+		}
+	}
+}
+
+// TestShortReconnectDelayIsWarnedAboutForTheRealLiveStream: Adobe's ~60 s
+// rule is named when the delay is short against a non-local host; a
+// simulator on this machine may be hurried.
+func TestShortReconnectDelayIsWarnedAboutForTheRealLiveStream(t *testing.T) {
+	c, err := testConfig([]string{"-reconnect-delay", "5s"}, cli.Env{"LSMUX_STREAM_URL": "https://livestream.adobe.net/api/1/stream/x"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.warnings) != 1 || !strings.Contains(c.warnings[0], "about 60s") || !strings.Contains(c.warnings[0], "livestream.adobe.net") {
+		t.Fatalf("warnings %q", c.warnings)
+	}
+	c, err = testConfig([]string{"-reconnect-delay", "5s"}, cli.Env{"LSMUX_STREAM_URL": "http://127.0.0.1:9090/api/1/stream/x"})
+	if err != nil || len(c.warnings) != 0 {
+		t.Fatalf("a local simulator: %v %q", err, c.warnings)
 	}
 }
 
@@ -96,17 +145,13 @@ func FuzzConfigEnv(f *testing.F) {
 	f.Add("LSMUX_RECONNECT_DELAY", "-5s")
 	f.Add("LSMUX_MAX_CONNECTIONS", "0x10")
 	f.Add("LSMUX_SMOOTHING", "maybe")
+	f.Add("LSMUX_STREAMS", "a=https://u:p@h/api/1/stream/a?maxConnections=x")
 	f.Fuzz(func(t *testing.T, key, value string) {
-		c, err := loadConfig(nil, func(k string) string {
-			if k == key {
-				return value
-			}
-			return ""
-		}, io.Discard)
+		c, err := testConfig(nil, cli.Env{key: value})
 		if err == nil && c == nil {
 			t.Fatal("no config and no error")
 		}
-		if err != nil && len(value) > 8 && (key == "LSMUX_CLIENT_SECRET" || key == "LSMUX_ACCESS_TOKEN" || key == "LSMUX_AUTH_TOKEN") && strings.Contains(err.Error(), value) {
+		if err != nil && len(value) > 8 && (key == "LSMUX_CLIENT_SECRET" || key == "LSMUX_ACCESS_TOKEN" || key == "LSMUX_AUTH_TOKEN" || key == "LSMUX_NATS_URL") && strings.Contains(err.Error(), value) {
 			t.Fatalf("error echoes the secret: %v", err)
 		}
 	})
@@ -116,7 +161,7 @@ func FuzzConfigEnv(f *testing.F) {
 // at start, naming the variable, and the NATS URL's password is never
 // echoed.
 func TestClusterConfigChecks(t *testing.T) {
-	base := map[string]string{"LSMUX_NATS_URL": "nats://lsmux:hush-77@nats:4222"}
+	base := cli.Env{"LSMUX_NATS_URL": "nats://lsmux:hush-77@nats:4222"}
 	for env, want := range map[string]string{
 		"LSMUX_NATS_DUPLICATE_WINDOW=30s": "LSMUX_NATS_DUPLICATE_WINDOW",
 		"LSMUX_NATS_REPLICAS=7":           "LSMUX_NATS_REPLICAS",
@@ -125,12 +170,11 @@ func TestClusterConfigChecks(t *testing.T) {
 		"LSMUX_NATS_MAX_AGE=1m":           "LSMUX_NATS_MAX_AGE",
 	} {
 		k, v, _ := strings.Cut(env, "=")
-		_, err := loadConfig(nil, func(name string) string {
-			if name == k {
-				return v
-			}
-			return base[name]
-		}, io.Discard)
+		e := cli.Env{k: v}
+		for bk, bv := range base {
+			e[bk] = bv
+		}
+		_, err := testConfig(nil, e)
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%s: error %v, want it to name %s", env, err, want)
 		}
@@ -138,7 +182,7 @@ func TestClusterConfigChecks(t *testing.T) {
 			t.Errorf("%s: the error shows the NATS password: %v", env, err)
 		}
 	}
-	if _, err := loadConfig(nil, func(name string) string { return base[name] }, io.Discard); err != nil {
+	if _, err := testConfig(nil, base); err != nil {
 		t.Errorf("the defaults with a NATS URL: %v", err)
 	}
 }

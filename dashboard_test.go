@@ -34,7 +34,7 @@ func TestDashboardInChromium(t *testing.T) {
 	defer sim.Close()
 	a := runApp(t, []string{"-listen", "127.0.0.1:0", "-stream-url", sim.StreamURL("demo"), "-token-url", sim.TokenURL(),
 		"-client-id", sim.ClientID(), "-client-secret", sim.ClientSecret(), "-reconnect-delay", "2s", "-shutdown-timeout", "2s"},
-		demoFaults(sim, 2*time.Second))
+		sim.FaultHandler(2*time.Second))
 
 	page := "http://" + a.addr() + "/"
 	d := openBrowser(t, browser)

@@ -2,34 +2,54 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"time"
+
+	"lsmux/internal/cli"
 )
 
+type healthcheckSettings struct {
+	listen    string
+	authToken string
+	strict    bool
+	timeout   time.Duration
+}
+
+func healthcheckFlags(s *healthcheckSettings) *cli.FlagSet {
+	f := cli.NewFlagSet("lsmux healthcheck", "LSMUX_", `Exit 0 if the lsmux on this machine is ready (its /readyz answers 200),
+1 otherwise: the container HEALTHCHECK, which has no shell or curl. It reads
+the same LSMUX_LISTEN and LSMUX_AUTH_TOKEN as the server it checks.`)
+	f.String(&s.listen, "listen", ":8080", "the instance's listen address (LSMUX_LISTEN), dialled on loopback")
+	f.Secret(&s.authToken, "auth-token", "the instance's token(s); the first is sent, for LSMUX_PROTECT_HEALTH=true")
+	f.Bool(&s.strict, "upstream", false, "also require every upstream connection to be streaming (/readyz?upstream=1)")
+	f.Duration(&s.timeout, "timeout", 3*time.Second, "how long to wait for the answer")
+	return f
+}
+
 // runHealthcheck asks the local instance's /readyz and fails unless it
-// answers 200: the container HEALTHCHECK, which has no shell or curl.
-func runHealthcheck(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("lsmux healthcheck", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	listen := fs.String("listen", ":8080", "the instance's listen address (LSMUX_LISTEN), checked on loopback")
-	strict := fs.Bool("upstream", false, "also require every upstream connection to be streaming (/readyz?upstream=1)")
-	timeout := fs.Duration("timeout", 3*time.Second, "how long to wait for the answer")
-	if err := parseFlags(fs, args, "LSMUX_", getenv); err != nil {
-		return err
+// answers 200.
+func runHealthcheck(ctx context.Context, args []string, env cli.Env, stdout, stderr io.Writer) error {
+	s := &healthcheckSettings{}
+	if err := healthcheckFlags(s).Parse(args, env, stdout); err != nil {
+		return usageErr(err)
 	}
-	url := "http://" + loopback(*listen) + "/readyz"
-	if *strict {
+	if err := checkListen("LSMUX_LISTEN", s.listen); err != nil {
+		return usageError{err}
+	}
+	url := "http://" + reachable(s.listen) + "/readyz"
+	if s.strict {
 		url += "?upstream=1"
 	}
-	ctx, cancel := context.WithTimeout(ctx, *timeout)
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return err
+	}
+	if tokens := list(s.authToken); len(tokens) > 0 {
+		req.Header.Set("Authorization", "Bearer "+tokens[0])
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -42,16 +62,4 @@ func runHealthcheck(ctx context.Context, args []string, getenv func(string) stri
 	}
 	fmt.Fprintln(stdout, "ready")
 	return nil
-}
-
-// loopback turns a listen address into one to dial on this host.
-func loopback(listen string) string {
-	host, port, err := net.SplitHostPort(listen)
-	if err != nil {
-		return listen
-	}
-	if host == "" || host == "0.0.0.0" || host == "::" {
-		host = "127.0.0.1"
-	}
-	return net.JoinHostPort(host, port)
 }

@@ -9,6 +9,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"lsmux/internal/cli"
+	"lsmux/internal/loadtest"
 )
 
 // TestLoadtestSmoke runs the load tool briefly against an in-process
@@ -23,8 +26,8 @@ func TestLoadtestSmoke(t *testing.T) {
 
 	for _, transport := range []string{"ws", "sse"} {
 		var out strings.Builder
-		err := runLoadtest(context.Background(), []string{"-target", "http://" + a.addr(), "-transport", transport, "-n", "20",
-			"-rate", "200", "-duration", "1s", "-warmup", "500ms", "-sim-listen", simAddr}, func(string) string { return "" }, &out, io.Discard)
+		err := loadtest.Run(context.Background(), []string{"-target", "http://" + a.addr(), "-transport", transport, "-n", "20",
+			"-rate", "200", "-duration", "1s", "-warmup", "500ms", "-sim-listen", simAddr}, cli.Env{}, &out, io.Discard)
 		if err != nil {
 			t.Fatalf("%s: %v", transport, err)
 		}

@@ -7,22 +7,21 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/signal"
 	"runtime/debug"
 	"runtime/pprof"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/sirupsen/logrus"
 
-	"lsmux/cluster"
-	"lsmux/upstream"
+	"lsmux/internal/cli"
+	"lsmux/internal/loadtest"
 	"lsmux/upstream/simulator"
 )
 
@@ -38,52 +37,99 @@ Usage:
   lsmux loadtest [flags]  measure deliveries/s, latency, CPU and memory with N subscribers
   lsmux healthcheck       exit 0 if the local instance is ready (container HEALTHCHECK)
   lsmux version           print the version
+  lsmux help [command]    this text, or a command's settings
 
-Run 'lsmux serve -h' or 'lsmux simulate -h' for the flags.
+Every flag has an LSMUX_* environment variable (flags win); 'lsmux <command> -h'
+lists them. Start with 'lsmux demo'.
 `
+
+// command is one sub-command.
+type command struct {
+	run func(ctx context.Context, args []string, env cli.Env, stdout, stderr io.Writer) error
+	// flags returns the command's settings, for help and for the list of
+	// known environment variables.
+	flags func() *cli.FlagSet
+}
+
+var commands = map[string]command{
+	"serve":       {runServe, func() *cli.FlagSet { return (&config{}).serveFlags("lsmux serve", serveSummary) }},
+	"demo":        {runDemo, func() *cli.FlagSet { return (&config{}).serveFlags("lsmux demo", demoSummary) }},
+	"simulate":    {runSimulate, func() *cli.FlagSet { return simulateFlags(&simulateSettings{}) }},
+	"loadtest":    {loadtest.Run, func() *cli.FlagSet { return loadtest.Flags(&loadtest.Settings{}) }},
+	"healthcheck": {runHealthcheck, func() *cli.FlagSet { return healthcheckFlags(&healthcheckSettings{}) }},
+}
+
+// testSettings are LSMUX_* variables the test suite reads (README,
+// Development): known, so they draw no warning.
+var testSettings = []string{"LSMUX_BROWSER_TESTS", "LSMUX_SOAK", "LSMUX_SOAK_CHURNERS", "LSMUX_SOAK_SUMMARY", "LSMUX_CLUSTER_CHAOS",
+	"LSMUX_UPDATE_SCREENSHOT", "LSMUX_CPUPROFILE"}
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	code := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
+	code := run(ctx, os.Args[1:], cli.Environ(), os.Stdout, os.Stderr)
 	stop()
 	os.Exit(code)
 }
 
 // run is main without the process: tests call it with their own context,
-// environment and outputs.
-func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) int {
-	cmd := "serve"
-	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
-		cmd, args = args[0], args[1:]
+// environment and outputs. Exit codes: 0 done, 1 failed, 2 usage error.
+func run(ctx context.Context, args []string, env cli.Env, stdout, stderr io.Writer) int {
+	name := "serve"
+	if len(args) > 0 {
+		switch args[0] {
+		case "help", "-h", "-help", "--help":
+			if len(args) > 1 {
+				if c, ok := commands[args[1]]; ok {
+					c.flags().PrintHelp(stdout)
+					return 0
+				}
+			}
+			fmt.Fprint(stdout, usage)
+			return 0
+		case "version", "-version", "--version", "-v":
+			fmt.Fprintln(stdout, versionString())
+			return 0
+		}
+		if !strings.HasPrefix(args[0], "-") {
+			name, args = args[0], args[1:]
+		}
 	}
-	var err error
-	switch cmd {
-	case "serve":
-		err = runServe(ctx, args, getenv, stdout, stderr)
-	case "demo":
-		err = runDemo(ctx, args, getenv, stdout, stderr)
-	case "simulate":
-		err = runSimulate(ctx, args, getenv, stdout, stderr)
-	case "loadtest":
-		err = runLoadtest(ctx, args, getenv, stdout, stderr)
-	case "healthcheck":
-		err = runHealthcheck(ctx, args, getenv, stdout, stderr)
-	case "version":
-		fmt.Fprintln(stdout, versionString())
-	case "help", "-h", "--help":
-		fmt.Fprint(stdout, usage)
-	default:
-		fmt.Fprintf(stderr, "lsmux: unknown command %q\n\n%s", cmd, usage)
+	c, ok := commands[name]
+	if !ok {
+		fmt.Fprintf(stderr, "lsmux: unknown command %q\n\n%s", name, usage)
 		return 2
 	}
-	if errors.Is(err, flag.ErrHelp) {
+	for _, w := range cli.UnknownVars(env, "LSMUX_", knownVars()) {
+		fmt.Fprintln(stderr, "lsmux: warning: "+w)
+	}
+	err := c.run(ctx, args, env, stdout, stderr)
+	if errors.Is(err, cli.ErrHelp) {
 		return 0
 	}
 	if err != nil {
-		fmt.Fprintf(stderr, "lsmux %s: %v\n", cmd, err)
+		fmt.Fprintf(stderr, "lsmux %s: %v\n", name, err)
+		var ue usageError
+		if errors.As(err, &ue) {
+			return 2
+		}
 		return 1
 	}
 	return 0
+}
+
+// usageError marks a failure the user can fix on the command line (exit
+// code 2).
+type usageError struct{ error }
+
+func (e usageError) Unwrap() error { return e.error }
+
+// knownVars is every LSMUX_* variable some command reads.
+func knownVars() []string {
+	known := slices.Clone(testSettings)
+	for _, c := range commands {
+		known = append(known, c.flags().Names()...)
+	}
+	return known
 }
 
 func versionString() string {
@@ -124,162 +170,110 @@ func newLogger(level, format string, out io.Writer) (*logrus.Logger, error) {
 	return log, nil
 }
 
-func runSimulate(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("lsmux simulate", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	listen := fs.String("listen", "127.0.0.1:9090", "address of the simulated Live Stream and IMS endpoints")
-	rate := fs.Float64("rate", 100, "hits per second per stream")
-	streams := fs.String("stream", "demo", "stream name(s), comma-separated")
-	clientID := fs.String("client-id", "sim-client", "client id the token endpoint accepts")
-	clientSecret := fs.String("client-secret", "sim-secret", "client secret the token endpoint accepts")
-	if err := parseFlags(fs, args, "LSMUX_SIMULATE_", getenv); err != nil {
-		return err
+type simulateSettings struct {
+	listen, streams, clientID, clientSecret string
+	rate                                    float64
+}
+
+func simulateFlags(s *simulateSettings) *cli.FlagSet {
+	f := cli.NewFlagSet("lsmux simulate", "LSMUX_SIMULATE_", `Run only the Live Stream simulator: a fake stream endpoint and IMS token
+endpoint, for other teams' integration tests. Its variables start with
+LSMUX_SIMULATE_, so it can run next to an lsmux configured by LSMUX_*.`)
+	f.String(&s.listen, "listen", "127.0.0.1:9090", "address of the simulated Live Stream and IMS endpoints")
+	f.Float(&s.rate, "rate", 100, "hits per second per stream")
+	f.String(&s.streams, "stream", "demo", "stream name(s), comma-separated")
+	f.String(&s.clientID, "client-id", "sim-client", "client id the token endpoint accepts")
+	f.String(&s.clientSecret, "client-secret", "sim-secret", "client secret the token endpoint accepts")
+	return f
+}
+
+func runSimulate(ctx context.Context, args []string, env cli.Env, stdout, stderr io.Writer) error {
+	s := &simulateSettings{}
+	if err := simulateFlags(s).Parse(args, env, stdout); err != nil {
+		return usageErr(err)
 	}
-	sim, err := simulator.New(simulator.Options{Addr: *listen, Rate: *rate, Streams: strings.Split(*streams, ","), ClientID: *clientID, ClientSecret: *clientSecret})
+	streams := list(s.streams)
+	if len(streams) == 0 {
+		return usageError{errors.New("LSMUX_SIMULATE_STREAM is empty: name at least one stream")}
+	}
+	sim, err := simulator.New(simulator.Options{Addr: s.listen, Rate: s.rate, Streams: streams, ClientID: s.clientID, ClientSecret: s.clientSecret})
 	if err != nil {
 		return err
 	}
 	defer sim.Close()
 	fmt.Fprintf(stdout, "Live Stream simulator on %s\n", sim.URL())
-	for _, name := range strings.Split(*streams, ",") {
+	for _, name := range streams {
 		fmt.Fprintf(stdout, "  stream:  %s\n", sim.StreamURL(name))
 	}
-	fmt.Fprintf(stdout, "  tokens:  %s (client id %s)\n", sim.TokenURL(), *clientID)
+	fmt.Fprintf(stdout, "  tokens:  %s (client id %s)\n", sim.TokenURL(), s.clientID)
 	fmt.Fprintf(stdout, "Point lsmux at it:\n  LSMUX_STREAM_URL=%s LSMUX_TOKEN_URL=%s LSMUX_CLIENT_ID=%s LSMUX_CLIENT_SECRET=... lsmux serve\n",
-		sim.StreamURL(strings.Split(*streams, ",")[0]), sim.TokenURL(), *clientID)
+		sim.StreamURL(streams[0]), sim.TokenURL(), s.clientID)
 	<-ctx.Done()
 	return nil
 }
 
-// loadServeConfig reads serve's (and demo's) configuration and builds the
-// logger it asks for.
-func loadServeConfig(args []string, getenv func(string) string, stderr io.Writer) (*config, *logrus.Logger, error) {
-	cfg, err := loadConfig(args, getenv, stderr)
+// usageErr marks a settings error as a usage error (exit code 2); help
+// passes through.
+func usageErr(err error) error {
+	if err == nil || errors.Is(err, cli.ErrHelp) {
+		return err
+	}
+	return usageError{err}
+}
+
+// startServe reads serve's (or demo's) configuration, builds the logger it
+// asks for and logs the warnings loading found.
+func startServe(cmd, summary string, args []string, env cli.Env, stdout, stderr io.Writer) (*config, *logrus.Logger, error) {
+	cfg, err := loadConfig(cmd, summary, args, env, stdout)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, usageErr(err)
 	}
 	log, err := newLogger(cfg.LogLevel, cfg.LogFormat, stderr)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, usageError{err}
+	}
+	for _, w := range cfg.warnings {
+		log.Warn(w)
 	}
 	return cfg, log, nil
 }
 
-func runServe(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	cfg, log, err := loadServeConfig(args, getenv, stderr)
+func runServe(ctx context.Context, args []string, env cli.Env, stdout, stderr io.Writer) error {
+	cfg, log, err := startServe("lsmux serve", serveSummary, args, env, stdout, stderr)
 	if err != nil {
 		return err
 	}
 	if _, err := cfg.streamSpecs(); err != nil {
-		return err
+		return usageError{err}
 	}
 	tokens, err := cfg.tokenSource()
 	if err != nil {
-		return err
+		return usageError{err}
 	}
 	a, err := newApp(cfg, tokens, log, nil)
 	if err != nil {
 		return err
 	}
 	// LSMUX_CPUPROFILE=file profiles a whole run (docs/performance.md).
-	if path := getenv("LSMUX_CPUPROFILE"); path != "" {
-		if f, err := os.Create(path); err == nil {
-			pprof.StartCPUProfile(f)
-			defer func() { pprof.StopCPUProfile(); f.Close() }()
+	if path := env.Get("LSMUX_CPUPROFILE"); path != "" {
+		stopProfile, err := startCPUProfile(path)
+		if err != nil {
+			return err
 		}
+		defer stopProfile()
 	}
 	return a.run(ctx)
 }
 
-// runDemo runs the simulator and lsmux in one process, with no
-// credentials: the first thing a newcomer runs.
-func runDemo(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	cfg, log, err := loadServeConfig(args, getenv, stderr)
+// startCPUProfile writes a CPU profile of the run to path.
+func startCPUProfile(path string) (stop func(), err error) {
+	f, err := os.Create(path)
 	if err != nil {
-		return err
+		return nil, fmt.Errorf("LSMUX_CPUPROFILE=%s: %w", path, err)
 	}
-	// The demo waits 15 s after a loss instead of Adobe's 60 s, so a
-	// newcomer who drops the connection sees the recovery soon; flags and
-	// LSMUX_RECONNECT_DELAY still win.
-	if !flagOrEnvSet(args, getenv, "reconnect-delay") {
-		cfg.ReconnectDelay = 15 * time.Second
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("LSMUX_CPUPROFILE=%s: %w", path, err)
 	}
-	sim, err := simulator.New(simulator.Options{Rate: 50})
-	if err != nil {
-		return err
-	}
-	defer sim.Close()
-	cfg.StreamURL, cfg.TokenURL = sim.StreamURL("demo"), sim.TokenURL()
-	cfg.ClientID, cfg.ClientSecret = sim.ClientID(), sim.ClientSecret()
-	tokens, err := cfg.tokenSource()
-	if err != nil {
-		return err
-	}
-	a, err := newApp(cfg, tokens, log, demoFaults(sim, cfg.ReconnectDelay))
-	if err != nil {
-		return err
-	}
-	base := "http://" + displayAddr(a.addr())
-	fmt.Fprintf(stdout, "lsmux demo: a simulated Live Stream (%s) feeding lsmux.\n\n", sim.URL())
-	fmt.Fprintf(stdout, "  Open the dashboard:  %s/\n", base)
-	fmt.Fprintf(stdout, "  Server-Sent Events:  curl -N %s/v1/streams/demo/sse\n", base)
-	fmt.Fprintf(stdout, "  WebSocket:           %s/v1/streams/demo/ws\n", strings.Replace(base, "http", "ws", 1))
-	fmt.Fprintf(stdout, "  Status:              curl %s/v1/status\n\nCtrl-C stops it.\n", base)
-	return a.run(ctx)
-}
-
-// flagOrEnvSet reports whether a flag was given on the command line or in
-// its environment variable.
-func flagOrEnvSet(args []string, getenv func(string) string, name string) bool {
-	for _, a := range args {
-		if a == "-"+name || a == "--"+name || strings.HasPrefix(a, "-"+name+"=") || strings.HasPrefix(a, "--"+name+"=") {
-			return true
-		}
-	}
-	return getenv(envName("LSMUX_", name)) != ""
-}
-
-// displayAddr turns a wildcard listen address into one a browser can open.
-func displayAddr(addr string) string {
-	host, port, err := net.SplitHostPort(addr)
-	if err != nil {
-		return addr
-	}
-	if host == "" || host == "::" || host == "0.0.0.0" {
-		host = "localhost"
-	}
-	return net.JoinHostPort(host, port)
-}
-
-// clusterOptions are the cluster settings (LSMUX_NATS_* and friends).
-func (c *config) clusterOptions(log logrus.FieldLogger) cluster.Options {
-	return cluster.Options{
-		URL: c.NATSURL, Replica: c.ReplicaName, CredsFile: c.NATSCreds, CAFile: c.NATSCA, CertFile: c.NATSCert, KeyFile: c.NATSKey,
-		LeaseTTL: c.LeaseTTL, ReconnectDelay: c.ReconnectDelay, RetryWait: c.NATSRetryWait,
-		MaxAge: c.NATSMaxAge, MaxBytes: int64(c.NATSMaxBytes), DuplicateWindow: c.NATSDuplicateWindow, Replicas: c.NATSReplicas,
-		BufferBytes: int64(c.NATSBufferBytes), FlushTimeout: c.ShutdownTimeout / 2,
-		Logger: log,
-	}
-}
-
-func (c *config) upstreamConfig(sp streamSpec, tokens upstream.TokenSource, sink upstream.Sink, log logrus.FieldLogger) upstream.Config {
-	return upstream.Config{
-		StreamURL:           sp.URL,
-		Name:                sp.Name,
-		ClientID:            c.ClientID,
-		Tokens:              tokens,
-		MaxConnections:      sp.MaxConnections,
-		Reset:               sp.Reset,
-		Smoothing:           sp.Smoothing,
-		SmoothingBucketSize: sp.SmoothingBucketSize,
-		// A connection that streamed as long as the longest wait counts as
-		// healthy: the doubling starts over.
-		Policy: upstream.Policy{Delay: c.ReconnectDelay, MaxDelay: c.ReconnectMaxDelay, AuthRetry: c.AuthRetryDelay,
-			HealthyAfter: c.ReconnectMaxDelay, Jitter: 0.1},
-		StallTimeout:  c.StallTimeout,
-		MaxRecordSize: int(c.MaxRecordSize),
-		DedupWindow:   c.DedupWindow,
-		Sink:          sink,
-		Logger:        log,
-	}
+	return func() { pprof.StopCPUProfile(); f.Close() }, nil
 }

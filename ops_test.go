@@ -137,7 +137,7 @@ func TestMetricsCountConnectsDropsAndDeliveries(t *testing.T) {
 		proxytest.Next(sse.Msgs, 5*time.Second)
 	}
 	sim.DropConnections()
-	waitFor(t, 5*time.Second, "the reconnect", func() bool { return len(sim.Attempts()) == 2 && r.app.streams[0].pool.Streaming() })
+	waitFor(t, 5*time.Second, "the reconnect", func() bool { return len(sim.Attempts()) == 2 && r.app.streams[0].feed.Streaming() })
 	for range 10 {
 		proxytest.Next(sse.Msgs, 5*time.Second)
 	}

@@ -181,7 +181,7 @@ func TestSoakWithFaults(t *testing.T) {
 	// simulator and compare.
 	waitFor(t, 15*time.Second, "the upstream to stream again", func() bool {
 		a := sim.Attempts()
-		return sim.Active("demo") == 1 && a[len(a)-1].Hits > 0 && r.app.streams[0].pool.Streaming()
+		return sim.Active("demo") == 1 && a[len(a)-1].Hits > 0 && r.app.streams[0].feed.Streaming()
 	})
 	sim.Stall(time.Hour)
 	sent := sim.SentHits("demo")
@@ -221,7 +221,7 @@ func TestSoakWithFaults(t *testing.T) {
 	// only later, which would blame lsmux for the simulator's lag. Two
 	// connections at once are ruled out above (PeakActive).
 	attempts := sim.Attempts()
-	events := r.app.streams[0].pool.Status()[0].Events
+	events := r.app.streams[0].feed.Conns()[0].Events
 	results := map[string]int{}
 	checked := 0
 	for i, a := range attempts {
@@ -248,7 +248,7 @@ func TestSoakWithFaults(t *testing.T) {
 		t.Fatal("no reconnect could be checked against the policy")
 	}
 	var invalid, oversized, dups uint64
-	for _, c := range r.app.streams[0].pool.Status() {
+	for _, c := range r.app.streams[0].feed.Conns() {
 		invalid, oversized, dups = invalid+c.Invalid, oversized+c.Oversized, dups+c.Duplicates
 	}
 	// Bad records are never forwarded (the steady subscribers' exact

@@ -23,15 +23,15 @@ func BenchmarkLeaderToHub(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer node.Close()
-	hub := fanout.NewHub(fanout.Options{FirstSeq: 1})
 	pool := &fakePool{name: "bench", log: &upstreamLog{}}
-	s := node.NewStream("bench", hub, pool)
+	s := node.NewStream("bench", fanout.Options{}, pool)
+	hub := s.Hub()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { s.Run(ctx); close(done) }()
 	defer func() { cancel(); <-done }()
 	deadline := time.Now().Add(10 * time.Second)
-	for s.Ready() != nil || !s.Leader() {
+	for s.ServeErr() != nil || !s.Leader() {
 		if time.Now().After(deadline) {
 			b.Fatal("not ready and leading after 10s")
 		}
@@ -48,7 +48,7 @@ func BenchmarkLeaderToHub(b *testing.B) {
 	for b.Loop() {
 		i++
 		raw := fmt.Appendf(nil, `{"hitIdHigh":7,"hitIdLow":%d,"pad":"%s"}`, i, pad)
-		s.Sink(upstream.Hit{Raw: raw, ID: upstream.HitID{High: 7, Low: i}, HasID: true})
+		s.Deliver(upstream.Hit{Raw: raw, ID: upstream.HitID{High: 7, Low: i}, HasID: true})
 	}
 	for hub.Stats().Appended-start < i {
 		if time.Now().After(deadline.Add(time.Minute)) {

@@ -61,7 +61,7 @@ type fakePool struct {
 	hold      atomic.Pointer[string]
 }
 
-func (f *fakePool) Run(ctx context.Context) {
+func (f *fakePool) Run(ctx context.Context, _ upstream.Sink) {
 	f.log.mu.Lock()
 	f.log.open++
 	f.log.peak = max(f.log.peak, f.log.open)
@@ -79,6 +79,7 @@ func (f *fakePool) Run(ctx context.Context) {
 
 func (f *fakePool) Hold(_ time.Time, reason string) { f.hold.Store(&reason) }
 func (f *fakePool) Streaming() bool                 { return f.streaming.Load() }
+func (f *fakePool) Conns() []upstream.ConnStatus    { return nil }
 
 type replica struct {
 	node   *Node
@@ -102,9 +103,9 @@ func startReplica(t *testing.T, ns *natstest.Server, name string, log *upstreamL
 	if err != nil {
 		t.Fatal(err)
 	}
-	hub := fanout.NewHub(fanout.Options{FirstSeq: 1, MaxAhead: 10_000}) // as in app.go
-	r := &replica{node: node, hub: hub, pool: &fakePool{name: name, log: log}, proxy: p, done: make(chan struct{})}
-	r.stream = node.NewStream("demo", r.hub, r.pool)
+	r := &replica{node: node, pool: &fakePool{name: name, log: log}, proxy: p, done: make(chan struct{})}
+	r.stream = node.NewStream("demo", fanout.Options{}, r.pool)
+	r.hub = r.stream.Hub()
 	ctx, cancel := context.WithCancel(context.Background())
 	r.cancel = cancel
 	go func() { r.stream.Run(ctx); node.Close(); close(r.done) }()
@@ -135,7 +136,7 @@ func TestLeaseNeverLetsTwoUpstreamsOverlap(t *testing.T) {
 	waitFor(t, 10*time.Second, "a to lead", func() bool { return a.stream.Leader() && ulog.openNow() == 1 })
 	b := startReplica(t, ns, "b", ulog, quietLogger())
 	waitFor(t, 10*time.Second, "b to see a as leader", func() bool {
-		st := b.stream.Status()
+		st := b.stream.ClusterStatus()
 		return st.Ready && st.Leader == "a" && st.LeaderStreaming
 	})
 	if h := b.pool.hold.Load(); h == nil || !strings.Contains(*h, "replica a holds the upstream") {
@@ -144,14 +145,14 @@ func TestLeaseNeverLetsTwoUpstreamsOverlap(t *testing.T) {
 
 	// Hits published by the leader reach both hubs under the same numbers.
 	for i := range 5 {
-		a.stream.Sink(upstream.Hit{Raw: fmt.Appendf(nil, `{"hitIdHigh":1,"hitIdLow":%d}`, i), ID: upstream.HitID{High: 1, Low: uint64(i)}, HasID: true})
+		a.stream.Deliver(upstream.Hit{Raw: fmt.Appendf(nil, `{"hitIdHigh":1,"hitIdLow":%d}`, i), ID: upstream.HitID{High: 1, Low: uint64(i)}, HasID: true})
 	}
-	a.stream.Sink(upstream.Hit{Raw: []byte(`{"hitIdHigh":1,"hitIdLow":4}`), ID: upstream.HitID{High: 1, Low: 4}, HasID: true}) // republished
+	a.stream.Deliver(upstream.Hit{Raw: []byte(`{"hitIdHigh":1,"hitIdLow":4}`), ID: upstream.HitID{High: 1, Low: 4}, HasID: true}) // republished
 	waitFor(t, 5*time.Second, "5 hits in both hubs", func() bool { return a.hub.Stats().Appended == 5 && b.hub.Stats().Appended == 5 })
 	if sa, sb := a.hub.Stats(), b.hub.Stats(); sa.Oldest != sb.Oldest || sa.Newest != sb.Newest {
 		t.Fatalf("hubs differ: %+v vs %+v", sa, sb)
 	}
-	if st := a.stream.Status().Publish; st.Published != 5 || st.Duplicates != 1 {
+	if st := a.stream.ClusterStatus().Publish; st.Published != 5 || st.Duplicates != 1 {
 		t.Fatalf("publish status %+v, want 5 published and 1 duplicate", st)
 	}
 
@@ -171,11 +172,11 @@ func TestLeaseNeverLetsTwoUpstreamsOverlap(t *testing.T) {
 	}
 	a.proxy.Heal()
 	waitFor(t, 10*time.Second, "a back on NATS, following b", func() bool {
-		st := a.stream.Status()
+		st := a.stream.ClusterStatus()
 		return st.NATS == "connected" && st.Leader == "b"
 	})
-	rev := a.stream.Status().LeaseRevision
-	waitFor(t, 10*time.Second, "a to see b renew four times", func() bool { return a.stream.Status().LeaseRevision >= rev+4 })
+	rev := a.stream.ClusterStatus().LeaseRevision
+	waitFor(t, 10*time.Second, "a to see b renew four times", func() bool { return a.stream.ClusterStatus().LeaseRevision >= rev+4 })
 	if n := len(ulog.spansNow()); n != 2 || ulog.peak != 1 {
 		t.Fatalf("after healing: %d upstream spans, peak %d; want 2 and 1", n, ulog.peak)
 	}
@@ -211,16 +212,16 @@ func TestReplicaWithoutNATSServesNothingAndSaysWhy(t *testing.T) {
 	}
 	defer node.Close()
 	pool := &fakePool{name: "r", log: &upstreamLog{}}
-	s := node.NewStream("demo", fanout.NewHub(fanout.Options{FirstSeq: 1}), pool)
+	s := node.NewStream("demo", fanout.Options{}, pool)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { s.Run(ctx); close(done) }()
 	waitFor(t, 5*time.Second, "a setup failure to be logged", func() bool { return strings.Contains(out.String(), "cannot set up") })
-	err = s.Ready()
+	err = s.ServeErr()
 	if err == nil || !strings.Contains(err.Error(), "nats://") {
 		t.Fatalf("Ready() = %v; want an error naming the NATS URL", err)
 	}
-	status, _ := json.Marshal(s.Status())
+	status, _ := json.Marshal(s.ClusterStatus())
 	cancel()
 	<-done
 	for what, text := range map[string]string{"readiness": err.Error(), "status": string(status), "logs": out.String()} {
@@ -245,12 +246,12 @@ func TestWrongNATSPasswordIsNeverLogged(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := node.NewStream("demo", fanout.NewHub(fanout.Options{FirstSeq: 1}), &fakePool{name: "r", log: &upstreamLog{}})
+	s := node.NewStream("demo", fanout.Options{}, &fakePool{name: "r", log: &upstreamLog{}})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { s.Run(ctx); close(done) }()
 	waitFor(t, 5*time.Second, "the failure to be logged", func() bool { return strings.Contains(out.String(), "cannot set up") })
-	status, _ := json.Marshal(s.Status())
+	status, _ := json.Marshal(s.ClusterStatus())
 	cancel()
 	<-done
 	node.Close()
@@ -386,7 +387,7 @@ func TestDeletedStreamIsCreatedAgain(t *testing.T) {
 	a := startReplica(t, ns, "a", ulog, quietLogger())
 	b := startReplica(t, ns, "b", ulog, quietLogger())
 	waitFor(t, 10*time.Second, "a leader", func() bool {
-		return (a.stream.Leader() || b.stream.Leader()) && b.stream.Ready() == nil && a.stream.Ready() == nil
+		return (a.stream.Leader() || b.stream.Leader()) && b.stream.ServeErr() == nil && a.stream.ServeErr() == nil
 	})
 	leader := a
 	if b.stream.Leader() {
@@ -395,7 +396,7 @@ func TestDeletedStreamIsCreatedAgain(t *testing.T) {
 	sent := 0
 	send := func(n int) {
 		for range n {
-			leader.stream.Sink(upstream.Hit{Raw: fmt.Appendf(nil, `{"hitIdHigh":2,"hitIdLow":%d}`, sent), ID: upstream.HitID{High: 2, Low: uint64(sent)}, HasID: true})
+			leader.stream.Deliver(upstream.Hit{Raw: fmt.Appendf(nil, `{"hitIdHigh":2,"hitIdLow":%d}`, sent), ID: upstream.HitID{High: 2, Low: uint64(sent)}, HasID: true})
 			sent++
 		}
 	}
@@ -436,7 +437,7 @@ func TestDeletedStreamIsCreatedAgain(t *testing.T) {
 	// Both replicas set up again on the new stream (one may have followed
 	// it with its old consumer first): still no hit twice, no false gap.
 	waitFor(t, 10*time.Second, "both replicas to read the new stream", func() bool {
-		return a.stream.Status().JetStreamCreated.Equal(created) && b.stream.Status().JetStreamCreated.Equal(created)
+		return a.stream.ClusterStatus().JetStreamCreated.Equal(created) && b.stream.ClusterStatus().JetStreamCreated.Equal(created)
 	})
 	if got, gap, _ := waiting.Poll(size, 1<<30); gap != nil || len(got) != 0 {
 		t.Fatalf("then %d more hits and gap %v; want nothing (no hit twice)", len(got), gap)
@@ -450,7 +451,7 @@ func TestDeletedStreamIsCreatedAgain(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, 10*time.Second, "both replicas on the new numbering", func() bool {
-		return a.hub.Stats().Newest < 1000 && b.hub.Stats().Newest < 1000 && a.stream.Ready() == nil && b.stream.Ready() == nil
+		return a.hub.Stats().Newest < 1000 && b.hub.Stats().Newest < 1000 && a.stream.ServeErr() == nil && b.stream.ServeErr() == nil
 	})
 	send(10)
 	waitFor(t, 10*time.Second, "the hits in both hubs", func() bool { return a.hub.Stats().Newest >= 10 && b.hub.Stats().Newest >= 10 })

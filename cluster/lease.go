@@ -294,7 +294,7 @@ func (s *Stream) lead(tm *term) {
 		case <-t.C:
 		}
 	}
-	s.pool.Run(tm.ctx)
+	s.pool.Run(tm.ctx, s)
 	s.mu.Lock()
 	s.lastClose = time.Now()
 	s.mu.Unlock()

@@ -20,17 +20,31 @@ import (
 // it, by far less than this.
 const renumberGap = 1 << 20
 
-// Upstream is what a Stream needs of the upstream pool: run it while this
-// replica leads, show why it waits otherwise.
+// Upstream is what a Stream needs of the upstream pool (upstream.Pool):
+// run it into a sink while this replica leads, show why it waits
+// otherwise, and report its connections.
 type Upstream interface {
-	Run(ctx context.Context)
+	Run(ctx context.Context, sink upstream.Sink)
 	Hold(until time.Time, reason string)
 	Streaming() bool
+	Conns() []upstream.ConnStatus
 }
+
+var _ Upstream = (*upstream.Pool)(nil)
+
+// maxAhead is how far beyond what this replica holds (or what JetStream
+// says exists) a subscriber's number may be and still be waited for, not
+// answered with a gap: a client that moves from a replica ahead to one
+// behind must neither be told of a gap nor sent what it already has.
+const maxAhead = 10_000
 
 // Stream is one Live Stream stream in cluster mode on this replica: the
 // lease, the publisher (while leading) and the consumer that fills the
 // local hub.
+//
+// Lock order: consumeMu before the hub's own locks (consume appends to the
+// hub while holding it); mu is never held while calling into the hub, the
+// pool or NATS.
 type Stream struct {
 	node  *Node
 	name  string
@@ -71,9 +85,13 @@ type Stream struct {
 	upstreamAllowed time.Time
 }
 
-// NewStream prepares a stream's cluster side; Run starts it. The pool's
-// Sink must be the Stream's Sink.
-func (n *Node) NewStream(name string, hub *fanout.Hub, pool Upstream) *Stream {
+// NewStream prepares a stream's cluster side and the hub it fills; Run
+// starts it. hubOpts size the ring; the numbering is cluster mode's own
+// (JetStream's sequence, the same on every replica).
+func (n *Node) NewStream(name string, hubOpts fanout.Options, pool Upstream) *Stream {
+	hubOpts.FirstSeq = 1 // renumbered from JetStream at setup (Hub.Reset)
+	hubOpts.MaxAhead = maxAhead
+	hub := fanout.NewHub(hubOpts)
 	names := NamesFor(name)
 	log := n.log.WithField("stream", name)
 	s := &Stream{node: n, name: name, names: names, hub: hub, pool: pool, log: log, logs: logLimiter{every: 10 * time.Second},
@@ -84,9 +102,12 @@ func (n *Node) NewStream(name string, hub *fanout.Hub, pool Upstream) *Stream {
 	return s
 }
 
-// Sink is the pool's sink in cluster mode: hits go to JetStream, and come
-// back to every replica's hub through the consumer.
-func (s *Stream) Sink(h upstream.Hit) { s.pub.add(h) }
+// Hub is the ring this stream fills from JetStream.
+func (s *Stream) Hub() *fanout.Hub { return s.hub }
+
+// Deliver is the pool's sink in cluster mode: hits go to JetStream, and
+// come back to every replica's hub through the consumer.
+func (s *Stream) Deliver(h upstream.Hit) { s.pub.add(h) }
 
 // Run runs the stream's cluster side until ctx ends, then releases the
 // lease (after closing the upstream) so another replica can take over
@@ -247,29 +268,13 @@ func (s *Stream) trySetup(ctx context.Context) (jetstream.ConsumeContext, error)
 	if err != nil {
 		return nil, fmt.Errorf("create key-value bucket %s: %w", s.names.Bucket, err)
 	}
-	// Start where the ring would be if this replica had been running: the
-	// newest hits JetStream holds, up to the ring's size. So a subscriber
-	// that moves here from another replica can resume.
 	last := info.State.LastSeq
-	start := last + 1
-	if keep := uint64(s.hub.Stats().MaxHits); start > keep {
-		start -= keep
-	} else {
-		start = 1
-	}
-	start = max(start, info.State.FirstSeq, 1)
-	next := s.hub.Stats().Newest + 1
-	known := s.streamCreated()
-	switch {
-	case start < next && info.Created.Equal(known):
-		start = next // set up again after a failure: continue where we are
-	case !known.IsZero() && !info.Created.Equal(known) && s.consumed.Load() >= info.State.FirstSeq && next <= info.State.LastSeq+1:
-		// A new stream, but the old consumer already followed it to its
-		// numbers (nats.go's ordered consumer recreates itself): the hub
-		// holds the new stream's hits, go on from there.
-		start = next
-	case !known.IsZero() && !info.Created.Equal(known):
-		s.consumed.Store(0) // a new stream: its numbers start over
+	start, newNumbers := startSeq(startPoint{
+		ringHits: uint64(s.hub.Stats().MaxHits), first: info.State.FirstSeq, last: last,
+		created: info.Created, known: s.streamCreated(), next: s.hub.Stats().Newest + 1, consumed: s.consumed.Load(),
+	})
+	if newNumbers {
+		s.consumed.Store(0)
 	}
 	s.createdAt.Store(&info.Created)
 	s.hub.Reset(start)
@@ -299,6 +304,46 @@ func (s *Stream) trySetup(ctx context.Context) (jetstream.ConsumeContext, error)
 	s.kv.Store(&kv)
 	s.log.WithField("jetstream_stream", s.names.Stream).WithField("from_seq", start).WithField("last_seq", last).Info("cluster: reading hits from JetStream")
 	return cc, nil
+}
+
+// startPoint is what decides where a replica starts reading the JetStream
+// stream: the stream's state and what this replica already holds.
+type startPoint struct {
+	ringHits    uint64    // the ring's size in hits
+	first, last uint64    // the JetStream stream's first and last sequence
+	created     time.Time // when the JetStream stream was created
+	known       time.Time // when the stream this replica read before was created; zero at the first setup
+	next        uint64    // the hub's next number
+	consumed    uint64    // the last sequence this replica appended
+}
+
+// startSeq decides where to start reading, and whether the stream is a new
+// one whose numbers start over. Three cases:
+//   - first setup, or a new stream: the newest ring's worth of hits
+//     JetStream holds, so a subscriber that moves here from another replica
+//     can resume;
+//   - set up again after a failure, same stream: go on where the hub is;
+//   - a new stream that the old consumer already followed to its numbers
+//     (nats.go's ordered consumer recreates itself): the hub holds the new
+//     stream's hits, go on from there.
+func startSeq(p startPoint) (start uint64, newNumbers bool) {
+	start = p.last + 1
+	if start > p.ringHits {
+		start -= p.ringHits
+	} else {
+		start = 1
+	}
+	start = max(start, p.first, 1)
+	sameStream := p.created.Equal(p.known)
+	switch {
+	case sameStream && start < p.next:
+		return p.next, false
+	case !p.known.IsZero() && !sameStream && p.consumed >= p.first && p.next <= p.last+1:
+		return p.next, false
+	case !p.known.IsZero() && !sameStream:
+		return start, true
+	}
+	return start, false
 }
 
 // consume appends a hit from JetStream to the hub under its JetStream
@@ -333,10 +378,14 @@ func (s *Stream) streamCreated() time.Time {
 	return time.Time{}
 }
 
-// Ready says why subscribers cannot be served yet: until the hub is
+// Conns is the local upstream pool's connection slots (all waiting on a
+// follower).
+func (s *Stream) Conns() []upstream.ConnStatus { return s.pool.Conns() }
+
+// ServeErr says why subscribers cannot be served yet: until the hub is
 // numbered from JetStream, a sequence number would mean nothing on the
 // other replicas.
-func (s *Stream) Ready() error {
+func (s *Stream) ServeErr() error {
 	if s.ready.Load() {
 		return nil
 	}
@@ -346,10 +395,11 @@ func (s *Stream) Ready() error {
 	return errors.New("cluster: catching up with the JetStream stream")
 }
 
-// Unready holds readiness back on a leader that cannot reach NATS: it
-// still reads the upstream, but its hits reach nobody until NATS is back.
-func (s *Stream) Unready() error {
-	if err := s.Ready(); err != nil {
+// ReadyErr holds readiness back while subscribers cannot be served, and on
+// a leader that cannot reach NATS: it still reads the upstream, but its
+// hits reach nobody until NATS is back.
+func (s *Stream) ReadyErr() error {
+	if err := s.ServeErr(); err != nil {
 		return err
 	}
 	if s.leaderFlag.Load() && !s.node.Connected() {
@@ -362,9 +412,9 @@ func (s *Stream) Unready() error {
 // Leader reports whether this replica holds the lease.
 func (s *Stream) Leader() bool { return s.leaderFlag.Load() }
 
-// UpstreamStreaming reports whether the leading replica (this one or
-// another, as its lease says) is streaming from Live Stream.
-func (s *Stream) UpstreamStreaming() bool {
+// Streaming reports whether the leading replica (this one or another, as
+// its lease says) is streaming from Live Stream.
+func (s *Stream) Streaming() bool {
 	if s.leaderFlag.Load() {
 		return s.pool.Streaming()
 	}
@@ -394,8 +444,8 @@ type Status struct {
 	Publish           PublishStatus `json:"publish"`
 }
 
-// Status returns the stream's cluster view.
-func (s *Stream) Status() Status {
+// ClusterStatus returns the stream's cluster view.
+func (s *Stream) ClusterStatus() Status {
 	st := Status{Replica: s.node.opts.Replica, Role: "follower", NATS: s.node.natsState(), JetStreamStream: s.names.Stream,
 		Subject: s.names.Subject, ConsumedSeq: s.consumed.Load(), LeaseTTL: s.node.opts.LeaseTTL.String(), Publish: s.pub.status()}
 	if s.leaderFlag.Load() {
@@ -408,8 +458,8 @@ func (s *Stream) Status() Status {
 	}
 	st.LeaseRevision, st.LeaderChanges, st.UpstreamAllowedAt = s.rev, s.leaderChanges, s.upstreamAllowed
 	s.mu.Unlock()
-	st.LeaderStreaming = s.UpstreamStreaming()
-	if err := s.Unready(); err != nil {
+	st.LeaderStreaming = s.Streaming()
+	if err := s.ReadyErr(); err != nil {
 		st.NotReady = err.Error()
 	} else {
 		st.Ready = true

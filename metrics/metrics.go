@@ -21,13 +21,30 @@ import (
 
 var transports = []string{"ws", "sse", "ndjson"}
 
-// Stream is what the scrape reads of one stream.
+// Stream is what the scrape reads of one stream: its hub and the feed
+// that fills it.
 type Stream struct {
-	Name     string
-	Upstream func() []upstream.ConnStatus
-	Hub      *fanout.Hub
-	Cluster  func() cluster.Status // cluster mode only; nil otherwise
+	Name string
+	Hub  *fanout.Hub
+	Feed Feed // nil: no upstream (tests)
 }
+
+// Feed is what the scrape reads of whatever fills a hub: the upstream
+// pool, or cluster mode's JetStream stream.
+type Feed interface {
+	Conns() []upstream.ConnStatus
+}
+
+// clusterFeed is a Feed in cluster mode: its lease and JetStream figures
+// are exported too.
+type clusterFeed interface {
+	ClusterStatus() cluster.Status
+}
+
+var (
+	_ Feed        = (*upstream.Pool)(nil)
+	_ clusterFeed = (*cluster.Stream)(nil)
+)
 
 // Metrics is lsmux's registry.
 type Metrics struct {
@@ -51,8 +68,9 @@ var Names = []string{
 	"lsmux_cluster_consumed_seq",
 }
 
-// New registers everything; streams is read at every scrape.
-func New(version string, streams func() []Stream) *Metrics {
+// New registers everything; each scrape reads the streams' current
+// figures.
+func New(version string, streams []Stream) *Metrics {
 	reg := prometheus.NewRegistry()
 	m := &Metrics{
 		reg: reg,
@@ -70,7 +88,7 @@ func New(version string, streams func() []Stream) *Metrics {
 	}
 	// Zero series for every stream and transport, so dashboards and alerts
 	// see the metrics before the first event.
-	for _, st := range streams() {
+	for _, st := range streams {
 		for _, t := range transports {
 			m.delivered.WithLabelValues(st.Name, t)
 			m.gaps.WithLabelValues(st.Name, t)
@@ -141,7 +159,7 @@ var (
 )
 
 // snapshot reads what upstream and hubs count, at scrape time.
-type snapshot struct{ streams func() []Stream }
+type snapshot struct{ streams []Stream }
 
 func (s *snapshot) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descState, descAttempts, descHits, descBytes, descDuplicates, descSkipped,
@@ -152,12 +170,11 @@ func (s *snapshot) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (s *snapshot) Collect(ch chan<- prometheus.Metric) {
-	states := []upstream.State{upstream.StateConnecting, upstream.StateStreaming, upstream.StateWaiting, upstream.StateFailing}
-	for _, st := range s.streams() {
-		if st.Upstream != nil {
-			for _, c := range st.Upstream() {
+	for _, st := range s.streams {
+		if st.Feed != nil {
+			for _, c := range st.Feed.Conns() {
 				conn := itoa(c.Slot)
-				for _, state := range states {
+				for _, state := range upstream.States {
 					v := 0.0
 					if c.State == state {
 						v = 1
@@ -182,8 +199,8 @@ func (s *snapshot) Collect(ch chan<- prometheus.Metric) {
 		for _, t := range transports {
 			ch <- prometheus.MustNewConstMetric(descSubscribers, prometheus.GaugeValue, float64(counts[t]), st.Name, t)
 		}
-		if st.Cluster != nil {
-			cs := st.Cluster()
+		if cf, ok := st.Feed.(clusterFeed); ok {
+			cs := cf.ClusterStatus()
 			gauge := func(d *prometheus.Desc, v float64) {
 				ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, st.Name)
 			}

@@ -3,6 +3,7 @@ package proxy
 import (
 	"net/http"
 
+	"lsmux/cluster"
 	"lsmux/fanout"
 	"lsmux/upstream"
 )
@@ -33,24 +34,16 @@ func (s *Server) handleReadyz(w http.ResponseWriter, r *http.Request) {
 	for _, name := range s.order {
 		st := s.streams[name]
 		rs := readyStream{Name: name, Upstream: []upstream.State{}}
-		for _, c := range s.upstream(st) {
+		for _, c := range st.conns() {
 			rs.Upstream = append(rs.Upstream, c.State)
-			if strict && st.UpstreamStreaming == nil && c.State != upstream.StateStreaming {
-				ready = false
-			}
 		}
-		if strict && st.UpstreamStreaming != nil && !st.UpstreamStreaming() {
+		if strict && !st.streaming() {
 			ready = false
-			rs.NotReady = "the leading replica's upstream is not streaming"
+			rs.NotReady = "the upstream is not streaming (in cluster mode: the leading replica's)"
 		}
-		for _, check := range []func() error{st.Ready, st.Unready} {
-			if check == nil {
-				continue
-			}
-			if err := check(); err != nil {
-				ready = false
-				rs.NotReady = err.Error()
-			}
+		if err := st.readyErr(); err != nil {
+			ready = false
+			rs.NotReady = err.Error()
 		}
 		body.Streams = append(body.Streams, rs)
 	}
@@ -60,13 +53,6 @@ func (s *Server) handleReadyz(w http.ResponseWriter, r *http.Request) {
 		status = http.StatusServiceUnavailable
 	}
 	writeJSON(w, status, body)
-}
-
-func (s *Server) upstream(st *Stream) []upstream.ConnStatus {
-	if st.Upstream == nil {
-		return nil
-	}
-	return st.Upstream()
 }
 
 type streamSummary struct {
@@ -83,7 +69,7 @@ func (s *Server) handleStreams(w http.ResponseWriter, r *http.Request) {
 		st := s.streams[name]
 		sum := streamSummary{Name: name, Subscribers: st.Hub.SubscriberCounts(), Hub: st.Hub.Stats(), Upstream: []upstream.State{},
 			Endpoints: map[string]string{"ws": "/v1/streams/" + name + "/ws", "sse": "/v1/streams/" + name + "/sse"}}
-		for _, c := range s.upstream(st) {
+		for _, c := range st.conns() {
 			sum.Upstream = append(sum.Upstream, c.State)
 		}
 		out = append(out, sum)
@@ -97,7 +83,7 @@ type streamStatus struct {
 	Hub              fanout.Stats              `json:"hub"`
 	SubscriberCounts map[string]int            `json:"subscriberCounts"`
 	Subscribers      []fanout.SubscriberStatus `json:"subscribers"`
-	Cluster          any                       `json:"cluster,omitempty"` // cluster mode: role, leader, JetStream figures
+	Cluster          *cluster.Status           `json:"cluster,omitempty"` // cluster mode: role, leader, JetStream figures
 }
 
 // handleStatus is the operator's view: every upstream connection and every
@@ -110,14 +96,11 @@ func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) {
 	}{ShuttingDown: s.ShuttingDown(), Demo: s.opts.Demo != nil, Streams: []streamStatus{}}
 	for _, name := range s.order {
 		st := s.streams[name]
-		ups := s.upstream(st)
-		if ups == nil {
-			ups = []upstream.ConnStatus{}
-		}
-		ss := streamStatus{Name: name, Upstream: ups, Hub: st.Hub.Stats(),
+		ss := streamStatus{Name: name, Upstream: st.conns(), Hub: st.Hub.Stats(),
 			SubscriberCounts: st.Hub.SubscriberCounts(), Subscribers: st.Hub.Subscribers()}
-		if st.Cluster != nil {
-			ss.Cluster = st.Cluster()
+		if cf, ok := st.Feed.(clusterFeed); ok {
+			cs := cf.ClusterStatus()
+			ss.Cluster = &cs
 		}
 		body.Streams = append(body.Streams, ss)
 	}

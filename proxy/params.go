@@ -150,12 +150,10 @@ func (s *Server) openSubscription(w http.ResponseWriter, r *http.Request, allowN
 	if st = s.stream(w, r); st == nil {
 		return nil, 0, nil, nil, false
 	}
-	if st.Ready != nil {
-		if err := st.Ready(); err != nil {
-			w.Header().Set("Retry-After", "2")
-			writeError(w, http.StatusServiceUnavailable, err.Error())
-			return nil, 0, nil, nil, false
-		}
+	if err := st.serveErr(); err != nil {
+		w.Header().Set("Retry-After", "2")
+		writeError(w, http.StatusServiceUnavailable, err.Error())
+		return nil, 0, nil, nil, false
 	}
 	if from, sel, ok = s.parseSubscription(w, r, allowNamed); !ok {
 		return nil, 0, nil, nil, false

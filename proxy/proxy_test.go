@@ -40,9 +40,7 @@ func serve(t *testing.T, hubOpts fanout.Options, opts proxy.Options) *rig {
 		hubOpts.FirstSeq = 1
 	}
 	hub := fanout.NewHub(hubOpts)
-	srv := proxy.New([]*proxy.Stream{{Name: "s", Hub: hub, Upstream: func() []upstream.ConnStatus {
-		return []upstream.ConnStatus{{State: upstream.StateStreaming}}
-	}}}, opts)
+	srv := proxy.New([]*proxy.Stream{{Name: "s", Hub: hub, Feed: fakeFeed{upstream.StateStreaming}}}, opts)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -58,6 +56,14 @@ func serve(t *testing.T, hubOpts fanout.Options, opts proxy.Options) *rig {
 	root := "http://" + ln.Addr().String()
 	return &rig{hub: hub, srv: srv, base: root + "/v1/streams/s", root: root}
 }
+
+// fakeFeed is an upstream with one connection in a fixed state.
+type fakeFeed struct{ state upstream.State }
+
+func (f fakeFeed) Conns() []upstream.ConnStatus { return []upstream.ConnStatus{{State: f.state}} }
+func (f fakeFeed) Streaming() bool              { return f.state == upstream.StateStreaming }
+func (f fakeFeed) ServeErr() error              { return nil }
+func (f fakeFeed) ReadyErr() error              { return nil }
 
 func hitN(i int) []byte {
 	return []byte(fmt.Sprintf(`{"hitIdHigh":18446744073709551615,"hitIdLow":%d,"pageName":"page \"%d\"","n":%d}`, i, i, i))
@@ -396,9 +402,7 @@ func TestHealthReadinessAndStreams(t *testing.T) {
 
 func TestReadinessDoesNotHingeOnTheUpstreamUnlessAsked(t *testing.T) {
 	hub := fanout.NewHub(fanout.Options{})
-	srv := proxy.New([]*proxy.Stream{{Name: "s", Hub: hub, Upstream: func() []upstream.ConnStatus {
-		return []upstream.ConnStatus{{State: upstream.StateWaiting}}
-	}}}, proxy.Options{})
+	srv := proxy.New([]*proxy.Stream{{Name: "s", Hub: hub, Feed: fakeFeed{upstream.StateWaiting}}}, proxy.Options{})
 	ln, _ := net.Listen("tcp", "127.0.0.1:0")
 	go srv.Serve(ln)
 	defer srv.Shutdown(context.Background())

@@ -19,28 +19,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"lsmux/fanout"
-	"lsmux/upstream"
 )
-
-// Stream is one Live Stream endpoint as the proxy sees it.
-type Stream struct {
-	Name     string
-	Hub      *fanout.Hub
-	Upstream func() []upstream.ConnStatus // nil: no upstream (tests)
-
-	// Cluster mode only (nil otherwise). Ready says why the stream cannot
-	// serve yet (a replica that has not reached NATS has no sequence
-	// numbers to give): subscriptions get 503 and /readyz is not ready.
-	// Unready is readiness only (the leader that cannot publish to NATS
-	// keeps serving what it has but asks not to get new traffic).
-	// UpstreamStreaming answers /readyz?upstream=1 for the whole cluster,
-	// since on a follower the local slots never stream. Cluster is shown
-	// in /v1/status.
-	Ready             func() error
-	Unready           func() error
-	UpstreamStreaming func() bool
-	Cluster           func() any
-}
 
 // Options configure a Server. Zero values take the defaults noted.
 type Options struct {
@@ -196,7 +175,12 @@ func (s *Server) routes() chi.Router {
 		}
 	})
 	if s.opts.Demo != nil {
-		r.Mount("/demo", s.opts.Demo)
+		// The demo's fault switchboard changes what the upstream does:
+		// the same token and Origin checks as the API.
+		r.Group(func(r chi.Router) {
+			r.Use(s.checkOrigin, s.requireAuth)
+			r.Mount("/demo", http.StripPrefix("/demo", s.opts.Demo))
+		})
 	}
 	if s.opts.Web != nil {
 		r.Handle("/*", s.opts.Web)

@@ -54,10 +54,12 @@ type Policy struct {
 	// after a 401 (default 5 s).
 	AuthRetry time.Duration
 	// HealthyAfter is how long a connection must stream for the doubling
-	// to start over (default 5 min).
+	// to start over (default MaxDelay: a connection that streamed as long
+	// as the longest wait counts as healthy).
 	HealthyAfter time.Duration
-	// Jitter adds up to this fraction of the delay (default 0.1). It only
-	// ever adds: no wait is shorter than the configured delay.
+	// Jitter adds up to this fraction of the delay (default 0.1; negative:
+	// none). It only ever adds: no wait is shorter than the configured
+	// delay.
 	Jitter float64
 }
 
@@ -81,7 +83,10 @@ func (p Policy) withDefaults() Policy {
 		p.AuthRetry = d.AuthRetry
 	}
 	if p.HealthyAfter <= 0 {
-		p.HealthyAfter = d.HealthyAfter
+		p.HealthyAfter = p.MaxDelay
+	}
+	if p.Jitter == 0 {
+		p.Jitter = d.Jitter
 	}
 	if p.Jitter < 0 {
 		p.Jitter = 0

@@ -5,10 +5,12 @@ import (
 	"testing"
 	"testing/synctest"
 	"time"
+
+	"lsmux/internal/wait"
 )
 
 func noJitter(p Policy) *Backoff {
-	p.Jitter = 0
+	p.Jitter = -1
 	return NewBackoff(p)
 }
 
@@ -81,12 +83,12 @@ func TestBackoffJitterNeverShortens(t *testing.T) {
 }
 
 // TestBackoffSixtySecondRuleInFakeTime runs the real waiting code path
-// (sleepCtx) under synctest, so the 60 s rule is checked in microseconds.
+// (wait.Sleep) under synctest, so the 60 s rule is checked in microseconds.
 func TestBackoffSixtySecondRuleInFakeTime(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		b := NewBackoff(DefaultPolicy())
 		start := time.Now()
-		if !sleepCtx(context.Background(), b.Next(Lost, time.Hour)) {
+		if !wait.Sleep(context.Background(), b.Next(Lost, time.Hour)) {
 			t.Fatal("sleep ended early")
 		}
 		if waited := time.Since(start); waited < 60*time.Second || waited > 66*time.Second {
@@ -95,7 +97,7 @@ func TestBackoffSixtySecondRuleInFakeTime(t *testing.T) {
 		ctx, cancel := context.WithCancel(context.Background())
 		go func() { time.Sleep(time.Second); cancel() }()
 		start = time.Now()
-		if sleepCtx(ctx, time.Minute) {
+		if wait.Sleep(ctx, time.Minute) {
 			t.Fatal("a cancelled sleep reported completion")
 		}
 		if waited := time.Since(start); waited != time.Second {

@@ -6,10 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"maps"
 	"net/http"
 	"net/url"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -17,66 +15,14 @@ import (
 	"time"
 
 	"github.com/klauspost/compress/gzip"
+
+	"lsmux/internal/redact"
+	"lsmux/internal/wait"
 )
 
-// State is a connection slot's state, as shown in status and readiness.
-type State string
-
-const (
-	StateConnecting State = "connecting" // an attempt is in flight
-	StateStreaming  State = "streaming"  // a 200 arrived and hits are read
-	StateWaiting    State = "waiting"    // waiting out the reconnect delay
-	StateFailing    State = "failing"    // waiting after an error retrying cannot fix (see LastError)
-)
-
-// ConnStatus is a snapshot of one connection slot. It holds no secret.
-type ConnStatus struct {
-	Slot        int       `json:"slot"`
-	State       State     `json:"state"`
-	Since       time.Time `json:"since"`
-	Attempts    int       `json:"attempts"`
-	Connects    int       `json:"connects"`
-	LastStatus  int       `json:"lastStatus,omitempty"`
-	LastError   string    `json:"lastError,omitempty"`
-	NextAttempt time.Time `json:"nextAttempt,omitzero"`
-	// Hold says why the slot waits when the reason is not its own backoff
-	// (cluster mode: "follower: ..." or "new leader: ...").
-	Hold       string `json:"hold,omitempty"`
-	Host       string `json:"host,omitempty"`
-	Hits       uint64 `json:"hits"`
-	Bytes      uint64 `json:"bytes"`
-	Duplicates uint64 `json:"duplicates"`
-	Invalid    uint64 `json:"invalidRecords"`
-	Oversized  uint64 `json:"oversizedRecords"`
-	// HitsPerSecond is the average over the last complete minute.
-	HitsPerSecond float64 `json:"hitsPerSecond"`
-	// Results counts attempts by how they were answered: an HTTP status
-	// ("200", "409", ...), "network" or "token".
-	Results map[string]uint64 `json:"results"`
-	// Events are the connects and disconnects of the last hour (at most
-	// maxEvents), oldest first, for the dashboard's timeline.
-	Events []Event `json:"events"`
-}
-
-// Event is one connect or disconnect of a connection slot.
-type Event struct {
-	Time   time.Time `json:"time"`
-	Kind   string    `json:"kind"` // "connected", "lost", "refused", "closed" (by lsmux)
-	Status int       `json:"status,omitempty"`
-	Reason string    `json:"reason,omitempty"`
-}
-
-const maxEvents = 1000
-
-// addEvent records an event and forgets those over an hour old. Caller
-// holds s.mu.
-func (st *ConnStatus) addEvent(e Event) {
-	cut := 0
-	for cut < len(st.Events) && (e.Time.Sub(st.Events[cut].Time) > time.Hour || len(st.Events)-cut >= maxEvents) {
-		cut++
-	}
-	st.Events = append(st.Events[cut:], e)
-}
+// A connection slot's life: attempt, open (with redirects by hand), read,
+// ingest, then wait as the backoff says. Its status bookkeeping is in
+// status.go.
 
 // slot is one of the pool's connections. It makes at most one attempt at a
 // time: run is a single loop of attempt, then wait.
@@ -92,28 +38,13 @@ type slot struct {
 }
 
 func newSlot(p *Pool, idx int) *slot {
-	return &slot{p: p, idx: idx, st: ConnStatus{Slot: idx, State: StateConnecting, Since: time.Now(), Results: map[string]uint64{}}}
+	now := time.Now()
+	return &slot{p: p, idx: idx, st: ConnStatus{Slot: idx, State: StateConnecting, Since: now, Results: map[string]uint64{}},
+		rate: rateWindow{born: now}}
 }
 
-func (s *slot) status() ConnStatus {
-	s.mu.Lock()
-	st := s.st
-	st.Results = maps.Clone(s.st.Results)
-	st.Events = slices.Clone(s.st.Events)
-	s.mu.Unlock()
-	st.Hits, st.Bytes, st.Duplicates = s.hits.Load(), s.bytes.Load(), s.dups.Load()
-	st.Invalid, st.Oversized = s.invalid.Load(), s.oversized.Load()
-	st.HitsPerSecond = s.rate.perSecond(time.Now().Unix())
-	return st
-}
-
-func (s *slot) set(f func(*ConnStatus)) {
-	s.mu.Lock()
-	f(&s.st)
-	s.mu.Unlock()
-}
-
-func (s *slot) run(ctx context.Context) {
+// run attempts, reads and waits until ctx ends, handing every hit to sink.
+func (s *slot) run(ctx context.Context, sink Sink) {
 	b := NewBackoff(s.p.cfg.Policy)
 	log := s.p.log.WithField("conn", s.idx)
 	for attempt := 1; ; attempt++ {
@@ -121,7 +52,7 @@ func (s *slot) run(ctx context.Context) {
 			st.State, st.Since, st.NextAttempt, st.Hold = StateConnecting, time.Now(), time.Time{}, ""
 			st.Attempts++
 		})
-		res := s.attempt(ctx)
+		res := s.attempt(ctx, sink)
 		if ctx.Err() != nil {
 			// Stopped by lsmux (shutdown, or cluster mode handing the
 			// upstream to another replica): not a loss, but the timeline
@@ -134,15 +65,15 @@ func (s *slot) run(ctx context.Context) {
 			})
 			return
 		}
-		wait := b.Next(res.outcome, res.streamed)
-		next := time.Now().Add(wait)
+		delay := b.Next(res.outcome, res.streamed)
+		next := time.Now().Add(delay)
 		state := StateWaiting
 		if res.outcome == Misconfigured {
 			state = StateFailing
 		}
 		s.set(func(st *ConnStatus) {
 			st.State, st.Since, st.NextAttempt = state, time.Now(), next
-			st.LastStatus, st.LastError = res.status, errText(res.err)
+			st.LastStatus, st.LastError, st.LastErrorAt = res.status, errText(res.err), time.Now()
 			st.Host = ""
 			if res.outcome != Lost { // a 200 was counted when it arrived
 				st.Results[res.result()]++
@@ -153,7 +84,7 @@ func (s *slot) run(ctx context.Context) {
 			}
 			st.addEvent(Event{Time: time.Now(), Kind: kind, Status: res.status, Reason: errText(res.err)})
 		})
-		fields := log.WithField("attempt", attempt).WithField("outcome", res.outcome.String()).WithField("retry_in", wait.Round(time.Millisecond).String())
+		fields := log.WithField("attempt", attempt).WithField("outcome", res.outcome.String()).WithField("retry_in", delay.Round(time.Millisecond).String())
 		if res.status != 0 {
 			fields = fields.WithField("status", res.status)
 		}
@@ -165,21 +96,9 @@ func (s *slot) run(ctx context.Context) {
 		default:
 			fields.Warnf("upstream connect failed: %v", res.err)
 		}
-		if !sleepCtx(ctx, wait) {
+		if !wait.Sleep(ctx, delay) {
 			return
 		}
-	}
-}
-
-// sleepCtx waits d or until ctx ends; it reports whether d elapsed.
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
 	}
 }
 
@@ -210,8 +129,8 @@ func (r result) result() string {
 }
 
 // attempt makes one connection attempt and, if it succeeds, reads the
-// stream until it ends.
-func (s *slot) attempt(ctx context.Context) result {
+// stream into sink until it ends.
+func (s *slot) attempt(ctx context.Context, sink Sink) result {
 	tok, err := s.p.cfg.Tokens.Token(ctx)
 	if err != nil {
 		var se *StatusError
@@ -243,7 +162,7 @@ func (s *slot) attempt(ctx context.Context) result {
 		st.addEvent(Event{Time: start, Kind: "connected", Status: http.StatusOK})
 	})
 	s.p.log.WithField("conn", s.idx).WithField("host", host).Info("upstream connected, streaming")
-	err = s.read(reqCtx, cancel, resp)
+	err = s.read(reqCtx, cancel, resp, sink)
 	if cause := context.Cause(reqCtx); cause != nil && ctx.Err() == nil && errors.Is(cause, ErrStalled) {
 		err = fmt.Errorf("read %s: %w", host, ErrStalled)
 	}
@@ -267,7 +186,7 @@ func (s *slot) open(ctx context.Context, tok string) (*http.Response, error) {
 		req.Header.Set("User-Agent", "lsmux")
 		resp, err := s.p.client.Do(req)
 		if err != nil {
-			return nil, fmt.Errorf("connect %s: %w", redact(target), err)
+			return nil, fmt.Errorf("connect %s: %w", redact.URL(target), err)
 		}
 		switch {
 		case resp.StatusCode == http.StatusOK:
@@ -276,16 +195,16 @@ func (s *slot) open(ctx context.Context, tok string) (*http.Response, error) {
 			next, err := redirectTarget(req.URL, resp.Header.Get("Location"))
 			drain(resp)
 			if err != nil {
-				return nil, fmt.Errorf("connect %s: bad redirect: %w", redact(target), err)
+				return nil, fmt.Errorf("connect %s: bad redirect: %w", redact.URL(target), err)
 			}
 			s.p.log.WithField("conn", s.idx).WithField("status", resp.StatusCode).Infof("upstream redirects to %s", next.Host)
 			target = next.String()
 		default:
 			desc := errorDescription(resp)
-			return nil, &StatusError{Op: "connect", URL: redact(target), Status: resp.StatusCode, Description: desc}
+			return nil, &StatusError{Op: "connect", URL: redact.URL(target), Status: resp.StatusCode, Description: desc}
 		}
 	}
-	return nil, fmt.Errorf("connect %s: %w (10)", redact(target), ErrTooManyRedirects)
+	return nil, fmt.Errorf("connect %s: %w (10)", redact.URL(target), ErrTooManyRedirects)
 }
 
 // redirectTarget resolves a Location against the current URL. Query
@@ -305,15 +224,6 @@ func redirectTarget(cur *url.URL, location string) (*url.URL, error) {
 	}
 	next.RawQuery = q.Encode()
 	return next, nil
-}
-
-// redact drops user info from a URL before it is logged.
-func redact(raw string) string {
-	u, err := url.Parse(raw)
-	if err != nil {
-		return "(unparseable URL)"
-	}
-	return u.Redacted()
 }
 
 func drain(resp *http.Response) {
@@ -352,7 +262,7 @@ func errorDescription(resp *http.Response) string {
 // read decodes the body and hands every valid, new hit to the sink. A
 // timer armed on every read from the socket ends the connection after the
 // stall timeout of silence; any shorter silence is normal.
-func (s *slot) read(ctx context.Context, cancel context.CancelCauseFunc, resp *http.Response) error {
+func (s *slot) read(ctx context.Context, cancel context.CancelCauseFunc, resp *http.Response, sink Sink) error {
 	stallTimeout := s.p.cfg.StallTimeout
 	timer := time.AfterFunc(stallTimeout, func() { cancel(ErrStalled) })
 	defer timer.Stop()
@@ -362,7 +272,7 @@ func (s *slot) read(ctx context.Context, cancel context.CancelCauseFunc, resp *h
 	// Live Stream only sends gzip; a proxy that decoded it on the way would
 	// have to say identity.
 	gzipped := !strings.EqualFold(resp.Header.Get("Content-Encoding"), "identity")
-	if err := s.ingest(body, gzipped); err != nil {
+	if err := s.ingest(body, gzipped, sink); err != nil {
 		return fmt.Errorf("read %s: %w", host, err)
 	}
 	return fmt.Errorf("read %s: stream ended", host)
@@ -370,7 +280,7 @@ func (s *slot) read(ctx context.Context, cancel context.CancelCauseFunc, resp *h
 
 // ingest is the per-hit hot path: gunzip, split records, check, dedup,
 // hand on. It returns nil when the body ended cleanly.
-func (s *slot) ingest(body io.Reader, gzipped bool) error {
+func (s *slot) ingest(body io.Reader, gzipped bool, sink Sink) error {
 	src := body
 	if gzipped {
 		zr, err := gzip.NewReader(body)
@@ -392,11 +302,11 @@ func (s *slot) ingest(body io.Reader, gzipped bool) error {
 		if err != nil {
 			return err
 		}
-		s.deliver(rec)
+		s.deliver(rec, sink)
 	}
 }
 
-func (s *slot) deliver(rec []byte) {
+func (s *slot) deliver(rec []byte, sink Sink) {
 	id, hasID, valid := scanHit(rec)
 	if !valid {
 		s.invalid.Add(1)
@@ -410,7 +320,7 @@ func (s *slot) deliver(rec []byte) {
 	s.bytes.Add(uint64(len(rec)))
 	now := time.Now()
 	s.rate.add(now.Unix())
-	s.p.cfg.Sink(Hit{Raw: rec, ID: id, HasID: hasID, Received: now})
+	sink.Deliver(Hit{Raw: rec, ID: id, HasID: hasID, Received: now})
 }
 
 // stallReader re-arms the stall timer whenever bytes arrive.
@@ -426,31 +336,4 @@ func (sr *stallReader) Read(p []byte) (int, error) {
 		sr.timer.Reset(sr.d)
 	}
 	return n, err
-}
-
-// rateWindow counts hits per second over the last minute. Only the slot's
-// reader writes it; status reads it.
-type rateWindow struct {
-	secs   [61]atomic.Int64
-	counts [61]atomic.Uint64
-}
-
-func (w *rateWindow) add(sec int64) {
-	i := sec % int64(len(w.secs))
-	if w.secs[i].Load() != sec {
-		w.counts[i].Store(0)
-		w.secs[i].Store(sec)
-	}
-	w.counts[i].Add(1)
-}
-
-// perSecond averages the 60 complete seconds before now.
-func (w *rateWindow) perSecond(now int64) float64 {
-	var sum uint64
-	for i := range w.secs {
-		if s := w.secs[i].Load(); s < now && s >= now-60 {
-			sum += w.counts[i].Load()
-		}
-	}
-	return float64(sum) / 60
 }

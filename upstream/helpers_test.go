@@ -21,7 +21,7 @@ type collector struct {
 	hits [][]byte
 }
 
-func (c *collector) sink(h upstream.Hit) {
+func (c *collector) Deliver(h upstream.Hit) {
 	c.mu.Lock()
 	c.hits = append(c.hits, append([]byte(nil), h.Raw...))
 	c.mu.Unlock()
@@ -66,7 +66,6 @@ func start(t *testing.T, sim *simulator.Server, streamURL string, mod func(*upst
 		ClientID:  sim.ClientID(),
 		Tokens:    upstream.NewClientCredentials(sim.TokenURL(), sim.ClientID(), sim.ClientSecret(), "openid,AdobeID", time.Minute, nil),
 		Policy:    fastPolicy(200 * time.Millisecond),
-		Sink:      r.hits.sink,
 		Logger:    log,
 	}
 	if mod != nil {
@@ -79,7 +78,7 @@ func start(t *testing.T, sim *simulator.Server, streamURL string, mod func(*upst
 	r.pool = pool
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	go func() { pool.Run(ctx); close(done) }()
+	go func() { pool.Run(ctx, r.hits); close(done) }()
 	r.stop = func() {
 		cancel()
 		select {

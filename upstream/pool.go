@@ -38,11 +38,13 @@ type Hit struct {
 	Received time.Time
 }
 
-// Sink receives every hit once, in the order the pool read it. The sink
-// must not block (the reader never waits for subscribers) and must be safe
-// for concurrent use: each connection slot calls it from its own
-// goroutine.
-type Sink func(Hit)
+// Sink receives every hit once, in the order the pool read it: the hub in
+// a plain lsmux, the JetStream publisher in cluster mode. Deliver must not
+// block (the reader never waits for subscribers) and must be safe for
+// concurrent use: each connection slot calls it from its own goroutine.
+type Sink interface {
+	Deliver(Hit)
+}
 
 // Config configures a Pool. Zero durations take the documented defaults.
 type Config struct {
@@ -51,10 +53,7 @@ type Config struct {
 	ClientID  string      // sent as x-api-key
 	Tokens    TokenSource // where bearer tokens come from
 
-	MaxConnections      int    // 1..8, default 1
-	Reset               string // "", "smallest" or "largest"
-	Smoothing           bool
-	SmoothingBucketSize int // 0 = not sent
+	Params // Live Stream's own query parameters
 
 	Policy       Policy
 	StallTimeout time.Duration // default 5 min; silence shorter than this is normal
@@ -67,8 +66,53 @@ type Config struct {
 	MaxRecordSize int // default DefaultMaxRecordSize
 	DedupWindow   int // default DefaultDedupWindow
 
-	Sink   Sink
 	Logger logrus.FieldLogger
+}
+
+// Params are Live Stream's own query parameters for a stream. Check is the
+// one place their rules live: configuration checks the operator's values
+// with it (naming the setting), NewPool checks again what it is given.
+type Params struct {
+	MaxConnections      int    // 1..8; 0 means 1
+	Reset               string // "", "smallest" or "largest"
+	Smoothing           bool
+	SmoothingBucketSize int // 1..7200 seconds; 0 = not sent (Live Stream's default)
+}
+
+// ParamError is one Live Stream parameter outside what Live Stream accepts.
+type ParamError struct {
+	Param string // its name in Live Stream's query: maxConnections, reset, smoothingBucketSize
+	Value string
+	Want  string // what is allowed, in words
+}
+
+func (e *ParamError) Error() string { return e.Param + "=" + e.Value + ": " + e.Want }
+
+// Problems lists every parameter outside what Live Stream accepts.
+func (p Params) Problems() []*ParamError {
+	var out []*ParamError
+	if p.MaxConnections < 0 || p.MaxConnections > 8 {
+		out = append(out, &ParamError{"maxConnections", strconv.Itoa(p.MaxConnections), "Live Stream allows 1 to 8"})
+	}
+	switch p.Reset {
+	case "", "smallest", "largest":
+	default:
+		out = append(out, &ParamError{"reset", strconv.Quote(p.Reset), "want smallest or largest"})
+	}
+	if p.SmoothingBucketSize < 0 || p.SmoothingBucketSize > 7200 {
+		out = append(out, &ParamError{"smoothingBucketSize", strconv.Itoa(p.SmoothingBucketSize), "Live Stream allows 1 to 7200 seconds"})
+	}
+	return out
+}
+
+// Check reports every parameter outside what Live Stream accepts, each
+// error saying which values are allowed.
+func (p Params) Check() error {
+	var errs []error
+	for _, e := range p.Problems() {
+		errs = append(errs, e)
+	}
+	return errors.Join(errs...)
 }
 
 // Pool runs MaxConnections connection slots to one stream and merges their
@@ -108,25 +152,14 @@ func NewPool(cfg Config) (*Pool, error) {
 	if cfg.Name != "" {
 		name = cfg.Name
 	}
+	if err := cfg.Params.Check(); err != nil {
+		return nil, fmt.Errorf("stream %s: %w", name, err)
+	}
 	if cfg.MaxConnections == 0 {
 		cfg.MaxConnections = 1
 	}
-	if cfg.MaxConnections < 1 || cfg.MaxConnections > 8 {
-		return nil, fmt.Errorf("maxConnections %d: Live Stream allows 1 to 8", cfg.MaxConnections)
-	}
-	switch cfg.Reset {
-	case "", "smallest", "largest":
-	default:
-		return nil, fmt.Errorf("reset %q: want smallest or largest", cfg.Reset)
-	}
-	if cfg.SmoothingBucketSize < 0 || cfg.SmoothingBucketSize > 7200 {
-		return nil, fmt.Errorf("smoothingBucketSize %d: Live Stream allows 1 to 7200 seconds", cfg.SmoothingBucketSize)
-	}
 	if cfg.Tokens == nil {
 		return nil, fmt.Errorf("stream %s: %w: configure client credentials, an access token or a token file", name, ErrNoToken)
-	}
-	if cfg.Sink == nil {
-		return nil, errors.New("upstream: no sink for hits")
 	}
 	if cfg.StallTimeout <= 0 {
 		cfg.StallTimeout = 5 * time.Minute
@@ -153,13 +186,14 @@ func NewPool(cfg Config) (*Pool, error) {
 // Name is the stream's name.
 func (p *Pool) Name() string { return p.name }
 
-// Run holds the connections until ctx ends. It returns only then: upstream
-// trouble is retried, never returned, because a process that exits and is
-// restarted would itself become a reconnect storm.
-func (p *Pool) Run(ctx context.Context) {
+// Run holds the connections until ctx ends, handing every new hit to sink.
+// It returns only then: upstream trouble is retried, never returned,
+// because a process that exits and is restarted would itself become a
+// reconnect storm. Cluster mode runs the pool once per leadership term.
+func (p *Pool) Run(ctx context.Context, sink Sink) {
 	var wg sync.WaitGroup
 	for _, s := range p.slots {
-		wg.Go(func() { s.run(ctx) })
+		wg.Go(func() { s.run(ctx, sink) })
 	}
 	wg.Wait()
 }
@@ -179,8 +213,8 @@ func (p *Pool) Hold(until time.Time, reason string) {
 	}
 }
 
-// Status returns a snapshot of every connection slot.
-func (p *Pool) Status() []ConnStatus {
+// Conns returns a snapshot of every connection slot.
+func (p *Pool) Conns() []ConnStatus {
 	out := make([]ConnStatus, len(p.slots))
 	for i, s := range p.slots {
 		out[i] = s.status()
@@ -197,6 +231,15 @@ func (p *Pool) Streaming() bool {
 	}
 	return true
 }
+
+// ServeErr is always nil: a plain pool's hub can serve what it holds at
+// any time, whatever the upstream does. (In cluster mode a replica cannot
+// serve before it has reached JetStream; see cluster.Stream.)
+func (p *Pool) ServeErr() error { return nil }
+
+// ReadyErr is always nil: readiness does not hinge on the upstream (see
+// DESIGN.md §4: a strict readiness would deadlock a rolling update).
+func (p *Pool) ReadyErr() error { return nil }
 
 // newTransport builds an HTTP/1.1-only transport. Live Stream answers 505
 // to HTTP/2, and Go's default transport would negotiate HTTP/2 over TLS.

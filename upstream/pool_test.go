@@ -63,7 +63,7 @@ func TestDropsReconnectOncePerDropAfterTheDelay(t *testing.T) {
 	// The simulator resumes each reconnect where the last connection left
 	// off (Live Stream's backfill), so nothing may be missing.
 	sameHits(t, r.hits.snapshot(), sim.SentHits("demo"))
-	st := r.pool.Status()[0]
+	st := r.pool.Conns()[0]
 	if st.Connects != 4 || st.Attempts != 4 {
 		t.Fatalf("status says %d connects in %d attempts, want 4/4", st.Connects, st.Attempts)
 	}
@@ -103,7 +103,7 @@ func TestFlapPenaltyAtMostOneAttemptPerDelayAndRecovers(t *testing.T) {
 			}
 		}
 	}
-	if got := r.pool.Status()[0].State; got != upstream.StateStreaming {
+	if got := r.pool.Conns()[0].State; got != upstream.StateStreaming {
 		t.Fatalf("state %s after recovery, want streaming", got)
 	}
 }
@@ -182,7 +182,7 @@ func TestNotFoundKeepsRunningReportsFailingAtMaxDelay(t *testing.T) {
 		c.Policy = upstream.Policy{Delay: delay, MaxDelay: 250 * time.Millisecond, Jitter: 0.1}
 	})
 	waitFor(t, 5*time.Second, "three attempts", func() bool { return len(sim.Attempts()) >= 3 })
-	st := r.pool.Status()[0]
+	st := r.pool.Conns()[0]
 	if st.State != upstream.StateFailing {
 		t.Fatalf("state %s, want failing", st.State)
 	}
@@ -238,7 +238,7 @@ func TestBackfillDuplicatesAreDroppedAndNothingIsLost(t *testing.T) {
 	})
 	r.settle(t, "demo", 0)
 	r.stop()
-	if d := r.pool.Status()[0].Duplicates; d != 80 {
+	if d := r.pool.Conns()[0].Duplicates; d != 80 {
 		t.Fatalf("%d duplicates dropped, want the 80 re-sent", d)
 	}
 	sameHits(t, r.hits.snapshot(), sim.SentHits("demo"))
@@ -254,7 +254,7 @@ func TestHitBytesPassThroughAndBadRecordsAreCounted(t *testing.T) {
 	huge := `{"hitIdHigh":18446744073709551615,"hitIdLow":9223372036854775809,"pageName":"é \u00e9 \"q\""}`
 	sim.InjectRecord([]byte(huge))
 	waitFor(t, 5*time.Second, "the injected records", func() bool {
-		st := r.pool.Status()[0]
+		st := r.pool.Conns()[0]
 		return st.Invalid == 2 && st.Oversized == 1
 	})
 	r.settle(t, "demo", 1)
@@ -290,12 +290,12 @@ func TestStallTimeoutEndsASilentConnectionButShortSilenceIsNormal(t *testing.T) 
 	}
 	sim.Stall(2 * time.Second)
 	waitFor(t, 5*time.Second, "the stall to end the connection", func() bool {
-		return strings.Contains(r.pool.Status()[0].LastError, "stall")
+		return strings.Contains(r.pool.Conns()[0].LastError, "stall")
 	})
 	// The next attempt waits the reconnect delay from when lsmux gave up.
 	waitFor(t, 5*time.Second, "the next attempt", func() bool { return len(sim.Attempts()) >= 2 })
 	var lost time.Time
-	for _, e := range r.pool.Status()[0].Events {
+	for _, e := range r.pool.Conns()[0].Events {
 		if e.Kind == "lost" {
 			lost = e.Time
 		}
@@ -321,14 +321,13 @@ func TestTransportNeverNegotiatesHTTP2(t *testing.T) {
 		StreamURL: srv.URL + "/api/1/stream/x",
 		Tokens:    upstream.StaticToken("t"),
 		TLSConfig: &tls.Config{RootCAs: srv.Client().Transport.(*http.Transport).TLSClientConfig.RootCAs},
-		Sink:      func(upstream.Hit) {},
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan struct{})
-	go func() { pool.Run(ctx); close(done) }()
+	go func() { pool.Run(ctx, &collector{}); close(done) }()
 	defer func() { cancel(); <-done }()
 	select {
 	case proto := <-protos:
@@ -352,12 +351,12 @@ func TestSecretsNeverInLogsErrorsOrStatus(t *testing.T) {
 	wrong := start(t, bad, bad.StreamURL("demo"), func(c *upstream.Config) {
 		c.Tokens = upstream.NewClientCredentials(bad.TokenURL(), bad.ClientID(), "s3cr3t-value-xyz", "", 0, nil)
 	})
-	waitFor(t, 5*time.Second, "credential failure", func() bool { return wrong.pool.Status()[0].State == upstream.StateFailing })
-	if !strings.Contains(wrong.pool.Status()[0].LastError, "LSMUX_CLIENT_SECRET") {
-		t.Fatalf("rejected credentials not explained: %q", wrong.pool.Status()[0].LastError)
+	waitFor(t, 5*time.Second, "credential failure", func() bool { return wrong.pool.Conns()[0].State == upstream.StateFailing })
+	if !strings.Contains(wrong.pool.Conns()[0].LastError, "LSMUX_CLIENT_SECRET") {
+		t.Fatalf("rejected credentials not explained: %q", wrong.pool.Conns()[0].LastError)
 	}
 	for _, rg := range []*rig{r, wrong} {
-		status, _ := json.Marshal(rg.pool.Status())
+		status, _ := json.Marshal(rg.pool.Conns())
 		for what, text := range map[string]string{"logs": rg.logs.String(), "status": string(status)} {
 			if strings.Contains(text, "s3cr3t-value-xyz") {
 				t.Fatalf("the client secret appears in %s", what)
@@ -370,22 +369,20 @@ func TestSecretsNeverInLogsErrorsOrStatus(t *testing.T) {
 }
 
 func TestInvalidConfigIsRejectedUpFront(t *testing.T) {
-	sink := func(upstream.Hit) {}
 	tok := upstream.StaticToken("t")
 	for _, c := range []upstream.Config{
-		{StreamURL: "ftp://x/api/1/stream/a", Tokens: tok, Sink: sink},
-		{StreamURL: "https://x/", Tokens: tok, Sink: sink},
-		{StreamURL: "https://x/api/1/stream/a", MaxConnections: 9, Tokens: tok, Sink: sink},
-		{StreamURL: "https://x/api/1/stream/a", Reset: "middle", Tokens: tok, Sink: sink},
-		{StreamURL: "https://x/api/1/stream/a", SmoothingBucketSize: 7201, Tokens: tok, Sink: sink},
-		{StreamURL: "https://x/api/1/stream/a", Sink: sink},
-		{StreamURL: "https://x/api/1/stream/a", Tokens: tok},
+		{StreamURL: "ftp://x/api/1/stream/a", Tokens: tok},
+		{StreamURL: "https://x/", Tokens: tok},
+		{StreamURL: "https://x/api/1/stream/a", Params: upstream.Params{MaxConnections: 9}, Tokens: tok},
+		{StreamURL: "https://x/api/1/stream/a", Params: upstream.Params{Reset: "middle"}, Tokens: tok},
+		{StreamURL: "https://x/api/1/stream/a", Params: upstream.Params{SmoothingBucketSize: 7201}, Tokens: tok},
+		{StreamURL: "https://x/api/1/stream/a"},
 	} {
 		if _, err := upstream.NewPool(c); err == nil {
 			t.Errorf("config %+v accepted", c)
 		}
 	}
-	if _, err := upstream.NewPool(upstream.Config{StreamURL: "https://x/api/1/stream/a", Tokens: tok, Sink: sink}); err != nil {
+	if _, err := upstream.NewPool(upstream.Config{StreamURL: "https://x/api/1/stream/a", Tokens: tok}); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -416,7 +413,7 @@ func TestCorruptGzipAndCutRecordsReconnectWithoutLoss(t *testing.T) {
 	if !strings.Contains(a[0].Reason, "corrupt") || !strings.Contains(a[1].Reason, "cut") {
 		t.Fatalf("reasons %q, %q", a[0].Reason, a[1].Reason)
 	}
-	if st := r.pool.Status()[0]; st.Invalid != 0 {
+	if st := r.pool.Conns()[0]; st.Invalid != 0 {
 		t.Fatalf("the cut record was counted as %d invalid records; it ends with the connection", st.Invalid)
 	}
 	checkSpacing(t, a, 200*time.Millisecond)

@@ -1,4 +1,9 @@
-package main
+// Package loadtest is `lsmux loadtest`: it measures a deployment the way
+// capacity planning needs. A simulator feeds one lsmux (spawned and pinned
+// to a core, or already running), N subscribers read everything, and one
+// line reports deliveries/s, loss, end-to-end latency and the server's CPU
+// per delivery and memory, next to the generator's own CPU.
+package loadtest
 
 import (
 	"bufio"
@@ -8,7 +13,6 @@ import (
 	"encoding/base64"
 	"encoding/binary"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -22,32 +26,50 @@ import (
 	"sync/atomic"
 	"time"
 
+	"lsmux/internal/cli"
+	"lsmux/internal/wait"
 	"lsmux/upstream/simulator"
 )
 
-// runLoadtest measures lsmux the way users plan capacity with it: a
-// simulator feeds one lsmux (spawned and pinned to a core, or already
-// running), N subscribers read everything, and one line reports
-// deliveries/s, loss, end-to-end latency and the server's CPU per delivery
-// and memory. The subscribers are deliberately cheap: a hand-rolled
-// WebSocket/SSE reader that only looks at the sequence number and the
-// simulator's send stamp, so the load generator is not the bottleneck.
-func runLoadtest(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("lsmux loadtest", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	target := fs.String("target", "", "base URL of a running lsmux fed by this simulator (empty: spawn one)")
-	transport := fs.String("transport", "ws", "ws or sse")
-	n := fs.Int("n", 1000, "subscribers")
-	rate := fs.Float64("rate", 1000, "hits per second from the simulator")
-	duration := fs.Duration("duration", 20*time.Second, "measured period")
-	warmup := fs.Duration("warmup", 3*time.Second, "period before measuring")
-	simListen := fs.String("sim-listen", "127.0.0.1:9090", "the simulator's address (a running lsmux must use it as its stream URL)")
-	pid := fs.Int("pid", 0, "pid of a running lsmux, for its CPU and memory (a spawned one is known)")
-	cpus := fs.String("server-cpus", "0", "CPUs for a spawned lsmux (taskset -c), empty: not pinned")
-	idle := fs.Bool("idle", false, "open n idle WebSocket subscribers and report memory per connection")
-	if err := parseFlags(fs, args, "LSMUX_LOADTEST_", getenv); err != nil {
+// Settings are the load test's flags.
+type Settings struct {
+	Target, Transport, SimListen, ServerCPUs string
+	N, PID                                   int
+	Rate                                     float64
+	Duration, Warmup                         time.Duration
+	Idle                                     bool
+}
+
+// Flags binds the load test's settings (LSMUX_LOADTEST_* variables).
+func Flags(s *Settings) *cli.FlagSet {
+	f := cli.NewFlagSet("lsmux loadtest", "LSMUX_LOADTEST_", `Measure lsmux with N subscribers fed by a built-in simulator: deliveries/s,
+loss, end-to-end latency, the server's CPU per delivery and memory, and the
+generator's own CPU. It spawns an lsmux pinned to CPU 0 unless --target
+names a running one (fed by this simulator, --sim-listen).`)
+	f.String(&s.Target, "target", "", "base URL of a running lsmux fed by this simulator (empty: spawn one)")
+	f.String(&s.Transport, "transport", "ws", "ws or sse")
+	f.Int(&s.N, "n", 1000, "subscribers")
+	f.Float(&s.Rate, "rate", 1000, "hits per second from the simulator")
+	f.Duration(&s.Duration, "duration", 20*time.Second, "measured period")
+	f.Duration(&s.Warmup, "warmup", 3*time.Second, "period before measuring")
+	f.String(&s.SimListen, "sim-listen", "127.0.0.1:9090", "the simulator's address (a running lsmux must use it as its stream URL)")
+	f.Int(&s.PID, "pid", 0, "pid of a running lsmux, for its CPU and memory (a spawned one is known)")
+	f.String(&s.ServerCPUs, "server-cpus", "0", "CPUs for a spawned lsmux (taskset -c), empty: not pinned")
+	f.Bool(&s.Idle, "idle", false, "open n idle WebSocket subscribers and report memory per connection")
+	return f
+}
+
+// Run is `lsmux loadtest`. The subscribers are deliberately cheap: a
+// hand-rolled WebSocket/SSE reader that only looks at the sequence number
+// and the simulator's send stamp, so the load generator is not the
+// bottleneck.
+func Run(ctx context.Context, args []string, env cli.Env, stdout, stderr io.Writer) error {
+	st := &Settings{}
+	if err := Flags(st).Parse(args, env, stdout); err != nil {
 		return err
 	}
+	target, transport, n, rate, duration, warmup := &st.Target, &st.Transport, &st.N, &st.Rate, &st.Duration, &st.Warmup
+	simListen, pid, cpus, idle := &st.SimListen, &st.PID, &st.ServerCPUs, &st.Idle
 	if *transport != "ws" && *transport != "sse" {
 		return fmt.Errorf("transport %q: want ws or sse", *transport)
 	}
@@ -99,8 +121,8 @@ func runLoadtest(ctx context.Context, args []string, getenv func(string) string,
 	}
 	defer wg.Wait()
 	defer cancel()
-	if err := sleepCtx(ctx, *warmup); err != nil {
-		return err
+	if !wait.Sleep(ctx, *warmup) {
+		return ctx.Err()
 	}
 	sent0 := simSent(sim)
 	cpu0, self0 := procCPU(*pid), procCPU(os.Getpid())
@@ -108,8 +130,8 @@ func runLoadtest(ctx context.Context, args []string, getenv func(string) string,
 		r.reset()
 	}
 	start := time.Now()
-	if err := sleepCtx(ctx, *duration); err != nil {
-		return err
+	if !wait.Sleep(ctx, *duration) {
+		return ctx.Err()
 	}
 	elapsed := time.Since(start).Seconds()
 	sent, cpu, self := simSent(sim)-sent0, procCPU(*pid)-cpu0, procCPU(os.Getpid())-self0
@@ -139,17 +161,6 @@ func runLoadtest(ctx context.Context, args []string, getenv func(string) string,
 		*transport, *n, float64(sent)/elapsed, float64(total)/elapsed, expected/elapsed, loss, gaps, missing,
 		hist.quantile(0.5), hist.quantile(0.99), hist.max(), perDelivery, rss, self.Seconds()/elapsed, failed.Load())
 	return nil
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
 }
 
 // spawnLsmux starts `lsmux serve` on a free port, fed by sim, pinned with
@@ -194,7 +205,7 @@ func waitReady(ctx context.Context, url string, timeout time.Duration) error {
 		if time.Now().After(deadline) {
 			return err
 		}
-		if sleepCtx(ctx, 100*time.Millisecond) != nil {
+		if !wait.Sleep(ctx, 100*time.Millisecond) {
 			return ctx.Err()
 		}
 	}
@@ -230,9 +241,9 @@ func idleTest(ctx context.Context, url string, n, pid int, stdout io.Writer) err
 	}
 	deadline := time.Now().Add(60 * time.Second)
 	for opened.Load()+failed.Load() < int64(n) && time.Now().Before(deadline) {
-		sleepCtx(ctx, 50*time.Millisecond)
+		wait.Sleep(ctx, 50*time.Millisecond)
 	}
-	sleepCtx(ctx, 3*time.Second) // let the server settle (GC, buffers)
+	wait.Sleep(ctx, 3*time.Second) // let the server settle (GC, buffers)
 	after := procRSS(pid)
 	fmt.Fprintf(stdout, "loadtest idle ws n=%d opened=%d failed=%d server-rss %d MiB -> %d MiB: %.1f KB per connection\n",
 		n, opened.Load(), failed.Load(), before>>20, after>>20, float64(after-before)/1024/float64(max(1, opened.Load())))
