@@ -71,7 +71,9 @@ func (f *FlagSet) IsSecret(name string) bool { return f.secrets[name] }
 func (f *FlagSet) Warnings() []string { return f.warnings }
 
 // String defines a text setting.
-func (f *FlagSet) String(p *string, name, def, usage string) { f.FlagSet.StringVar(p, name, def, usage) }
+func (f *FlagSet) String(p *string, name, def, usage string) {
+	f.FlagSet.StringVar(p, name, def, usage)
+}
 
 // Secret defines a text setting that is never printed, logged or echoed
 // in an error.
