@@ -8,8 +8,10 @@ import (
 )
 
 // Entry is one hit in the ring, with every wire encoding built once at
-// append time and shared by all subscribers. Subscribers only read it; it
-// is never modified after Append returns.
+// append time and shared by all subscribers. Its bytes are never modified
+// after Append returns; only ext changes, atomically: what subscribers with
+// selectors derived from the hit (select.go), attached and dropped as the
+// derived window moves.
 type Entry struct {
 	Seq      uint64
 	Received time.Time // when the upstream reader got it (for lag)

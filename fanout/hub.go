@@ -48,9 +48,17 @@ type Gap struct{ From, To uint64 }
 // after the entry. A subscriber's goroutine that is descheduled in the
 // middle of a read (thousands of them on two cores) therefore cannot hold
 // up Append, which is what "the upstream reader never waits for a
-// subscriber" requires. Producers (the pool's connection slots) serialise
-// among themselves on wmu. The derived window's dmu (select.go) is only
-// taken by subscribers with selectors and never together with wmu.
+// subscriber" requires.
+//
+// Locks, each held only inside one function and never during I/O:
+//   - wmu: producers (the pool's connection slots, or cluster mode's
+//     consumer) serialise on it in Append, AppendAt and Reset. Callers may
+//     hold their own lock around these calls (cluster's consumeMu), never
+//     the other way round.
+//   - dmu (select.go): the derived window, taken only by subscribers with
+//     selectors, never together with wmu.
+//   - subs.mu (subscriber.go): the registry, never together with the
+//     others.
 type Hub struct {
 	maxHits  int
 	maxBytes int64
@@ -118,7 +126,9 @@ func (h *Hub) slot(seq uint64) *atomic.Pointer[Entry] { return &h.ring[seq%uint6
 func (h *Hub) Append(raw []byte, received time.Time) uint64 {
 	h.wmu.Lock()
 	seq := h.next.Load()
-	h.store(seq, raw, received)
+	h.storeLocked(newEntry(seq, raw, received))
+	h.wmu.Unlock()
+	h.published()
 	return seq
 }
 
@@ -139,7 +149,9 @@ func (h *Hub) AppendAt(seq uint64, raw []byte, received time.Time) bool {
 	if seq > next {
 		h.resetLocked(seq)
 	}
-	h.store(seq, raw, received)
+	h.storeLocked(newEntry(seq, raw, received))
+	h.wmu.Unlock()
+	h.published()
 	return true
 }
 
@@ -192,9 +204,10 @@ func (h *Hub) resetLocked(next uint64) {
 	}
 }
 
-// store adds the entry for seq (== next) and unlocks wmu.
-func (h *Hub) store(seq uint64, raw []byte, received time.Time) {
-	e := newEntry(seq, raw, received)
+// storeLocked adds e (numbered next) and evicts what no longer fits.
+// Caller holds wmu.
+func (h *Hub) storeLocked(e *Entry) {
+	seq := e.Seq
 	oldest := h.oldest.Load()
 	if seq-oldest == uint64(h.maxHits) { // full: the slot we take is the oldest's
 		h.bytes -= int64(h.slot(oldest).Load().Size())
@@ -211,14 +224,18 @@ func (h *Hub) store(seq uint64, raw []byte, received time.Time) {
 	h.oldest.Store(oldest)
 	h.next.Store(seq + 1) // publishes e
 	h.held.Store(h.bytes)
-	h.wmu.Unlock()
+	h.appended.Add(1)
+}
+
+// published wakes the readers waiting for a new entry. Called after wmu
+// is released.
+func (h *Hub) published() {
 	if h.waiting.Swap(false) {
 		// Only replace the channel when a reader took it: at high rates
 		// most appends find nobody waiting and allocate nothing.
 		w := make(chan struct{})
 		close(*h.wake.Swap(&w))
 	}
-	h.appended.Add(1)
 }
 
 // Read copies into dst (up to its capacity) the entries from sequence
@@ -227,15 +244,39 @@ func (h *Hub) store(seq uint64, raw []byte, received time.Time) {
 // a gap if from was no longer (or never) in the ring, and, when nothing is
 // ready, a channel that is closed when something new arrives.
 func (h *Hub) Read(from uint64, dst []*Entry, maxBytes int, size func(*Entry) int) (entries []*Entry, next uint64, gap *Gap, wake <-chan struct{}) {
+	for {
+		var end uint64
+		entries, next, gap, end = h.read(from, dst, maxBytes, size)
+		if len(entries) > 0 || gap != nil {
+			return entries, next, gap, nil
+		}
+		if next < end {
+			from = next // raced an eviction: the next pass reports the gap
+			continue
+		}
+		// Nothing new (or the cursor waits beyond the next hit, see
+		// MaxAhead): hand out the wake channel, then look once more, so
+		// an Append between the two cannot be missed.
+		h.waiting.Store(true)
+		w := h.wake.Load()
+		if h.next.Load() == end {
+			return entries, next, nil, *w
+		}
+	}
+}
+
+// read is one pass of Read: the entries ready from from on, and the end
+// of the ring it saw.
+func (h *Hub) read(from uint64, dst []*Entry, maxBytes int, size func(*Entry) int) (entries []*Entry, next uint64, gap *Gap, end uint64) {
 	gap, from = h.clamp(from)
-	end := h.next.Load()
+	end = h.next.Load()
 	entries = dst[:0]
 	taken := 0
 	s := from
 	for ; s < end && len(entries) < cap(dst); s++ {
 		e := h.slot(s).Load()
 		if e == nil || e.Seq != s {
-			break // evicted while we read: the next Read reports the gap
+			break // evicted while we read: the next pass reports the gap
 		}
 		if len(entries) > 0 && taken+size(e) > maxBytes {
 			break
@@ -243,18 +284,7 @@ func (h *Hub) Read(from uint64, dst []*Entry, maxBytes int, size func(*Entry) in
 		taken += size(e)
 		entries = append(entries, e)
 	}
-	if len(entries) == 0 && gap == nil && s >= end {
-		// Nothing new (or the cursor waits beyond the next hit, see
-		// MaxAhead): hand out the wake channel, then look once more, so
-		// an Append between the two cannot be missed.
-		h.waiting.Store(true)
-		w := h.wake.Load()
-		if h.next.Load() == end {
-			return entries, from, nil, *w
-		}
-		return h.Read(from, dst, maxBytes, size)
-	}
-	return entries, from + uint64(len(entries)), gap, nil
+	return entries, s, gap, end
 }
 
 // clamp moves a cursor that is outside the ring into it, and says what was

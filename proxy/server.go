@@ -61,11 +61,15 @@ type Server struct {
 	closing   chan struct{} // closed when shutdown starts
 	closeOnce sync.Once
 	spread    time.Duration // subscribers close at random times within this
-	handlers  sync.WaitGroup
-	connsMu   sync.Mutex
-	conns     map[net.Conn]struct{} // hijacked WebSocket connections
-	total     int                   // subscribers, guarded by connsMu
-	perAddr   map[string]int        // subscribers by remote address, guarded by connsMu
+	// hardDeadline is when Shutdown closes what is left: goodbyes are
+	// not written past it. Zero: no deadline. Both are set before
+	// closing is closed.
+	hardDeadline time.Time
+	handlers     sync.WaitGroup
+	connsMu      sync.Mutex
+	conns        map[net.Conn]struct{} // hijacked WebSocket connections
+	total        int                   // subscribers, guarded by connsMu
+	perAddr      map[string]int        // subscribers by remote address, guarded by connsMu
 }
 
 // New returns a Server for streams.
@@ -215,6 +219,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.connsMu.Lock() // see begin: no handler registers after this
 		if dl, ok := ctx.Deadline(); ok {
 			s.spread = time.Until(dl) / 2
+			s.hardDeadline = dl
 		}
 		close(s.closing)
 		s.connsMu.Unlock()

@@ -2,11 +2,9 @@ package proxy
 
 import (
 	"bufio"
-	"encoding/binary"
 	"errors"
 	"net"
 	"net/http"
-	"strconv"
 	"sync"
 	"time"
 
@@ -90,170 +88,103 @@ func (s *Server) handleWS(w http.ResponseWriter, r *http.Request) {
 	defer s.track(hw.conn.Conn, false)
 	defer conn.Close()
 
+	p := &wsPeer{conn: conn, lc: hw.conn, pongs: make(chan []byte, 1), readDone: make(chan struct{})}
+	p.start(s.opts.PingInterval+s.opts.PongWait, s.opts.MaxMessageSize)
+	defer p.stop()
 	sub := st.Hub.Subscribe(from, fanout.Info{Transport: "ws", Remote: r.RemoteAddr}, sel)
 	defer sub.Close()
-	ws := &wsSession{s: s, name: st.Name, conn: conn, lc: hw.conn, sub: sub, hub: st.Hub,
-		pings: make(chan []byte, 1), readDone: make(chan struct{})}
-	reason := ws.run()
-	s.obs.Disconnected(st.Name, "ws", reason)
-	s.log.WithField("stream", st.Name).WithField("subscriber", sub.ID).WithField("reason", reason).Debug("websocket subscriber left")
+	s.newSession(st, "ws", sub, wsEncoder{}, p).run()
 }
 
-type wsSession struct {
-	s        *Server
-	name     string
+// wsPeer is a WebSocket client: a reader goroutine that handles what the
+// client sends (pongs, pings, close, and any message, which is discarded)
+// and a connection the session writes whole batches to with one writev.
+type wsPeer struct {
 	conn     *websocket.Conn
 	lc       *lockedConn
-	sub      *fanout.Subscriber
-	hub      *fanout.Hub
 	bufs     net.Buffers
-	pings    chan []byte   // payloads of client pings to answer
+	pongs    chan []byte   // pong frames answering the client's pings
 	readDone chan struct{} // closed when the reader stops
 	readErr  error         // why it stopped; read after readDone
 }
 
-func wsSize(e *fanout.Entry) int { return len(e.WSFrame()) }
-
-func (ws *wsSession) run() string {
-	opts := ws.s.opts
-	deadline := func() { ws.conn.SetReadDeadline(time.Now().Add(opts.PingInterval + opts.PongWait)) }
-	deadline()
-	ws.conn.SetReadLimit(opts.MaxMessageSize)
-	ws.conn.SetPongHandler(func(string) error { deadline(); return nil })
-	ws.conn.SetPingHandler(func(data string) error {
-		deadline()
+// start begins reading. Every frame from the client, a pong above all,
+// moves the read deadline: a client silent past a ping interval plus the
+// pong wait is gone.
+func (p *wsPeer) start(deadline time.Duration, maxMessage int64) {
+	extend := func() { p.conn.SetReadDeadline(time.Now().Add(deadline)) }
+	extend()
+	p.conn.SetReadLimit(maxMessage)
+	p.conn.SetPongHandler(func(string) error { extend(); return nil })
+	p.conn.SetPingHandler(func(data string) error {
+		extend()
 		select {
-		case ws.pings <- []byte(data):
+		case p.pongs <- fanout.WSFrame(fanout.OpPong, []byte(data)):
 		default: // a pong is already due; one answers both
 		}
 		return nil
 	})
-	ws.conn.SetCloseHandler(func(int, string) error { return nil }) // answered by the writer
-	go ws.read()
-	defer func() { ws.conn.Close(); <-ws.readDone }()
-
-	ping := time.NewTicker(opts.PingInterval)
-	defer ping.Stop()
-	pingFrame := fanout.WSFrame(fanout.OpPing, nil)
-	for {
-		// Control frames first, even when hits keep the writer busy:
-		// without pings the client's pongs stop and the read deadline
-		// would end a healthy but busy connection.
-		select {
-		case <-ping.C:
-			ws.bufs = append(ws.bufs, pingFrame)
-		case p := <-ws.pings:
-			ws.bufs = append(ws.bufs, fanout.WSFrame(fanout.OpPong, p))
-		default:
-		}
-		entries, gap, wake := ws.sub.Poll(wsSize, opts.BatchBytes)
-		if gap != nil {
-			if opts.SlowDisconnect {
-				ws.close(closePolicyViolation, "slow consumer: fell behind lsmux's buffer; reconnect with from=oldest")
-				return reasonSlow
-			}
-			ws.bufs = append(ws.bufs, fanout.WSFrame(fanout.OpText, gapMessage(gap)))
-			ws.s.obs.Gap(ws.name, "ws")
-		}
-		for _, e := range entries {
-			ws.bufs = append(ws.bufs, e.WSFrame())
-		}
-		if len(ws.bufs) > 0 {
-			if err := ws.flush(); err != nil {
-				return writeFailed(err)
-			}
-			if len(entries) > 0 {
-				ws.s.obs.Delivered(ws.name, "ws", len(entries), entries[0].Received)
-			}
-			if len(entries) > 0 || gap != nil {
-				continue
+	p.conn.SetCloseHandler(func(int, string) error { return nil }) // answered by the session
+	go func() {
+		defer close(p.readDone)
+		for {
+			if _, _, err := p.conn.NextReader(); err != nil {
+				p.readErr = err
+				// The client is gone or said goodbye: a batch write
+				// blocked on its full socket ends now, not at the write
+				// timeout (the session answers within goodbyeWait).
+				p.lc.SetWriteDeadline(time.Now())
+				return
 			}
 		}
-		select {
-		case <-wake:
-		case <-ping.C:
-			ws.bufs = append(ws.bufs, pingFrame)
-		case p := <-ws.pings:
-			ws.bufs = append(ws.bufs, fanout.WSFrame(fanout.OpPong, p))
-		case <-ws.readDone:
-			var ce *websocket.CloseError
-			if errors.As(ws.readErr, &ce) {
-				ws.close(ce.Code, "")
-				return reasonClient
-			}
-			var ne net.Error
-			if errors.As(ws.readErr, &ne) && ne.Timeout() {
-				return reasonPingTimeout
-			}
-			return reasonClient
-		case <-ws.s.closing:
-			return ws.shutdown()
-		case <-ws.hub.Closed():
-			return ws.shutdown()
-		}
-	}
+	}()
 }
 
-// shutdown waits this subscriber's turn in the drain spread, then says
-// goodbye with 1001 and waits briefly for the client's close reply.
-func (ws *wsSession) shutdown() string {
-	t := time.NewTimer(ws.s.closeDelay())
-	defer t.Stop()
-	select {
-	case <-t.C:
-	case <-ws.readDone:
-		return reasonClient
-	}
-	ws.close(closeGoingAway, "lsmux is shutting down; reconnect with from=<last seq + 1>")
-	return reasonShutdown
+// stop closes the connection and waits for the reader.
+func (p *wsPeer) stop() {
+	p.conn.Close()
+	<-p.readDone
 }
 
-func (ws *wsSession) read() {
-	defer close(ws.readDone)
-	for {
-		if _, _, err := ws.conn.NextReader(); err != nil {
-			ws.readErr = err
-			return
-		}
-	}
-}
-
-func (ws *wsSession) flush() error {
-	ws.lc.SetWriteDeadline(time.Now().Add(ws.s.opts.WriteTimeout))
-	bufs := ws.bufs // WriteTo consumes the slice header, not the backing array
-	_, err := ws.lc.writeBuffers(&bufs)
-	clear(ws.bufs) // drop references to entries the ring may evict
-	ws.bufs = ws.bufs[:0]
+func (p *wsPeer) send(b *batch, deadline time.Time) error {
+	p.lc.SetWriteDeadline(deadline)
+	p.bufs = append(p.bufs[:0], b.bufs...) // WriteTo consumes the slice header, not the backing array
+	_, err := p.lc.writeBuffers(&p.bufs)
+	clear(p.bufs[:cap(p.bufs)]) // drop references to entries the ring may evict
+	p.bufs = p.bufs[:0]
 	return err
 }
 
-// close sends a close frame and waits up to a second for the reply.
-func (ws *wsSession) close(code int, text string) {
-	payload := make([]byte, 2, 2+len(text))
-	binary.BigEndian.PutUint16(payload, uint16(code))
-	if len(text) > 120 {
-		text = text[:120]
+func (p *wsPeer) gone() <-chan struct{}  { return p.readDone }
+func (p *wsPeer) control() <-chan []byte { return p.pongs }
+
+// left reads why the reader stopped: a close frame is echoed (without a
+// code that may not be sent: RFC 6455 forbids 1005 and 1006 on the wire,
+// and clients report a frame carrying them as broken), a read deadline is
+// a client that stopped answering pings.
+func (p *wsPeer) left() (string, []byte) {
+	var ce *websocket.CloseError
+	switch {
+	case errors.As(p.readErr, &ce):
+		return reasonClient, closeFrame(ce.Code, "")
+	case errors.Is(p.readErr, websocket.ErrReadLimit):
+		return reasonTooBig, nil // gorilla has sent 1009
 	}
-	payload = append(payload, text...)
-	ws.bufs = append(ws.bufs, fanout.WSFrame(fanout.OpClose, payload))
-	if ws.flush() != nil {
-		return
+	var ne net.Error
+	if errors.As(p.readErr, &ne) && ne.Timeout() {
+		return reasonPingTimeout, nil
 	}
-	t := time.NewTimer(time.Second)
-	defer t.Stop()
-	select {
-	case <-ws.readDone:
-	case <-t.C:
-	}
+	return reasonClient, nil
 }
 
-func gapMessage(g *fanout.Gap) []byte {
-	b := make([]byte, 0, 64)
-	b = append(b, `{"type":"gap","from":`...)
-	b = strconv.AppendUint(b, g.From, 10)
-	b = append(b, `,"to":`...)
-	b = strconv.AppendUint(b, g.To, 10)
-	return append(b, '}')
+// awaitClose waits for the client's close reply, until deadline at most.
+func (p *wsPeer) awaitClose(deadline time.Time) {
+	t := time.NewTimer(time.Until(deadline))
+	defer t.Stop()
+	select {
+	case <-p.readDone:
+	case <-t.C:
+	}
 }
 
 func (s *Server) track(c net.Conn, add bool) {
