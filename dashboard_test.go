@@ -193,3 +193,75 @@ func TestDashboardShowsClusterRole(t *testing.T) {
 		t.Fatalf("browser console errors: %q", errs)
 	}
 }
+
+// TestDashboardDetails covers what a first reading of the dashboard got
+// wrong: the throughput chart is full from the first poll (the server
+// keeps the last minutes) and has a time axis; a connection that streams
+// again shows its earlier error as history, not as the current state;
+// the newest timeline mark stays inside the timeline; and at 390 px wide
+// nothing overflows the page.
+func TestDashboardDetails(t *testing.T) {
+	browser := chromiumOrSkip(t)
+	sim := newSim(t, 80)
+	a := runApp(t, []string{"-listen", "127.0.0.1:0", "-stream-url", sim.StreamURL("demo"), "-token-url", sim.TokenURL(),
+		"-client-id", sim.ClientID(), "-client-secret", sim.ClientSecret(), "-reconnect-delay", "1s", "-shutdown-timeout", "2s"},
+		sim.FaultHandler(time.Second))
+	hub := a.streams[0].hub
+	waitFor(t, 15*time.Second, "a few seconds of throughput history", func() bool {
+		_, in, _ := hub.Throughput(time.Now(), 300)
+		return len(in) >= 6
+	})
+	// A lost connection, then streaming again: its error is history now.
+	sim.DropConnections()
+	waitFor(t, 10*time.Second, "the reconnect", func() bool {
+		c := a.streams[0].feed.Conns()[0]
+		return c.State == "streaming" && c.LastError != "" && c.Connects >= 2
+	})
+
+	d := openBrowser(t, browser)
+	if err := chromedp.Do(d.step, chromedp.Navigate("http://"+a.addr()+"/")); err != nil {
+		t.Fatal(err)
+	}
+	d.poll("the chart to draw history on its first poll", `parseInt(document.querySelector("#chart").dataset.points || "0") >= 6`)
+	d.poll("the chart's time axis", `/\d\d:\d\d/.test(document.querySelector("#chart").dataset.ticks || "")`)
+	d.poll("the old error shown as history", `(() => { const td = document.querySelector("#upstream td.past-error");
+		return td !== null && td.textContent.startsWith("before it connected") && document.querySelector("#upstream td.current-error") === null; })()`)
+	d.poll("timeline marks inside the timeline", `(() => { const r = [...document.querySelectorAll("#timeline rect")];
+		return r.length >= 2 && r.every((m) => parseFloat(m.getAttribute("x")) + parseFloat(m.getAttribute("width")) <= 1000); })()`)
+
+	if err := chromedp.Do(d.step, chromedp.EmulateViewport(390, 844)); err != nil {
+		t.Fatal(err)
+	}
+	d.poll("no horizontal overflow at 390 px", `document.documentElement.scrollWidth <= 390`)
+	if errs := d.consoleErrors(); len(errs) > 0 {
+		t.Fatalf("browser console errors: %q", errs)
+	}
+}
+
+// TestDashboardAsksForAToken: with auth on, a page opened without the
+// token says a token is needed and how to pass it (not "unreachable"),
+// and its form opens the dashboard.
+func TestDashboardAsksForAToken(t *testing.T) {
+	browser := chromiumOrSkip(t)
+	sim := newSim(t, 50)
+	a := runApp(t, []string{"-listen", "127.0.0.1:0", "-stream-url", sim.StreamURL("demo"), "-token-url", sim.TokenURL(),
+		"-client-id", sim.ClientID(), "-client-secret", sim.ClientSecret(), "-auth-token", "dash-token-1", "-shutdown-timeout", "2s"}, nil)
+	d := openBrowser(t, browser)
+	if err := chromedp.Do(d.step, chromedp.Navigate("http://"+a.addr()+"/")); err != nil {
+		t.Fatal(err)
+	}
+	d.poll("the page to ask for a token", `document.querySelector("#lsmux-state").textContent.includes("?access_token=") && !document.querySelector("#auth").hidden`)
+	if err := chromedp.Do(d.step, chromedp.SendKeys(chromedp.CSS("#auth-token"), "dash-token-1"), chromedp.Click(chromedp.CSS(`#auth button[type="submit"]`))); err != nil {
+		t.Fatal(err)
+	}
+	// The form reloads the page with the token in its address.
+	waitFor(t, 10*time.Second, "the page to reload with ?access_token=", func() bool {
+		loc, err := chromedp.Run(d.step, chromedp.Location())
+		return err == nil && strings.Contains(loc, "access_token=dash-token-1")
+	})
+	if err := chromedp.Do(d.step, chromedp.WaitReady("#tail")); err != nil {
+		t.Fatal(err)
+	}
+	d.poll("the dashboard to open with the token", `document.querySelector("#lsmux-state").textContent === "live" && document.querySelector("#auth").hidden`)
+	d.poll("the tail to stream with the token", `document.querySelectorAll("#tail div[data-country]").length >= 2`)
+}

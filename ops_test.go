@@ -73,7 +73,7 @@ func TestStatusMetricsAndLogsNeverShowSecrets(t *testing.T) {
 		return len(a) >= 3 && a[1].Status == 401 && a[len(a)-1].Status == 200 && a[len(a)-1].Hits > 0
 	})
 
-	code, status := get(t, r.root+"/v1/status", auth)
+	code, status := get(t, r.root+"/v1/status?subscribers=1", auth)
 	if code != 200 {
 		t.Fatalf("status %d", code)
 	}
@@ -81,7 +81,7 @@ func TestStatusMetricsAndLogsNeverShowSecrets(t *testing.T) {
 		Streams []struct {
 			Name             string
 			Upstream         []map[string]any
-			Hub              map[string]any
+			Ring             map[string]any
 			SubscriberCounts map[string]int
 			Subscribers      []map[string]any
 		}
@@ -96,8 +96,8 @@ func TestStatusMetricsAndLogsNeverShowSecrets(t *testing.T) {
 		}
 	}
 	for _, key := range []string{"hits", "bytes", "oldestSeq", "newestSeq"} {
-		if _, ok := s.Hub[key]; !ok {
-			t.Errorf("hub status lacks %q", key)
+		if _, ok := s.Ring[key]; !ok {
+			t.Errorf("ring status lacks %q", key)
 		}
 	}
 	if s.SubscriberCounts["ws"] != 1 || len(s.Subscribers) != 1 {

@@ -9,6 +9,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"lsmux/internal/persec"
 )
 
 // Options size a Hub.
@@ -87,8 +89,16 @@ type Hub struct {
 	appended  atomic.Uint64
 	evicted   atomic.Uint64
 	delivered atomic.Uint64 // hits handed to subscribers, all of them
-	subs      registry
+	gaps      atomic.Uint64 // gap notices, to all subscribers ever
+	lost      atomic.Uint64 // hits those notices said were lost
+	// in and out count appended and delivered hits per second, for the
+	// dashboard's chart of the last minutes.
+	in, out *persec.Counter
+	subs    registry
 }
+
+// ThroughputWindow is how far back Throughput reaches.
+const ThroughputWindow = 5 * time.Minute
 
 // NewHub returns an empty hub.
 func NewHub(o Options) *Hub {
@@ -109,6 +119,8 @@ func NewHub(o Options) *Hub {
 		ring:     make([]atomic.Pointer[Entry], o.MaxHits),
 		closed:   make(chan struct{}),
 		subs:     registry{subs: map[uint64]*Subscriber{}},
+		in:       persec.New(int(ThroughputWindow/time.Second), time.Now()),
+		out:      persec.New(int(ThroughputWindow/time.Second), time.Now()),
 	}
 	h.oldest.Store(first)
 	h.next.Store(first)
@@ -225,6 +237,7 @@ func (h *Hub) storeLocked(e *Entry) {
 	h.next.Store(seq + 1) // publishes e
 	h.held.Store(h.bytes)
 	h.appended.Add(1)
+	h.in.Add(time.Now(), 1)
 }
 
 // published wakes the readers waiting for a new entry. Called after wmu
@@ -356,6 +369,15 @@ func (h *Hub) Stats() Stats {
 	oldest, next := h.oldest.Load(), h.next.Load()
 	return Stats{Hits: int(next - oldest), Bytes: h.held.Load(), MaxHits: h.maxHits, MaxBytes: h.maxBytes, Oldest: oldest, Newest: next - 1,
 		Appended: h.appended.Load(), Evicted: h.evicted.Load(), Delivered: h.delivered.Load()}
+}
+
+// Throughput is the hits appended (in) and delivered to subscribers (out)
+// in each of the last seconds complete seconds (at most ThroughputWindow),
+// oldest first, from the second start.
+func (h *Hub) Throughput(now time.Time, seconds int) (start time.Time, in, out []uint64) {
+	start, in = h.in.Series(now, seconds)
+	_, out = h.out.Series(now, seconds)
+	return start, in, out
 }
 
 // Close tells every subscriber the hub is going away (shutdown).

@@ -1,6 +1,7 @@
 package fanout
 
 import (
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -93,13 +94,16 @@ func (s *Subscriber) Poll(size func(*Entry) int, maxBytes int) (entries []*Entry
 	}
 	if gap != nil {
 		s.gaps.Add(1)
+		s.hub.gaps.Add(1)
 		if gap.To >= gap.From {
 			s.lost.Add(gap.To - gap.From + 1)
+			s.hub.lost.Add(gap.To - gap.From + 1)
 		}
 	}
 	if len(entries) > 0 {
 		s.delivered.Add(uint64(len(entries)))
 		s.hub.delivered.Add(uint64(len(entries)))
+		s.hub.out.Add(time.Now(), uint64(len(entries)))
 	}
 	return entries, gap, wake
 }
@@ -120,23 +124,74 @@ type SubscriberStatus struct {
 	Delivered uint64    `json:"delivered"`
 }
 
-// Subscribers lists the hub's subscribers, oldest first.
+// Subscribers lists all the hub's subscribers, oldest first.
 func (h *Hub) Subscribers() []SubscriberStatus {
-	next := h.Stats().Newest + 1
+	page, _ := h.SubscriberPage(0, 0)
+	return page
+}
+
+// SubscriberPage lists up to limit subscribers (0: all) with an id above
+// after, oldest first, and whether more follow.
+func (h *Hub) SubscriberPage(after uint64, limit int) (page []SubscriberStatus, more bool) {
+	next := h.next.Load()
 	h.subs.mu.Lock()
-	out := make([]SubscriberStatus, 0, len(h.subs.subs))
+	picked := make([]*Subscriber, 0, min(len(h.subs.subs), max(limit, 0)+1))
 	for _, s := range h.subs.subs {
-		cur := s.cursor.Load()
-		lag := uint64(0)
-		if next > cur {
-			lag = next - cur
+		if s.ID > after {
+			picked = append(picked, s)
 		}
-		out = append(out, SubscriberStatus{ID: s.ID, Transport: s.Info.Transport, Remote: s.Info.Remote, Filter: s.Info.Filter,
-			Since: s.Since, Lag: lag, Gaps: s.gaps.Load(), Lost: s.lost.Load(), Delivered: s.delivered.Load()})
 	}
 	h.subs.mu.Unlock()
-	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
-	return out
+	sort.Slice(picked, func(i, j int) bool { return picked[i].ID < picked[j].ID })
+	if limit > 0 && len(picked) > limit {
+		picked, more = picked[:limit], true
+	}
+	page = make([]SubscriberStatus, len(picked))
+	for i, s := range picked {
+		page[i] = SubscriberStatus{ID: s.ID, Transport: s.Info.Transport, Remote: s.Info.Remote, Filter: s.Info.Filter,
+			Since: s.Since, Lag: s.lag(next), Gaps: s.gaps.Load(), Lost: s.lost.Load(), Delivered: s.delivered.Load()}
+	}
+	return page, more
+}
+
+// lag is how many hits the subscriber is behind the next one.
+func (s *Subscriber) lag(next uint64) uint64 {
+	if cur := s.cursor.Load(); next > cur {
+		return next - cur
+	}
+	return 0
+}
+
+// SubscriberSummary is what status shows of a hub's subscribers without
+// listing them: counts, how far behind they are (in hits), and the gap
+// notices of all subscribers since the start.
+type SubscriberSummary struct {
+	Count       int            `json:"count"`
+	ByTransport map[string]int `json:"byTransport"`
+	LagP50      uint64         `json:"lagP50"`
+	LagP99      uint64         `json:"lagP99"`
+	LagMax      uint64         `json:"lagMax"`
+	Gaps        uint64         `json:"gapsTotal"`
+	LostHits    uint64         `json:"lostHitsTotal"`
+}
+
+// SubscriberSummary summarises the subscribers without listing them.
+func (h *Hub) SubscriberSummary() SubscriberSummary {
+	next := h.next.Load()
+	sum := SubscriberSummary{ByTransport: map[string]int{}, Gaps: h.gaps.Load(), LostHits: h.lost.Load()}
+	h.subs.mu.Lock()
+	lags := make([]uint64, 0, len(h.subs.subs))
+	for _, s := range h.subs.subs {
+		sum.ByTransport[s.Info.Transport]++
+		lags = append(lags, s.lag(next))
+	}
+	h.subs.mu.Unlock()
+	sum.Count = len(lags)
+	if len(lags) > 0 {
+		slices.Sort(lags)
+		sum.LagP50, sum.LagP99, sum.LagMax = lags[len(lags)/2], lags[(len(lags)*99)/100], lags[len(lags)-1]
+	}
+	return sum
 }
 
 // SubscriberCounts returns the number of subscribers by transport.

@@ -3,8 +3,6 @@ package proxy
 import (
 	"net/http"
 
-	"lsmux/cluster"
-	"lsmux/fanout"
 	"lsmux/upstream"
 )
 
@@ -53,56 +51,4 @@ func (s *Server) handleReadyz(w http.ResponseWriter, r *http.Request) {
 		status = http.StatusServiceUnavailable
 	}
 	writeJSON(w, status, body)
-}
-
-type streamSummary struct {
-	Name        string            `json:"name"`
-	Endpoints   map[string]string `json:"endpoints"`
-	Upstream    []upstream.State  `json:"upstream"`
-	Subscribers map[string]int    `json:"subscribers"`
-	Hub         fanout.Stats      `json:"hub"`
-}
-
-func (s *Server) handleStreams(w http.ResponseWriter, r *http.Request) {
-	out := []streamSummary{}
-	for _, name := range s.order {
-		st := s.streams[name]
-		sum := streamSummary{Name: name, Subscribers: st.Hub.SubscriberCounts(), Hub: st.Hub.Stats(), Upstream: []upstream.State{},
-			Endpoints: map[string]string{"ws": "/v1/streams/" + name + "/ws", "sse": "/v1/streams/" + name + "/sse"}}
-		for _, c := range st.conns() {
-			sum.Upstream = append(sum.Upstream, c.State)
-		}
-		out = append(out, sum)
-	}
-	writeJSON(w, http.StatusOK, out)
-}
-
-type streamStatus struct {
-	Name             string                    `json:"name"`
-	Upstream         []upstream.ConnStatus     `json:"upstream"`
-	Hub              fanout.Stats              `json:"hub"`
-	SubscriberCounts map[string]int            `json:"subscriberCounts"`
-	Subscribers      []fanout.SubscriberStatus `json:"subscribers"`
-	Cluster          *cluster.Status           `json:"cluster,omitempty"` // cluster mode: role, leader, JetStream figures
-}
-
-// handleStatus is the operator's view: every upstream connection and every
-// subscriber. It holds no secret: ConnStatus carries none.
-func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) {
-	body := struct {
-		ShuttingDown bool           `json:"shuttingDown"`
-		Demo         bool           `json:"demo"` // fault controls at /demo/ (lsmux demo only)
-		Streams      []streamStatus `json:"streams"`
-	}{ShuttingDown: s.ShuttingDown(), Demo: s.opts.Demo != nil, Streams: []streamStatus{}}
-	for _, name := range s.order {
-		st := s.streams[name]
-		ss := streamStatus{Name: name, Upstream: st.conns(), Hub: st.Hub.Stats(),
-			SubscriberCounts: st.Hub.SubscriberCounts(), Subscribers: st.Hub.Subscribers()}
-		if cf, ok := st.Feed.(clusterFeed); ok {
-			cs := cf.ClusterStatus()
-			ss.Cluster = &cs
-		}
-		body.Streams = append(body.Streams, ss)
-	}
-	writeJSON(w, http.StatusOK, body)
 }

@@ -58,6 +58,7 @@ type Server struct {
 	srv         *http.Server
 	router      chi.Router
 
+	started   time.Time
 	closing   chan struct{} // closed when shutdown starts
 	closeOnce sync.Once
 	spread    time.Duration // subscribers close at random times within this
@@ -118,6 +119,7 @@ func New(streams []*Stream, opts Options) *Server {
 		compiler:    opts.Compiler,
 		streams:     map[string]*Stream{},
 		log:         opts.Logger,
+		started:     time.Now(),
 		closing:     make(chan struct{}),
 		conns:       map[net.Conn]struct{}{},
 		perAddr:     map[string]int{},
@@ -134,6 +136,7 @@ func New(streams []*Stream, opts Options) *Server {
 		}
 	}
 	for _, st := range streams {
+		st.disconnects = newDisconnectCounts()
 		s.streams[st.Name] = st
 		s.order = append(s.order, st.Name)
 	}
@@ -282,7 +285,6 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(status)
 	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
 	enc.SetEscapeHTML(false)
 	enc.Encode(v)
 }

@@ -37,6 +37,7 @@ type peer interface {
 
 type session struct {
 	srv       *Server
+	st        *Stream
 	stream    string
 	transport string
 	hub       *fanout.Hub
@@ -52,7 +53,7 @@ type session struct {
 }
 
 func (s *Server) newSession(st *Stream, transport string, sub *fanout.Subscriber, enc encoder, p peer) *session {
-	return &session{srv: s, stream: st.Name, transport: transport, hub: st.Hub, sub: sub, enc: enc, peer: p,
+	return &session{srv: s, st: st, stream: st.Name, transport: transport, hub: st.Hub, sub: sub, enc: enc, peer: p,
 		log: s.log.WithField("stream", st.Name).WithField("subscriber", sub.ID).WithField("transport", transport), liveFrom: st.Hub.Start(fanout.Live)}
 }
 
@@ -66,6 +67,7 @@ func (ss *session) run() (reason string) {
 	defer func() {
 		ss.b.reset()
 		ss.srv.obs.Disconnected(ss.stream, ss.transport, reason)
+		ss.st.disconnects.add(reason)
 		ss.log.WithField("reason", reason).Debug("subscriber left")
 	}()
 	for {

@@ -12,6 +12,8 @@ type Stream struct {
 	Name string
 	Hub  *fanout.Hub
 	Feed Feed // nil: no upstream at all (tests); always ready
+
+	disconnects disconnectCounts // set by New
 }
 
 // Feed is what the proxy needs of whatever fills a stream's hub: the plain

@@ -16,6 +16,7 @@ import (
 
 	"github.com/klauspost/compress/gzip"
 
+	"lsmux/internal/persec"
 	"lsmux/internal/redact"
 	"lsmux/internal/wait"
 )
@@ -34,13 +35,13 @@ type slot struct {
 	st ConnStatus
 
 	hits, bytes, dups, invalid, oversized atomic.Uint64
-	rate                                  rateWindow
+	rate                                  *persec.Counter // hits per second, for status
 }
 
 func newSlot(p *Pool, idx int) *slot {
 	now := time.Now()
 	return &slot{p: p, idx: idx, st: ConnStatus{Slot: idx, State: StateConnecting, Since: now, Results: map[string]uint64{}},
-		rate: rateWindow{born: now}}
+		rate: persec.New(60, now)}
 }
 
 // run attempts, reads and waits until ctx ends, handing every hit to sink.
@@ -319,7 +320,7 @@ func (s *slot) deliver(rec []byte, sink Sink) {
 	s.hits.Add(1)
 	s.bytes.Add(uint64(len(rec)))
 	now := time.Now()
-	s.rate.add(now.Unix())
+	s.rate.Add(now, 1)
 	sink.Deliver(Hit{Raw: rec, ID: id, HasID: hasID, Received: now})
 }
 

@@ -3,7 +3,6 @@ package upstream
 import (
 	"maps"
 	"slices"
-	"sync/atomic"
 	"time"
 )
 
@@ -87,7 +86,7 @@ func (s *slot) status() ConnStatus {
 	s.mu.Unlock()
 	st.Hits, st.Bytes, st.Duplicates = s.hits.Load(), s.bytes.Load(), s.dups.Load()
 	st.Invalid, st.Oversized = s.invalid.Load(), s.oversized.Load()
-	st.HitsPerSecond = s.rate.perSecond(time.Now())
+	st.HitsPerSecond = s.rate.Rate(time.Now(), 60)
 	return st
 }
 
@@ -96,43 +95,4 @@ func (s *slot) set(f func(*ConnStatus)) {
 	s.mu.Lock()
 	f(&s.st)
 	s.mu.Unlock()
-}
-
-// rateWindow counts hits per second over the last minute. Only the slot's
-// reader writes it; status reads it.
-type rateWindow struct {
-	born   time.Time // when counting began: a younger window averages over its age
-	secs   [61]atomic.Int64
-	counts [61]atomic.Uint64
-}
-
-func (w *rateWindow) add(sec int64) {
-	i := sec % int64(len(w.secs))
-	if w.secs[i].Load() != sec {
-		w.counts[i].Store(0)
-		w.secs[i].Store(sec)
-	}
-	w.counts[i].Add(1)
-}
-
-// perSecond averages the complete seconds of the last minute before now,
-// counting only those the window has lived through (a minute's sum
-// divided by 60 would read 28 on a steady 50 hits/s stream 33 s after a
-// start).
-func (w *rateWindow) perSecond(now time.Time) float64 {
-	sec := now.Unix()
-	from := sec - 60
-	if !w.born.IsZero() {
-		from = max(from, w.born.Unix()+1) // the second it was born in is partial
-	}
-	if from >= sec {
-		return 0
-	}
-	var sum uint64
-	for i := range w.secs {
-		if s := w.secs[i].Load(); s < sec && s >= from {
-			sum += w.counts[i].Load()
-		}
-	}
-	return float64(sum) / float64(sec-from)
 }

@@ -1,15 +1,14 @@
 "use strict";
-// lsmux dashboard: polls /v1/status for the upstream and throughput, and
-// subscribes to the stream itself over SSE (EventSource reconnects by
-// itself after an lsmux restart and resumes with Last-Event-ID).
+// lsmux dashboard: polls /v1/status (its summary: no subscriber list) for
+// the upstream and the throughput of the last minutes, and subscribes to
+// the stream itself over SSE (EventSource reconnects by itself after an
+// lsmux restart and resumes with Last-Event-ID).
 const $ = (sel) => document.querySelector(sel);
 const token = new URLSearchParams(location.search).get("access_token");
 const withToken = (url) => (token ? url + (url.includes("?") ? "&" : "?") + "access_token=" + encodeURIComponent(token) : url);
 const fmt = new Intl.NumberFormat();
 
 let stream = null;
-let samples = []; // {t, hitsIn, delivered}
-let lastStatus = null;
 
 function el(tag, attrs, ...children) {
   const e = document.createElement(tag);
@@ -23,15 +22,26 @@ function ago(t) {
   return s < 60 ? s + " s ago" : s < 3600 ? Math.floor(s / 60) + " min ago" : Math.floor(s / 3600) + " h ago";
 }
 
+// lastCell says what the slot waits for, or its last error: current when
+// it happened in the slot's present state, history (muted, with its age)
+// once the slot has connected again since.
+function lastCell(c) {
+  if (c.hold) return el("td", {}, c.hold);
+  if (!c.lastError) return el("td", {}, c.lastStatus && c.state === "streaming" ? String(c.lastStatus) : "");
+  const text = (c.lastStatus && c.state !== "streaming" ? c.lastStatus + " " : "") + c.lastError;
+  const current = c.lastErrorAt && new Date(c.lastErrorAt).getTime() >= new Date(c.since).getTime() - 1000;
+  if (current) return el("td", { class: "current-error" }, text);
+  return el("td", { class: "past-error muted" }, "before it connected, " + ago(c.lastErrorAt || c.since) + ": " + c.lastError);
+}
+
 function renderUpstream(conns) {
   const rows = conns.map((c) => {
     let next = "";
     if ((c.state === "waiting" || c.state === "failing") && c.nextAttempt) {
       next = "in " + Math.max(0, Math.ceil((new Date(c.nextAttempt) - Date.now()) / 1000)) + " s";
     }
-    const last = c.hold || (c.lastStatus ? c.lastStatus + " " : "") + (c.lastError || "");
     return el("tr", {}, el("td", {}, "#" + c.slot), el("td", { class: "state-" + c.state }, c.state), el("td", {}, ago(c.since)),
-      el("td", {}, fmt.format(c.attempts)), el("td", {}, fmt.format(c.hits)), el("td", {}, last), el("td", {}, next));
+      el("td", {}, fmt.format(c.attempts)), el("td", {}, fmt.format(c.hits)), lastCell(c), el("td", {}, next));
   });
   $("#upstream").replaceChildren(...rows);
 
@@ -39,7 +49,8 @@ function renderUpstream(conns) {
   const events = conns.flatMap((c) => (c.events || []).map((e) => ({ ...e, slot: c.slot }))).sort((a, b) => new Date(a.time) - new Date(b.time));
   const svgNS = "http://www.w3.org/2000/svg";
   const marks = events.map((e) => {
-    const x = Math.max(0, Math.min(1000, 1000 - ((now - new Date(e.time)) / hour) * 1000));
+    // A mark is 3 units wide: the newest one ends at the right edge, not past it.
+    const x = Math.max(0, Math.min(997, 997 - ((now - new Date(e.time)) / hour) * 997));
     const r = document.createElementNS(svgNS, "rect");
     r.setAttribute("x", x.toFixed(1));
     r.setAttribute("y", e.kind === "connected" ? "4" : "20");
@@ -67,21 +78,17 @@ function renderCluster(c) {
     (c.notReady ? " · not ready: " + c.notReady : "");
 }
 
+// renderThroughput uses the server's per-second counts of the last five
+// minutes, so the chart is full from the first poll.
 function renderThroughput(s) {
-  // In cluster mode hits arrive through JetStream, on followers too.
-  const hitsIn = s.cluster ? s.hub.appended : s.upstream.reduce((n, c) => n + c.hits, 0);
-  const t = Date.now();
-  samples.push({ t, hitsIn, delivered: s.hub.delivered || 0 });
-  samples = samples.filter((x) => t - x.t <= 5 * 60e3 + 2000);
-  const rates = [];
-  for (let i = 1; i < samples.length; i++) {
-    const dt = (samples[i].t - samples[i - 1].t) / 1000 || 1;
-    rates.push({ t: samples[i].t, in: Math.max(0, (samples[i].hitsIn - samples[i - 1].hitsIn) / dt), out: Math.max(0, (samples[i].delivered - samples[i - 1].delivered) / dt) });
-  }
-  const last = rates[rates.length - 1] || { in: 0, out: 0 };
-  $("#hits-total").textContent = fmt.format(s.hub.appended);
-  $("#rate-in").textContent = fmt.format(Math.round(last.in));
-  $("#rate-out").textContent = fmt.format(Math.round(last.out));
+  const tp = s.throughput || { hitsIn: [], delivered: [] };
+  const start = new Date(tp.start).getTime();
+  const rates = tp.hitsIn.map((n, i) => ({ t: start + (i + 1) * 1000, in: n, out: tp.delivered[i] || 0 }));
+  const recent = rates.slice(-5);
+  const avg = (key) => (recent.length ? recent.reduce((a, r) => a + r[key], 0) / recent.length : 0);
+  $("#hits-total").textContent = fmt.format(s.ring.appended);
+  $("#rate-in").textContent = fmt.format(Math.round(avg("in")));
+  $("#rate-out").textContent = fmt.format(Math.round(avg("out")));
   const counts = s.subscriberCounts || {};
   const total = Object.values(counts).reduce((a, b) => a + b, 0);
   $("#subs").textContent = fmt.format(total);
@@ -89,6 +96,8 @@ function renderThroughput(s) {
   drawChart(rates);
 }
 
+// drawChart draws hits/s in and deliveries/s out with a time axis (a tick
+// a minute, labelled with the clock) and the scale's maximum.
 function drawChart(rates) {
   const c = $("#chart");
   const dpr = window.devicePixelRatio || 1;
@@ -98,30 +107,51 @@ function drawChart(rates) {
   g.setTransform(dpr, 0, 0, dpr, 0, 0);
   g.clearRect(0, 0, w, h);
   const css = getComputedStyle(document.documentElement);
+  const span = 5 * 60e3, axis = 16, top = 16;
   const max = Math.max(1, ...rates.map((r) => Math.max(r.in, r.out)));
   const now = Date.now();
+  const xOf = (t) => w - ((now - t) / span) * w;
   g.fillStyle = css.getPropertyValue("--muted");
+  g.strokeStyle = css.getPropertyValue("--line");
   g.font = "11px system-ui";
   g.fillText(fmt.format(Math.round(max)) + "/s", 4, 12);
+  const ticks = [];
+  for (let t = Math.ceil((now - span) / 60e3) * 60e3; t <= now; t += 60e3) {
+    const x = xOf(t);
+    g.beginPath(); g.moveTo(x, h - axis); g.lineTo(x, h - axis + 4); g.stroke();
+    const label = new Date(t).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+    g.fillText(label, Math.min(Math.max(0, x - 14), w - 34), h - 3);
+    ticks.push(label);
+  }
+  c.dataset.ticks = ticks.join(" ");
+  c.dataset.points = String(rates.length);
   for (const [key, color] of [["in", "--in"], ["out", "--out"]]) {
     g.strokeStyle = css.getPropertyValue(color);
     g.lineWidth = 1.5;
     g.beginPath();
     rates.forEach((r, i) => {
-      const x = w - ((now - r.t) / (5 * 60e3)) * w;
-      const y = h - 4 - (r[key] / max) * (h - 20);
+      const x = xOf(r.t);
+      const y = h - axis - 2 - (r[key] / max) * (h - axis - top - 2);
       i ? g.lineTo(x, y) : g.moveTo(x, y);
     });
     g.stroke();
   }
 }
 
+// needToken explains a 401: the page needs the token lsmux was started
+// with, passed as ?access_token= (EventSource cannot send a header).
+function needToken() {
+  $("#lsmux-state").textContent = token ? "lsmux refused this token (401): check LSMUX_AUTH_TOKEN" : "lsmux asks for a token (401): open this page as /?access_token=<token>";
+  $("#auth").hidden = false;
+}
+
 async function poll() {
   try {
     const res = await fetch(withToken("/v1/status"));
+    if (res.status === 401) return needToken();
     if (!res.ok) throw new Error("status " + res.status);
     const st = await res.json();
-    lastStatus = st;
+    $("#auth").hidden = true;
     const s = st.streams.find((x) => x.name === stream) || st.streams[0];
     if (!s) return;
     if (!stream) start(s.name, st);
@@ -229,6 +259,12 @@ async function setupDemo() {
   }));
 }
 
+$("#auth").addEventListener("submit", (e) => {
+  e.preventDefault();
+  const u = new URL(location.href);
+  u.searchParams.set("access_token", $("#auth-token").value.trim());
+  location.assign(u.toString());
+});
 $("#filter-form").addEventListener("submit", (e) => {
   e.preventDefault();
   if (stream) startTail(stream, $("#filter").value.trim());
