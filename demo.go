@@ -21,18 +21,7 @@ LSMUX_RECONNECT_DELAY is set.`
 // runDemo runs the simulator and lsmux in one process, with no
 // credentials: the first thing a newcomer runs.
 func runDemo(ctx context.Context, args []string, env cli.Env, stdout, stderr io.Writer) error {
-	// A demo is for this machine: loopback unless told otherwise (a
-	// newcomer's laptop should not serve the network by surprise).
-	if !flagOrEnvSet(args, env, "listen") {
-		args = append([]string{"-listen", "127.0.0.1:8080"}, args...)
-	}
-	// The demo waits 15 s after a loss instead of Adobe's 60 s, so a
-	// newcomer who drops the connection sees the recovery soon; flags and
-	// LSMUX_RECONNECT_DELAY still win.
-	if !flagOrEnvSet(args, env, "reconnect-delay") {
-		args = append([]string{"-reconnect-delay", demoReconnectDelay.String()}, args...)
-	}
-	cfg, log, err := startServe("lsmux demo", demoSummary, args, env, stdout, stderr)
+	cfg, log, err := startServe("lsmux demo", demoSummary, demoArgs(args, env), env, stdout, stderr)
 	if err != nil {
 		return err
 	}
@@ -53,6 +42,21 @@ func runDemo(ctx context.Context, args []string, env cli.Env, stdout, stderr io.
 	}
 	printDemoBanner(stdout, sim.URL(), "http://"+reachable(a.addr()), cfg.AuthToken != "")
 	return a.run(ctx)
+}
+
+// demoArgs puts the demo's own defaults before the user's flags, where
+// neither a flag nor the environment sets them: a demo listens on
+// loopback (a newcomer's laptop should not serve the network by surprise),
+// and waits 15 s after a loss instead of Adobe's 60 s, so a newcomer who
+// drops the connection sees the recovery soon.
+func demoArgs(args []string, env cli.Env) []string {
+	if !flagOrEnvSet(args, env, "listen") {
+		args = append([]string{"-listen", demoListen}, args...)
+	}
+	if !flagOrEnvSet(args, env, "reconnect-delay") {
+		args = append([]string{"-reconnect-delay", demoReconnectDelay.String()}, args...)
+	}
+	return args
 }
 
 // printDemoBanner tells a newcomer what to open. With auth on, the token
@@ -98,6 +102,8 @@ func reachable(listen string) string {
 	return net.JoinHostPort(host, port)
 }
 
-// demoReconnectDelay is what the demo waits after a lost connection unless
-// told otherwise.
-const demoReconnectDelay = 15 * time.Second
+// The demo's defaults (see demoArgs).
+const (
+	demoListen         = "127.0.0.1:8080"
+	demoReconnectDelay = 15 * time.Second
+)

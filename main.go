@@ -31,7 +31,7 @@ var version = "dev"
 const usage = `lsmux: one Adobe Live Stream connection, any number of local subscribers.
 
 Usage:
-  lsmux [serve] [flags]   run the proxy (flags or LSMUX_* environment)
+  lsmux serve [flags]     run the proxy (what 'lsmux' alone runs too)
   lsmux demo [flags]      run lsmux against its built-in simulator (no credentials needed)
   lsmux simulate [flags]  run only the Live Stream simulator (fake stream + IMS token endpoint)
   lsmux loadtest [flags]  measure deliveries/s, latency, CPU and memory with N subscribers
@@ -40,7 +40,8 @@ Usage:
   lsmux help [command]    this text, or a command's settings
 
 Every flag has an LSMUX_* environment variable (flags win); 'lsmux <command> -h'
-lists them. Start with 'lsmux demo'.
+lists them. Exit codes: 0 done, 1 failed while running, 2 bad command line or
+settings. Start with 'lsmux demo'.
 `
 
 // command is one sub-command.
