@@ -35,6 +35,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/sirupsen/logrus"
+
+	"lsmux/internal/names"
 )
 
 // Options configure cluster mode. Zero values take the defaults noted.
@@ -235,9 +237,9 @@ type Names struct {
 // NamesFor derives the JetStream names for a Live Stream stream name.
 func NamesFor(stream string) Names {
 	var b strings.Builder
-	for _, r := range stream {
-		if r < 128 && (r == '-' || r == '_' || r >= '0' && r <= '9' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z') {
-			b.WriteRune(r)
+	for i := 0; i < len(stream); i++ {
+		if names.WordByte(stream[i]) {
+			b.WriteByte(stream[i])
 		} else {
 			b.WriteByte('_')
 		}

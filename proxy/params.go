@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"lsmux/fanout"
+	"lsmux/internal/names"
 )
 
 // parseFrom reads where a subscriber starts: Last-Event-ID (the last hit an
@@ -55,22 +56,22 @@ func (s *Server) parseSelector(r *http.Request, allowNamed bool) (*fanout.Select
 		}
 		sel.Filter = f
 	}
-	var names []string
+	var named []string
 	for key := range q {
 		if name, ok := strings.CutPrefix(key, "filter."); ok {
-			names = append(names, name)
+			named = append(named, name)
 		}
 	}
-	if len(names) > 0 && !allowNamed {
+	if len(named) > 0 && !allowNamed {
 		return nil, fmt.Errorf("named filters (filter.<name>=) are for SSE; use one filter= here")
 	}
-	if len(names) > 16 {
-		return nil, fmt.Errorf("%d named filters, the limit is 16", len(names))
+	if len(named) > 16 {
+		return nil, fmt.Errorf("%d named filters, the limit is 16", len(named))
 	}
-	sort.Strings(names)
-	for _, name := range names {
-		if !validName(name) {
-			return nil, fmt.Errorf("filter.%s: a name is letters, digits, '-' and '_' (up to 64)", truncate(name))
+	sort.Strings(named)
+	for _, name := range named {
+		if err := names.Check("filter name", name); err != nil {
+			return nil, fmt.Errorf("filter.%s: %w", truncate(name), err)
 		}
 		f, err := s.compiler.Filter(q.Get("filter." + name))
 		if err != nil {
@@ -98,18 +99,6 @@ func (s *Server) parseSelector(r *http.Request, allowNamed bool) (*fanout.Select
 		return nil, nil
 	}
 	return sel, nil
-}
-
-func validName(s string) bool {
-	if s == "" || len(s) > 64 {
-		return false
-	}
-	for _, c := range s {
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
-			return false
-		}
-	}
-	return true
 }
 
 // parseSubscription reads where and what a subscriber wants, answering 400
