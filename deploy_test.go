@@ -165,18 +165,18 @@ func TestDeployExamplesUseRealSettings(t *testing.T) {
 	}
 }
 
-// TestReadmeShowsTheClusterComposeFile keeps the README's cluster example
-// the same as the file in deploy/ (which the test above checks).
-func TestReadmeShowsTheClusterComposeFile(t *testing.T) {
+// TestClusterDocShowsTheClusterComposeFile keeps docs/cluster.md's
+// example the same as the file in deploy/ (which the test above checks).
+func TestClusterDocShowsTheClusterComposeFile(t *testing.T) {
 	compose, err := os.ReadFile("deploy/docker-compose.cluster.yml")
 	if err != nil {
 		t.Fatal(err)
 	}
-	readme, err := os.ReadFile("README.md")
+	doc, err := os.ReadFile("docs/cluster.md")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(string(readme), "<!-- cluster compose -->\n```yaml\n"+string(compose)+"```\n<!-- end cluster compose -->") {
-		t.Fatal("README.md's cluster compose example differs from deploy/docker-compose.cluster.yml; copy the file between the <!-- cluster compose --> markers")
+	if !strings.Contains(string(doc), "<!-- cluster compose -->\n```yaml\n"+string(compose)+"```\n<!-- end cluster compose -->") {
+		t.Fatal("docs/cluster.md's compose example differs from deploy/docker-compose.cluster.yml; copy the file between the <!-- cluster compose --> markers")
 	}
 }

@@ -157,11 +157,11 @@ func TestMetricsCountConnectsDropsAndDeliveries(t *testing.T) {
 			t.Errorf("%s = %v", series, v)
 		}
 	}
-	// Every metric is documented in the README's Operations section.
-	readme, _ := readFile("README.md")
+	// Every metric is documented in docs/operations.md.
+	doc, _ := readFile("docs/operations.md")
 	for _, name := range metrics.Names {
-		if !strings.Contains(readme, "`"+name+"`") {
-			t.Errorf("metric %s is not documented in README.md", name)
+		if !strings.Contains(doc, "`"+name+"`") {
+			t.Errorf("metric %s is not documented in docs/operations.md", name)
 		}
 		if !strings.HasPrefix(name, "lsmux_cluster_") && !strings.Contains(text, name) { // cluster metrics: TestClusterSurvivesNATSRestartAndPartition
 			t.Errorf("metric %s is not exposed", name)

@@ -78,8 +78,6 @@ func (ss *session) run() (reason string) {
 			return ss.clientLeft()
 		case <-ss.srv.closing:
 			return ss.shutdown()
-		case <-ss.hub.Closed():
-			return ss.shutdown()
 		default:
 		}
 		// Control frames next, even when hits keep the writer busy:
@@ -132,8 +130,6 @@ func (ss *session) run() (reason string) {
 		case <-ss.peer.gone():
 			return ss.clientLeft()
 		case <-ss.srv.closing:
-			return ss.shutdown()
-		case <-ss.hub.Closed():
 			return ss.shutdown()
 		}
 	}
