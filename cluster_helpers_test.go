@@ -3,13 +3,15 @@ package main
 import (
 	"encoding/json"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"lsmux/proxy/proxytest"
 )
@@ -101,16 +103,28 @@ type buildError struct {
 
 func (e *buildError) Error() string { return e.err.Error() + "\n" + e.out }
 
-// freeAddr returns a loopback address nothing listens on (for a child
-// process, which must be told its address up front).
-func freeAddr(t *testing.T) string {
+// listenLine finds where a child lsmux listens in its output: the
+// "lsmux serving" log line (JSON or text) or the demo's banner.
+var listenLine = regexp.MustCompile(`"listen":"([^"]+)"|listen="?([0-9.:\[\]]+)"?|Open the dashboard:\s+http://([^/\s]+)/`)
+
+// childAddr waits for a child lsmux started with -listen 127.0.0.1:0 to
+// say where it listens. (Picking a free port here and handing it over
+// would race with every other test on the machine.)
+func childAddr(t *testing.T, out *syncBuf) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
+	var addr string
+	waitFor(t, 20*time.Second, "the child to say where it listens", func() bool {
+		for _, m := range listenLine.FindAllStringSubmatch(out.String(), -1) {
+			for _, g := range m[1:] {
+				if g != "" && !strings.HasSuffix(g, ":0") {
+					addr = g
+					return true
+				}
+			}
+		}
+		return false
+	})
+	return addr
 }
 
 // subscribeFromOldest opens a WebSocket subscriber from the oldest hit on

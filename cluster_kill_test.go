@@ -26,12 +26,11 @@ type replicaProc struct {
 
 func startReplicaProc(t *testing.T, bin, streamURL, tokenURL, clientID, secret, natsURL, name string) *replicaProc {
 	t.Helper()
-	addr := freeAddr(t)
-	cmd := exec.Command(bin, "serve", "-listen", addr, "-stream-url", streamURL, "-token-url", tokenURL,
+	cmd := exec.Command(bin, "serve", "-listen", "127.0.0.1:0", "-stream-url", streamURL, "-token-url", tokenURL,
 		"-client-id", clientID, "-client-secret", secret, "-nats-url", natsURL, "-replica-name", name,
 		"-lease-ttl", testLeaseTTL.String(), "-reconnect-delay", testReconnectDelay.String(), "-reconnect-max-delay", "2s",
 		"-nats-retry-wait", "100ms", "-shutdown-timeout", "2s", "-log-format", "json", "-log-level", "info")
-	p := &replicaProc{cmd: cmd, root: "http://" + addr, base: "http://" + addr + "/v1/streams/demo", out: &syncBuf{}, done: make(chan struct{})}
+	p := &replicaProc{cmd: cmd, out: &syncBuf{}, done: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = p.out, p.out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -50,6 +49,8 @@ func startReplicaProc(t *testing.T, bin, streamURL, tokenURL, clientID, secret, 
 			t.Logf("replica %s output:\n%s", name, p.out.String())
 		}
 	})
+	addr := childAddr(t, p.out)
+	p.root, p.base = "http://"+addr, "http://"+addr+"/v1/streams/demo"
 	return p
 }
 

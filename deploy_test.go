@@ -42,9 +42,20 @@ func TestNginxExampleProxiesStreams(t *testing.T) {
 		srv.Shutdown(ctx)
 	}()
 
-	front, _ := net.Listen("tcp", "127.0.0.1:0")
+	// nginx inherits the listening socket (as in its binary upgrade: the
+	// NGINX variable names inherited descriptors), so no port is picked
+	// here and bound later by someone else.
+	front, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer front.Close()
 	frontAddr := front.Addr().String()
-	front.Close() // nginx binds it
+	frontFile, err := front.(*net.TCPListener).File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer frontFile.Close()
 	dir := t.TempDir()
 	abs := func(p string) string { a, _ := filepath.Abs(p); return a }
 	httpPart, err := os.ReadFile("deploy/nginx/lsmux-http.conf")
@@ -68,6 +79,8 @@ http {
 `, dir, strings.Replace(string(httpPart), "127.0.0.1:8080", ln.Addr().String(), 1), frontAddr, abs("deploy/nginx/lsmux-location.conf"))
 	os.WriteFile(filepath.Join(dir, "nginx.conf"), []byte(conf), 0o644)
 	cmd := exec.Command(nginx, "-c", filepath.Join(dir, "nginx.conf"), "-p", dir, "-e", filepath.Join(dir, "error.log"))
+	cmd.ExtraFiles = []*os.File{frontFile} // descriptor 3 in nginx
+	cmd.Env = append(os.Environ(), "NGINX=3;")
 	out, _ := os.Create(filepath.Join(dir, "stdout.log")) // a file, not a pipe the workers would keep open
 	defer out.Close()
 	cmd.Stdout, cmd.Stderr = out, out

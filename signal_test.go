@@ -22,16 +22,14 @@ func TestSIGTERMExitsCleanlyUnderLoad(t *testing.T) {
 		t.Skip("builds the binary")
 	}
 	bin := lsmuxBinary(t)
-	ln, _ := net.Listen("tcp", "127.0.0.1:0")
-	addr := ln.Addr().String()
-	ln.Close()
-	cmd := exec.Command(bin, "demo", "-listen", addr, "-shutdown-timeout", "2s", "-log-level", "warn")
+	cmd := exec.Command(bin, "demo", "-listen", "127.0.0.1:0", "-shutdown-timeout", "2s", "-log-level", "warn")
 	out := &syncBuf{}
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	defer cmd.Process.Kill()
+	addr := childAddr(t, out)
 	base := "http://" + addr + "/v1/streams/demo"
 	waitFor(t, 10*time.Second, "the demo to serve", func() bool {
 		c, err := net.Dial("tcp", addr)

@@ -9,6 +9,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/binary"
@@ -33,7 +34,7 @@ import (
 
 // Settings are the load test's flags.
 type Settings struct {
-	Target, Transport, SimListen, ServerCPUs string
+	Target, Transport, SimListen, ServerCPUs, ServerBinary string
 	N, PID                                   int
 	Rate                                     float64
 	Duration, Warmup                         time.Duration
@@ -55,6 +56,7 @@ names a running one (fed by this simulator, --sim-listen).`)
 	f.String(&s.SimListen, "sim-listen", "127.0.0.1:9090", "the simulator's address (a running lsmux must use it as its stream URL)")
 	f.Int(&s.PID, "pid", 0, "pid of a running lsmux, for its CPU and memory (a spawned one is known)")
 	f.String(&s.ServerCPUs, "server-cpus", "0", "CPUs for a spawned lsmux (taskset -c), empty: not pinned")
+	f.String(&s.ServerBinary, "server-binary", "", "the lsmux binary to spawn (empty: this one)")
 	f.Bool(&s.Idle, "idle", false, "open n idle WebSocket subscribers and report memory per connection")
 	return f
 }
@@ -85,7 +87,7 @@ func Run(ctx context.Context, args []string, env cli.Env, stdout, stderr io.Writ
 
 	base := strings.TrimSuffix(*target, "/")
 	if base == "" {
-		child, addr, err := spawnLsmux(sim, *cpus, *n, stderr)
+		child, addr, err := spawnLsmux(ctx, st.ServerBinary, sim, *cpus, *n, stderr)
 		if err != nil {
 			return err
 		}
@@ -163,32 +165,64 @@ func Run(ctx context.Context, args []string, env cli.Env, stdout, stderr io.Writ
 	return nil
 }
 
-// spawnLsmux starts `lsmux serve` on a free port, fed by sim, pinned with
-// taskset when it is available.
-func spawnLsmux(sim *simulator.Server, cpus string, n int, stderr io.Writer) (*exec.Cmd, string, error) {
-	self, err := os.Executable()
-	if err != nil {
-		return nil, "", err
+// spawnLsmux starts `lsmux serve` on a port of its own choosing, fed by
+// sim, pinned with taskset when it is available, and returns the address
+// it reports in its "lsmux serving" log line (choosing a free port here
+// and handing it over would race with anything else on the machine). The
+// child's warnings and errors go on to stderr.
+func spawnLsmux(ctx context.Context, binary string, sim *simulator.Server, cpus string, n int, stderr io.Writer) (*exec.Cmd, string, error) {
+	if binary == "" {
+		self, err := os.Executable()
+		if err != nil {
+			return nil, "", err
+		}
+		binary = self
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return nil, "", err
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	argv := []string{self, "serve"}
+	argv := []string{binary, "serve"}
 	if ts, err := exec.LookPath("taskset"); err == nil && cpus != "" {
 		argv = append([]string{ts, "-c", cpus}, argv...)
 	}
 	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.Env = append(os.Environ(), "LSMUX_LISTEN="+addr, "LSMUX_STREAM_URL="+sim.StreamURL("demo"), "LSMUX_TOKEN_URL="+sim.TokenURL(),
-		"LSMUX_CLIENT_ID="+sim.ClientID(), "LSMUX_CLIENT_SECRET="+sim.ClientSecret(), "LSMUX_LOG_LEVEL=warn", "LSMUX_LOG_FORMAT=text",
+	cmd.Env = append(os.Environ(), "LSMUX_LISTEN=127.0.0.1:0", "LSMUX_STREAM_URL="+sim.StreamURL("demo"), "LSMUX_TOKEN_URL="+sim.TokenURL(),
+		"LSMUX_CLIENT_ID="+sim.ClientID(), "LSMUX_CLIENT_SECRET="+sim.ClientSecret(), "LSMUX_LOG_LEVEL=info", "LSMUX_LOG_FORMAT=json",
 		"LSMUX_MAX_SUBSCRIBERS="+strconv.Itoa(n+100), "LSMUX_MAX_SUBSCRIBERS_PER_ADDRESS="+strconv.Itoa(n+100))
-	cmd.Stdout, cmd.Stderr = stderr, stderr
+	cmd.Stdout = stderr
+	logs, err := cmd.StderrPipe()
+	if err != nil {
+		return nil, "", err
+	}
 	if err := cmd.Start(); err != nil {
 		return nil, "", err
 	}
-	return cmd, addr, nil
+	addrCh := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(logs)
+		for sc.Scan() {
+			var line struct{ Level, Msg, Listen string }
+			if json.Unmarshal(sc.Bytes(), &line) != nil {
+				fmt.Fprintln(stderr, sc.Text())
+				continue
+			}
+			if line.Msg == "lsmux serving" {
+				addrCh <- line.Listen
+			}
+			if line.Level == "warning" || line.Level == "error" || line.Level == "fatal" {
+				fmt.Fprintln(stderr, sc.Text())
+			}
+		}
+		close(addrCh)
+	}()
+	select {
+	case addr, ok := <-addrCh:
+		if ok {
+			return cmd, addr, nil
+		}
+	case <-time.After(30 * time.Second):
+	case <-ctx.Done():
+	}
+	cmd.Process.Kill()
+	cmd.Wait()
+	return nil, "", fmt.Errorf("the spawned lsmux (%s) did not say where it listens", binary)
 }
 
 func waitReady(ctx context.Context, url string, timeout time.Duration) error {
