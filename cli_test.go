@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"io"
@@ -100,26 +99,8 @@ func TestSettingErrorsSayTheFormAndNothingElse(t *testing.T) {
 // TestServeWarnsAboutAShortReconnectDelayAndASecretFlag: warnings that do
 // not stop the start are logged at start.
 func TestServeWarnsAboutAShortReconnectDelayAndASecretFlag(t *testing.T) {
-	cmd := exec.Command(lsmuxBinary(t), "serve", "--access-token", "tok-in-ps-123")
-	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "LSMUX_LISTEN=127.0.0.1:0", "LSMUX_LOG_FORMAT=text",
-		"LSMUX_STREAM_URL=https://livestream.invalid/api/1/stream/x", "LSMUX_RECONNECT_DELAY=5s", "LSMUX_SHUTDOWN_TIMEOUT=1s"}
-	stderr, _ := cmd.StderrPipe()
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer cmd.Process.Kill()
-	var log strings.Builder
-	sc := bufio.NewScanner(stderr)
-	for sc.Scan() {
-		log.WriteString(sc.Text() + "\n")
-		if strings.Contains(sc.Text(), "lsmux serving") {
-			break
-		}
-	}
-	cmd.Process.Signal(syscall.SIGTERM)
-	io.Copy(&log, stderr)
-	cmd.Wait()
-	text := log.String()
+	text := startAndStop(t, []string{"LSMUX_LISTEN=127.0.0.1:0", "LSMUX_LOG_FORMAT=text", "LSMUX_STREAM_URL=https://livestream.invalid/api/1/stream/x",
+		"LSMUX_RECONNECT_DELAY=5s", "LSMUX_SHUTDOWN_TIMEOUT=1s"}, "lsmux serving", "serve", "--access-token", "tok-in-ps-123")
 	if !strings.Contains(text, "LSMUX_RECONNECT_DELAY=5s is short for livestream.invalid") || !strings.Contains(text, "about 60s") {
 		t.Errorf("no warning about the reconnect delay:\n%s", text)
 	}
@@ -147,24 +128,26 @@ func TestDemoListensOnLoopbackAndNeverPrintsTheToken(t *testing.T) {
 		t.Fatalf("banner with auth:\n%s", banner)
 	}
 	// The real demo, with a token: it never prints it.
-	cmd := exec.Command(lsmuxBinary(t), "demo")
-	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "LSMUX_LISTEN=127.0.0.1:0", "LSMUX_AUTH_TOKEN=demo-secret-42", "LSMUX_LOG_LEVEL=error", "LSMUX_SHUTDOWN_TIMEOUT=1s"}
-	stdout, _ := cmd.StdoutPipe()
+	got := startAndStop(t, []string{"LSMUX_LISTEN=127.0.0.1:0", "LSMUX_AUTH_TOKEN=demo-secret-42", "LSMUX_LOG_LEVEL=error", "LSMUX_SHUTDOWN_TIMEOUT=1s"}, "Ctrl-C", "demo")
+	if !strings.Contains(got, "http://127.0.0.1:") || strings.Contains(got, "demo-secret-42") || !strings.Contains(got, "access_token=<") {
+		t.Fatalf("demo banner:\n%s", got)
+	}
+}
+
+// startAndStop runs the binary until its output (stdout and stderr)
+// shows marker, then stops it with SIGTERM and returns all it printed.
+func startAndStop(t *testing.T, env []string, marker string, args ...string) string {
+	t.Helper()
+	cmd := exec.Command(lsmuxBinary(t), args...)
+	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH")}, env...)
+	out := &syncBuf{}
+	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	defer cmd.Process.Kill()
-	var got strings.Builder
-	sc := bufio.NewScanner(stdout)
-	for sc.Scan() {
-		got.WriteString(sc.Text() + "\n")
-		if strings.Contains(sc.Text(), "Ctrl-C") {
-			break
-		}
-	}
+	waitFor(t, 20*time.Second, "lsmux to print "+marker, func() bool { return strings.Contains(out.String(), marker) })
 	cmd.Process.Signal(syscall.SIGTERM)
 	cmd.Wait()
-	if !strings.Contains(got.String(), "http://127.0.0.1:") || strings.Contains(got.String(), "demo-secret-42") || !strings.Contains(got.String(), "access_token=<") {
-		t.Fatalf("demo banner:\n%s", got.String())
-	}
+	return out.String()
 }

@@ -63,7 +63,8 @@ type Server struct {
 	serveErr chan error
 
 	// writing is held for reading by every connection while it writes one
-	// batch, so Stall can wait until no batch is half-recorded.
+	// batch, so Stall can wait until no batch is half-recorded. Lock
+	// order: writing before mu (sendDue takes mu inside it).
 	writing sync.RWMutex
 
 	mu       sync.Mutex
