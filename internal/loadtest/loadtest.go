@@ -9,10 +9,10 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"encoding/json"
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -35,10 +35,10 @@ import (
 // Settings are the load test's flags.
 type Settings struct {
 	Target, Transport, SimListen, ServerCPUs, ServerBinary string
-	N, PID                                   int
-	Rate                                     float64
-	Duration, Warmup                         time.Duration
-	Idle                                     bool
+	N, PID                                                 int
+	Rate                                                   float64
+	Duration, Warmup                                       time.Duration
+	Idle                                                   bool
 }
 
 // Flags binds the load test's settings (LSMUX_LOADTEST_* variables).
