@@ -268,7 +268,9 @@ func TestClusterSurvivesNATSRestartAndPartition(t *testing.T) {
 
 	// The leader shuts down and releases the lease.
 	second := leaders(roots)[0]
-	sim.BackfillDuplicates(50) // hits in flight when it closes, as above
+	// Hits in flight when it closes, as above; lsmux's reader can be
+	// seconds behind on a busy machine under -race, so 500 (2.5 s).
+	sim.BackfillDuplicates(500)
 	reps[second].stop()
 	<-reps[second].done
 	waitFor(t, 20*time.Second, "a third leader to connect upstream", func() bool {
