@@ -118,6 +118,8 @@ func newApp(cfg *config, tokens upstream.TokenSource, log *logrus.Logger, demo h
 		Observer:          a.metrics,
 		Logger:            log,
 		AuthTokens:        list(cfg.AuthToken),
+		AuthTokenFile:     cfg.AuthTokenFile,
+		AllowedHosts:      list(cfg.AllowedHosts),
 		ProtectHealth:     cfg.ProtectHealth,
 		AllowedOrigins:    list(cfg.AllowedOrigins),
 		MaxSubscribers:    cfg.MaxSubscribers,

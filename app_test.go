@@ -533,3 +533,23 @@ func TestCurlReadsTheDropInEndpoint(t *testing.T) {
 	}
 	t.Logf("curl --compressed -N read %d hits identical to the simulator's", len(got))
 }
+
+// TestHealthcheckSendsTheConfiguredToken: with LSMUX_PROTECT_HEALTH=true
+// the container HEALTHCHECK passes, because it reads the same
+// LSMUX_AUTH_TOKEN (or its file) as the server.
+func TestHealthcheckSendsTheConfiguredToken(t *testing.T) {
+	sim := newSim(t, 20)
+	r := startApp(t, sim, "-auth-token", "hc-tok-1,hc-tok-2", "-protect-health")
+	var out, errOut bytes.Buffer
+	if code := run(context.Background(), []string{"healthcheck"}, cli.Env{"LSMUX_LISTEN": r.app.addr()}, &out, &errOut); code != 1 || !strings.Contains(errOut.String(), "401") {
+		t.Fatalf("without the token: exit %d %s", code, errOut.String())
+	}
+	if code := run(context.Background(), []string{"healthcheck"}, cli.Env{"LSMUX_LISTEN": r.app.addr(), "LSMUX_AUTH_TOKEN": "hc-tok-1,hc-tok-2"}, &out, &errOut); code != 0 {
+		t.Fatalf("with LSMUX_AUTH_TOKEN: exit %d %s", code, errOut.String())
+	}
+	file := t.TempDir() + "/tokens"
+	os.WriteFile(file, []byte("\nhc-tok-2\n"), 0o600)
+	if code := run(context.Background(), []string{"healthcheck"}, cli.Env{"LSMUX_LISTEN": r.app.addr(), "LSMUX_AUTH_TOKEN_FILE": file}, &out, &errOut); code != 0 {
+		t.Fatalf("with LSMUX_AUTH_TOKEN_FILE: exit %d %s", code, errOut.String())
+	}
+}

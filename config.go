@@ -25,14 +25,15 @@ import (
 type config struct {
 	Listen string
 
-	StreamURL       string
-	Streams         string
-	ClientID        string
-	ClientSecret    string
-	Scopes          string
-	TokenURL        string
-	AccessToken     string
-	AccessTokenFile string
+	StreamURL        string
+	Streams          string
+	ClientID         string
+	ClientSecret     string
+	ClientSecretFile string
+	Scopes           string
+	TokenURL         string
+	AccessToken      string
+	AccessTokenFile  string
 
 	MaxConnections      int
 	Reset               string
@@ -52,8 +53,10 @@ type config struct {
 	PingInterval    time.Duration
 	ShutdownTimeout time.Duration
 	AuthToken       string
+	AuthTokenFile   string
 	ProtectHealth   bool
 	AllowedOrigins  string
+	AllowedHosts    string
 	MaxSubscribers  int
 	MaxPerAddress   int
 	MaxMessageSize  int64
@@ -91,6 +94,7 @@ func (c *config) flags(f *cli.FlagSet) {
 	f.String(&c.Streams, "streams", "", "several streams: comma-separated [name=]URL; maxConnections, reset, smoothing, smoothingBucketSize in a URL's query override the global settings for that stream")
 	f.String(&c.ClientID, "client-id", "", "OAuth Server-to-Server client id (also sent as x-api-key)")
 	f.Secret(&c.ClientSecret, "client-secret", "OAuth client secret (never logged)")
+	f.String(&c.ClientSecretFile, "client-secret-file", "", "file holding the OAuth client secret instead (a Docker or Kubernetes secret), read at every token fetch")
 	f.String(&c.Scopes, "scopes", "openid,AdobeID,read_organizations,additional_info.projectedProductContext,additional_info.job_function", "IMS scopes, comma-separated as in the Developer Console")
 	f.String(&c.TokenURL, "token-url", upstream.DefaultTokenURL, "IMS token endpoint")
 	f.Secret(&c.AccessToken, "access-token", "a ready access token instead of client credentials (never logged)")
@@ -111,9 +115,11 @@ func (c *config) flags(f *cli.FlagSet) {
 	f.String(&c.SlowPolicy, "slow-policy", "gap", "a subscriber that falls off the ring: gap (notice, continue) or disconnect")
 	f.Duration(&c.PingInterval, "ping-interval", 15*time.Second, "WebSocket ping and SSE comment interval (under load balancers' 60s idle timeout)")
 	f.Duration(&c.ShutdownTimeout, "shutdown-timeout", 10*time.Second, "how long a shutdown may drain subscribers before closing them hard")
-	f.Secret(&c.AuthToken, "auth-token", "bearer token(s) subscribers must present, comma-separated (empty: no auth)")
+	f.Secret(&c.AuthToken, "auth-token", "bearer token(s) subscribers must present, comma-separated (empty: no auth; set it whenever other machines can reach the listener)")
+	f.String(&c.AuthTokenFile, "auth-token-file", "", "file of subscriber tokens instead, one per line (commas allowed), re-read when it changes")
 	f.Bool(&c.ProtectHealth, "protect-health", false, "with LSMUX_AUTH_TOKEN, also require the token for /healthz, /readyz and /metrics")
 	f.String(&c.AllowedOrigins, "allowed-origins", "", "browser origins allowed besides same-origin, comma-separated (https://dash.example.com), or *")
+	f.String(&c.AllowedHosts, "allowed-hosts", "", "without auth, host names lsmux answers besides IP addresses and localhost (against DNS rebinding), comma-separated; .example.com allows every name under it, * all")
 	f.Int(&c.MaxSubscribers, "max-subscribers", 10_000, "subscribers in total; past it new ones get 503 with Retry-After")
 	f.Int(&c.MaxPerAddress, "max-subscribers-per-address", 1_000, "subscribers per remote address; past it new ones get 429 with Retry-After")
 	f.Bytes(&c.MaxMessageSize, "max-message-size", 4<<10, "largest WebSocket message a client may send; larger closes with 1009")
@@ -208,6 +214,15 @@ func (c *config) check() error {
 			errs = append(errs, errors.New("LSMUX_NATS_CERT and LSMUX_NATS_KEY go together (mutual TLS)"))
 		}
 	}
+	if c.AuthToken != "" && len(list(c.AuthToken)) == 0 {
+		errs = append(errs, errors.New("LSMUX_AUTH_TOKEN holds no token (only commas and spaces): set the token(s) subscribers must present, or unset it to turn auth off"))
+	}
+	if c.AuthToken != "" && c.AuthTokenFile != "" {
+		errs = append(errs, errors.New("LSMUX_AUTH_TOKEN and LSMUX_AUTH_TOKEN_FILE are both set: set one"))
+	}
+	if c.ClientSecret != "" && c.ClientSecretFile != "" {
+		errs = append(errs, errors.New("LSMUX_CLIENT_SECRET and LSMUX_CLIENT_SECRET_FILE are both set: set one"))
+	}
 	if c.SlowPolicy != "gap" && c.SlowPolicy != "disconnect" {
 		errs = append(errs, fmt.Errorf("LSMUX_SLOW_POLICY=%q: want gap or disconnect", c.SlowPolicy))
 	}
@@ -220,6 +235,10 @@ func (c *config) check() error {
 	case "auto", "text", "json":
 	default:
 		errs = append(errs, fmt.Errorf("LSMUX_LOG_FORMAT=%q: want text, json or auto", c.LogFormat))
+	}
+	if c.AuthToken == "" && c.AuthTokenFile == "" && !listensOnLoopback(c.Listen) {
+		c.warnings = append(c.warnings, fmt.Sprintf("LSMUX_LISTEN=%s is reachable from other machines and LSMUX_AUTH_TOKEN is not set: anyone who reaches it can read the stream and "+
+			"subscribe with expensive filters; set LSMUX_AUTH_TOKEN (or LSMUX_AUTH_TOKEN_FILE), or listen on 127.0.0.1", c.Listen))
 	}
 	if specs, err := c.streamSpecs(); err == nil {
 		c.warnings = append(c.warnings, reconnectWarnings(c.ReconnectDelay, specs)...)
@@ -264,6 +283,13 @@ func reconnectWarnings(delay time.Duration, specs []streamSpec) []string {
 		out = append(out, fmt.Sprintf("LSMUX_RECONNECT_DELAY=%v is short for %s: Live Stream asks clients to wait about 60s after a lost connection, and answers quick reconnects with 409 and 503", delay, u.Host))
 	}
 	return out
+}
+
+// listensOnLoopback reports whether a listen address is this machine's
+// only (127.0.0.1:8080, localhost:8080), not every interface (:8080).
+func listensOnLoopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	return err == nil && host != "" && isLocalHost(host)
 }
 
 // isLocalHost reports whether host names this machine.
@@ -377,9 +403,11 @@ func (c *config) tokenSource() (upstream.TokenSource, error) {
 		return upstream.StaticToken(c.AccessToken), nil
 	case c.ClientID != "" && c.ClientSecret != "":
 		return upstream.NewClientCredentials(c.TokenURL, c.ClientID, c.ClientSecret, c.Scopes, 0, nil), nil
+	case c.ClientID != "" && c.ClientSecretFile != "":
+		return upstream.NewClientCredentials(c.TokenURL, c.ClientID, "", c.Scopes, 0, nil).WithSecretFile(c.ClientSecretFile), nil
 	case c.ClientID != "":
-		return nil, errors.New("LSMUX_CLIENT_ID is set but LSMUX_CLIENT_SECRET is not: set the client secret of the same OAuth Server-to-Server credential")
-	case c.ClientSecret != "":
+		return nil, errors.New("LSMUX_CLIENT_ID is set but LSMUX_CLIENT_SECRET is not: set the client secret of the same OAuth Server-to-Server credential (or LSMUX_CLIENT_SECRET_FILE)")
+	case c.ClientSecret != "" || c.ClientSecretFile != "":
 		return nil, errors.New("LSMUX_CLIENT_SECRET is set but LSMUX_CLIENT_ID is not: set the client id of the same OAuth Server-to-Server credential")
 	}
 	return nil, errors.New("no upstream credentials: set LSMUX_CLIENT_ID and LSMUX_CLIENT_SECRET (OAuth Server-to-Server), or LSMUX_ACCESS_TOKEN, or LSMUX_ACCESS_TOKEN_FILE")

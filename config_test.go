@@ -125,14 +125,14 @@ func TestCredentialsErrorNamesWhatIsMissing(t *testing.T) {
 // rule is named when the delay is short against a non-local host; a
 // simulator on this machine may be hurried.
 func TestShortReconnectDelayIsWarnedAboutForTheRealLiveStream(t *testing.T) {
-	c, err := testConfig([]string{"-reconnect-delay", "5s"}, cli.Env{"LSMUX_STREAM_URL": "https://livestream.adobe.net/api/1/stream/x"})
+	c, err := testConfig([]string{"-reconnect-delay", "5s", "-listen", "127.0.0.1:8080"}, cli.Env{"LSMUX_STREAM_URL": "https://livestream.adobe.net/api/1/stream/x"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(c.warnings) != 1 || !strings.Contains(c.warnings[0], "about 60s") || !strings.Contains(c.warnings[0], "livestream.adobe.net") {
 		t.Fatalf("warnings %q", c.warnings)
 	}
-	c, err = testConfig([]string{"-reconnect-delay", "5s"}, cli.Env{"LSMUX_STREAM_URL": "http://127.0.0.1:9090/api/1/stream/x"})
+	c, err = testConfig([]string{"-reconnect-delay", "5s", "-listen", "127.0.0.1:8080"}, cli.Env{"LSMUX_STREAM_URL": "http://127.0.0.1:9090/api/1/stream/x"})
 	if err != nil || len(c.warnings) != 0 {
 		t.Fatalf("a local simulator: %v %q", err, c.warnings)
 	}
@@ -184,5 +184,65 @@ func TestClusterConfigChecks(t *testing.T) {
 	}
 	if _, err := testConfig(nil, base); err != nil {
 		t.Errorf("the defaults with a NATS URL: %v", err)
+	}
+}
+
+// TestUnsafeDefaultsAreRefusedOrWarned: a token list with no token is an
+// error (it used to turn auth off), a listener other machines can reach
+// without a token is warned about, and secret and its _FILE form cannot
+// both be set.
+func TestUnsafeDefaultsAreRefusedOrWarned(t *testing.T) {
+	stream := "https://livestream.adobe.net/api/1/stream/x"
+	if _, err := testConfig(nil, cli.Env{"LSMUX_AUTH_TOKEN": " , ", "LSMUX_STREAM_URL": stream}); err == nil || !strings.Contains(err.Error(), "LSMUX_AUTH_TOKEN holds no token") {
+		t.Errorf("a token list of commas: %v", err)
+	}
+	for _, env := range []cli.Env{
+		{"LSMUX_AUTH_TOKEN": "a", "LSMUX_AUTH_TOKEN_FILE": "/f"},
+		{"LSMUX_CLIENT_SECRET": "a", "LSMUX_CLIENT_SECRET_FILE": "/f"},
+	} {
+		if _, err := testConfig(nil, env); err == nil || !strings.Contains(err.Error(), "set one") {
+			t.Errorf("%v: %v", env, err)
+		}
+	}
+	c, err := testConfig(nil, cli.Env{"LSMUX_STREAM_URL": stream})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.warnings) != 1 || !strings.Contains(c.warnings[0], "LSMUX_LISTEN=:8080 is reachable from other machines and LSMUX_AUTH_TOKEN is not set") {
+		t.Errorf("warnings on :8080 without a token: %q", c.warnings)
+	}
+	for _, env := range []cli.Env{
+		{"LSMUX_STREAM_URL": stream, "LSMUX_LISTEN": "127.0.0.1:8080"},
+		{"LSMUX_STREAM_URL": stream, "LSMUX_AUTH_TOKEN": "t"},
+		{"LSMUX_STREAM_URL": stream, "LSMUX_AUTH_TOKEN_FILE": "/run/secrets/tokens"},
+	} {
+		if c, err := testConfig(nil, env); err != nil || len(c.warnings) != 0 {
+			t.Errorf("%v: %v %q", env, err, c.warnings)
+		}
+	}
+}
+
+// TestClientSecretFileIsReadAtEveryFetch: LSMUX_CLIENT_SECRET_FILE gives
+// the secret without an environment variable or flag, and a rotated file
+// is used for the next token.
+func TestClientSecretFileIsReadAtEveryFetch(t *testing.T) {
+	sim := newSim(t, 10)
+	path := t.TempDir() + "/secret"
+	os.WriteFile(path, []byte("wrong\n"), 0o600)
+	c, err := testConfig(nil, cli.Env{"LSMUX_STREAM_URL": sim.StreamURL("demo"), "LSMUX_TOKEN_URL": sim.TokenURL(),
+		"LSMUX_CLIENT_ID": sim.ClientID(), "LSMUX_CLIENT_SECRET_FILE": path, "LSMUX_LISTEN": "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tokens, err := c.tokenSource()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tokens.Token(t.Context()); err == nil {
+		t.Fatal("the wrong secret from the file was accepted")
+	}
+	os.WriteFile(path, []byte(sim.ClientSecret()+"\n"), 0o600)
+	if tok, err := tokens.Token(t.Context()); err != nil || tok == "" {
+		t.Fatalf("after fixing the file: %q %v", tok, err)
 	}
 }

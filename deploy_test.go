@@ -8,13 +8,17 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
 	"go.yaml.in/yaml/v3"
 
+	"lsmux/cluster/natstest"
 	"lsmux/fanout"
 	"lsmux/proxy"
 	"lsmux/proxy/proxytest"
@@ -191,5 +195,121 @@ func TestClusterDocShowsTheClusterComposeFile(t *testing.T) {
 	}
 	if !strings.Contains(string(doc), "<!-- cluster compose -->\n```yaml\n"+string(compose)+"```\n<!-- end cluster compose -->") {
 		t.Fatal("docs/cluster.md's compose example differs from deploy/docker-compose.cluster.yml; copy the file between the <!-- cluster compose --> markers")
+	}
+}
+
+// TestClusterExampleNATSPermissions runs the cluster example's NATS
+// configuration (users and permissions) in an embedded server: an lsmux
+// replica with the lsmux user leads and serves hits, and the read-only
+// user can neither publish hits nor take the lease.
+func TestClusterExampleNATSPermissions(t *testing.T) {
+	t.Setenv("NATS_LSMUX_PASSWORD", "lsmux-pw-test")
+	t.Setenv("NATS_MONITOR_PASSWORD", "monitor-pw-test")
+	conf, err := server.ProcessConfigFile("deploy/nats/nats-server.conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns := natstest.Start(t, func(o *server.Options) {
+		o.Users, o.Authorization, o.Accounts = conf.Users, conf.Authorization, conf.Accounts
+		o.HTTPPort = 0
+	})
+	if len(conf.Users) != 2 || !conf.JetStream {
+		t.Fatalf("the example config: %d users, JetStream %v", len(conf.Users), conf.JetStream)
+	}
+	addr := strings.TrimPrefix(ns.URL(), "nats://")
+	sim := newSim(t, 50)
+	r := startReplica(t, sim, "nats://lsmux:lsmux-pw-test@"+addr, "r0")
+	deadline := time.Now().Add(30 * time.Second)
+	for !(len(leaders([]string{r.root})) == 1 && r.app.streams[0].hub.Stats().Appended > 10) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the replica did not lead and serve:\n%s", r.logs.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+
+	nc, err := nats.Connect("nats://monitor:monitor-pw-test@"+addr, nats.Timeout(5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	denied := make(chan error, 4)
+	nc.SetErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { denied <- err })
+	nc.Publish("lsmux.demo.hits", []byte(`{"hitIdHigh":1,"hitIdLow":1,"injected":true}`))
+	nc.Publish("$KV.LSMUX_LEASE_demo.leader", []byte(`{"holder":"intruder"}`))
+	nc.Flush()
+	for range 2 {
+		select {
+		case err := <-denied:
+			if !strings.Contains(strings.ToLower(err.Error()), "permissions violation") {
+				t.Fatalf("the monitor user's publish: %v", err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("the monitor user could publish a hit or the lease")
+		}
+	}
+	if _, err := nats.Connect("nats://"+addr, nats.Timeout(2*time.Second)); err == nil {
+		t.Fatal("an anonymous client could connect")
+	}
+}
+
+// TestKubernetesExampleIsLockedDown: the lsmux container runs with no
+// capabilities, the runtime's default seccomp profile, no privilege
+// escalation, a read-only root file system, and its secrets as files.
+func TestKubernetesExampleIsLockedDown(t *testing.T) {
+	raw, err := os.ReadFile("deploy/kubernetes/lsmux-sidecar.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dec := yaml.NewDecoder(strings.NewReader(string(raw)))
+	checked := 0
+	for {
+		var doc struct {
+			Kind string `yaml:"kind"`
+			Spec struct {
+				Template struct {
+					Spec struct {
+						Containers []struct {
+							Name            string `yaml:"name"`
+							SecurityContext struct {
+								ReadOnlyRootFilesystem   bool `yaml:"readOnlyRootFilesystem"`
+								AllowPrivilegeEscalation bool `yaml:"allowPrivilegeEscalation"`
+								RunAsNonRoot             bool `yaml:"runAsNonRoot"`
+								Capabilities             struct {
+									Drop []string `yaml:"drop"`
+								} `yaml:"capabilities"`
+								SeccompProfile struct {
+									Type string `yaml:"type"`
+								} `yaml:"seccompProfile"`
+							} `yaml:"securityContext"`
+							Env []struct {
+								Name  string `yaml:"name"`
+								Value string `yaml:"value"`
+							} `yaml:"env"`
+						} `yaml:"containers"`
+					} `yaml:"spec"`
+				} `yaml:"template"`
+			} `yaml:"spec"`
+		}
+		if err := dec.Decode(&doc); err != nil {
+			break
+		}
+		for _, c := range doc.Spec.Template.Spec.Containers {
+			if c.Name != "lsmux" {
+				continue
+			}
+			checked++
+			sc := c.SecurityContext
+			if !sc.ReadOnlyRootFilesystem || sc.AllowPrivilegeEscalation || !sc.RunAsNonRoot || !slices.Equal(sc.Capabilities.Drop, []string{"ALL"}) || sc.SeccompProfile.Type != "RuntimeDefault" {
+				t.Errorf("the lsmux container's securityContext: %+v", sc)
+			}
+			for _, e := range c.Env {
+				if e.Name == "LSMUX_CLIENT_SECRET" || e.Name == "LSMUX_AUTH_TOKEN" {
+					t.Errorf("%s is set as an environment variable; use its _FILE form", e.Name)
+				}
+			}
+		}
+	}
+	if checked != 1 {
+		t.Fatalf("found %d lsmux containers", checked)
 	}
 }

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"strings"
 	"time"
 
 	"lsmux/internal/cli"
@@ -13,6 +15,7 @@ import (
 type healthcheckSettings struct {
 	listen    string
 	authToken string
+	tokenFile string
 	strict    bool
 	timeout   time.Duration
 }
@@ -23,9 +26,31 @@ func healthcheckFlags(s *healthcheckSettings) *cli.FlagSet {
 the same LSMUX_LISTEN and LSMUX_AUTH_TOKEN as the server it checks.`)
 	f.String(&s.listen, "listen", ":8080", "the instance's listen address (LSMUX_LISTEN), dialled on loopback")
 	f.Secret(&s.authToken, "auth-token", "the instance's token(s); the first is sent, for LSMUX_PROTECT_HEALTH=true")
+	f.String(&s.tokenFile, "auth-token-file", "", "the instance's token file; its first token is sent")
 	f.Bool(&s.strict, "upstream", false, "also require every upstream connection to be streaming (/readyz?upstream=1)")
 	f.Duration(&s.timeout, "timeout", 3*time.Second, "how long to wait for the answer")
 	return f
+}
+
+// token is the first token the instance accepts, from the list or the
+// file ("" when auth is off).
+func (s *healthcheckSettings) token() (string, error) {
+	if s.tokenFile != "" {
+		b, err := os.ReadFile(s.tokenFile)
+		if err != nil {
+			return "", fmt.Errorf("read LSMUX_AUTH_TOKEN_FILE: %w", err)
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			if line = strings.TrimSpace(line); line != "" {
+				return line, nil
+			}
+		}
+		return "", nil
+	}
+	if tokens := list(s.authToken); len(tokens) > 0 {
+		return tokens[0], nil
+	}
+	return "", nil
 }
 
 // runHealthcheck asks the local instance's /readyz and fails unless it
@@ -48,8 +73,10 @@ func runHealthcheck(ctx context.Context, args []string, env cli.Env, stdout, std
 	if err != nil {
 		return err
 	}
-	if tokens := list(s.authToken); len(tokens) > 0 {
-		req.Header.Set("Authorization", "Bearer "+tokens[0])
+	if tok, err := s.token(); err != nil {
+		return err
+	} else if tok != "" {
+		req.Header.Set("Authorization", "Bearer "+tok)
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {

@@ -25,8 +25,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"regexp"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -37,6 +35,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"lsmux/internal/names"
+	"lsmux/internal/redact"
 )
 
 // Options configure cluster mode. Zero values take the defaults noted.
@@ -145,7 +144,7 @@ func Connect(o Options) (*Node, error) {
 		return nil, errors.New("cluster: no NATS URL")
 	}
 	n := &Node{opts: o, id: o.Replica + "/" + nonce(), log: o.Logger.WithField("replica", o.Replica)}
-	where := RedactURL(o.URL)
+	where := redact.URLs(o.URL)
 	opts := []nats.Option{
 		nats.Name("lsmux " + o.Replica),
 		nats.MaxReconnects(-1),
@@ -177,7 +176,7 @@ func Connect(o Options) (*Node, error) {
 	}
 	nc, err := nats.Connect(o.URL, opts...)
 	if err != nil {
-		return nil, fmt.Errorf("cluster: connect to NATS at %s: %s", where, redactIn(err.Error(), o.URL))
+		return nil, fmt.Errorf("cluster: connect to NATS at %s: %s", where, redact.In(err.Error(), o.URL))
 	}
 	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(publishBatch*2), jetstream.WithPublishAsyncTimeout(5*time.Second))
 	if err != nil {
@@ -200,9 +199,9 @@ func (n *Node) Connected() bool { return n.nc.IsConnected() }
 
 // notConnected explains, for readiness and logs, why NATS cannot be used.
 func (n *Node) notConnected() error {
-	msg := "not connected to NATS at " + RedactURL(n.opts.URL)
+	msg := "not connected to NATS at " + redact.URLs(n.opts.URL)
 	if last := n.nc.LastError(); last != nil {
-		msg += ": " + redactIn(last.Error(), n.opts.URL)
+		msg += ": " + redact.In(last.Error(), n.opts.URL)
 	} else if e := n.connectErr.Load(); e != nil {
 		msg += ": " + *e
 	}
@@ -252,53 +251,12 @@ func NamesFor(stream string) Names {
 	return Names{Stream: "LSMUX_" + safe, Subject: "lsmux." + safe + ".hits", Bucket: "LSMUX_LEASE_" + safe}
 }
 
-// RedactURL drops user names, passwords and tokens from NATS URLs, for
-// logs and status. It works on the text, not a parsed URL: nats.go also
-// accepts "user:pass@host:4222" without a scheme, and a password with a
-// stray '%' that url.Parse would reject.
-func RedactURL(urls string) string {
-	parts := strings.Split(urls, ",")
-	for i, p := range parts {
-		scheme, rest := "", strings.TrimSpace(p)
-		if j := strings.Index(rest, "://"); j >= 0 {
-			scheme, rest = rest[:j+3], rest[j+3:]
-		}
-		if at := strings.LastIndex(rest, "@"); at >= 0 {
-			rest = "REDACTED@" + rest[at+1:]
-		}
-		parts[i] = scheme + rest
-	}
-	return strings.Join(parts, ",")
-}
-
-// redactIn removes the URLs' credentials from a message (an error from
-// nats.go may quote the URL it was given).
-func redactIn(msg, urls string) string {
-	for _, p := range strings.Split(urls, ",") {
-		rest := strings.TrimSpace(p)
-		if j := strings.Index(rest, "://"); j >= 0 {
-			rest = rest[j+3:]
-		}
-		if at := strings.LastIndex(rest, "@"); at > 0 {
-			user := rest[:at]
-			quoted := strconv.Quote(user) // as url.Parse's errors quote it (%q)
-			msg = strings.ReplaceAll(msg, user, "REDACTED")
-			msg = strings.ReplaceAll(msg, quoted[1:len(quoted)-1], "REDACTED")
-		}
-	}
-	return userinfo.ReplaceAllString(msg, "${1}REDACTED@")
-}
-
-// userinfo matches credentials in any URL-like text, whatever a library
-// did to the characters around them.
-var userinfo = regexp.MustCompile(`(://)[^\s/@"]*@`)
-
 // errText is an error's message without credentials ("closed" for none).
 func errText(err error, urls string) string {
 	if err == nil {
 		return "closed"
 	}
-	return redactIn(err.Error(), urls)
+	return redact.In(err.Error(), urls)
 }
 
 func nonce() string {

@@ -1,19 +1,20 @@
 package cluster
 
 import (
+	"lsmux/internal/redact"
 	"strings"
 	"testing"
 )
 
 // FuzzRedactAndNames feeds NATS URLs and stream names from configuration:
-// credentials never survive RedactURL, and JetStream names only ever hold
+// credentials never survive redact.URLs, and JetStream names only ever hold
 // the characters JetStream accepts (one subject token).
 func FuzzRedactAndNames(f *testing.F) {
 	f.Add("nats://user:pass@host:4222,tls://h2", "my-endpoint")
 	f.Add("lsmux:p%ss@nats:4222", "a.b c*d>e")
 	f.Add(`nats://u:q"u\ote@h`, "")
 	f.Fuzz(func(t *testing.T, urls, stream string) {
-		got := RedactURL(urls)
+		got := redact.URLs(urls)
 		for _, part := range strings.Split(urls, ",") {
 			rest := strings.TrimSpace(part)
 			if i := strings.Index(rest, "://"); i >= 0 {
@@ -21,7 +22,7 @@ func FuzzRedactAndNames(f *testing.F) {
 			}
 			if at := strings.LastIndex(rest, "@"); at > 0 && !strings.Contains("REDACTED", rest[:at]) {
 				if strings.Contains(got, rest[:at]+"@") {
-					t.Fatalf("RedactURL(%q) = %q keeps %q", urls, got, rest[:at])
+					t.Fatalf("redact.URLs(%q) = %q keeps %q", urls, got, rest[:at])
 				}
 			}
 		}

@@ -12,6 +12,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"lsmux/fanout"
+	"lsmux/internal/redact"
 	"lsmux/upstream"
 )
 
@@ -96,7 +97,7 @@ func (n *Node) NewStream(name string, hubOpts fanout.Options, pool Upstream) *St
 	log := n.log.WithField("stream", name)
 	s := &Stream{node: n, name: name, names: names, hub: hub, pool: pool, log: log, logs: logLimiter{every: 10 * time.Second},
 		pub: newPublisher(n.js, n.Connected, names.Subject, n.opts.BufferBytes, n.opts.RetryWait, log)}
-	msg := "cluster: waiting for NATS at " + RedactURL(n.opts.URL)
+	msg := "cluster: waiting for NATS at " + redact.URLs(n.opts.URL)
 	s.setupErr.Store(&msg)
 	pool.Hold(time.Time{}, "cluster: waiting for NATS before electing a leader")
 	return s

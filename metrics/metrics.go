@@ -84,7 +84,7 @@ func New(version string, streams []Stream) *Metrics {
 		disconnects: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "lsmux_subscriber_disconnects_total",
 			Help: "Subscriber connections ended, by reason (see proxy/disconnect.go)."}, []string{"stream", "transport", "reason"}),
 		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "lsmux_subscriptions_rejected_total",
-			Help: "Subscription requests refused, by reason: auth, origin, limit_total, limit_per_address."}, []string{"reason"}),
+			Help: "Requests refused before they became subscriptions, by reason: auth, origin, host, limit_total, limit_per_address, compile_rate."}, []string{"reason"}),
 	}
 	// Zero series for every stream and transport, so dashboards and alerts
 	// see the metrics before the first event.
@@ -97,7 +97,7 @@ func New(version string, streams []Stream) *Metrics {
 			}
 		}
 	}
-	for _, reason := range []string{"auth", "origin", "limit_total", "limit_per_address"} {
+	for _, reason := range proxy.RejectReasons {
 		m.rejected.WithLabelValues(reason)
 	}
 	build := prometheus.NewGauge(prometheus.GaugeOpts{Name: "lsmux_build_info", Help: "Always 1; the version is a label.",

@@ -1,8 +1,6 @@
 package proxy
 
 import (
-	"crypto/sha256"
-	"crypto/subtle"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -11,6 +9,10 @@ import (
 	"strings"
 	"time"
 )
+
+// RejectReasons lists why a request can be refused before it becomes a
+// subscription, for the metric lsmux_subscriptions_rejected_total.
+var RejectReasons = []string{"auth", "origin", "host", "limit_total", "limit_per_address", "compile_rate"}
 
 // Observer hears what the proxy does, for metrics. Calls happen once per
 // write batch, never per hit.
@@ -30,11 +32,10 @@ func (nopObserver) Rejected(string)                          {}
 
 // requireAuth lets a request through when auth is off or it carries one of
 // the configured tokens, as "Authorization: Bearer <token>" or, for
-// EventSource which cannot set headers, "?access_token=<token>". The
-// comparison takes the same time whichever token, if any, matches.
+// EventSource which cannot set headers, "?access_token=<token>".
 func (s *Server) requireAuth(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if len(s.tokenHashes) == 0 || s.authorized(r) {
+		if !s.tokens.enabled() || s.tokens.accepts(givenToken(r)) {
 			next.ServeHTTP(w, r)
 			return
 		}
@@ -44,20 +45,53 @@ func (s *Server) requireAuth(next http.Handler) http.Handler {
 	})
 }
 
-func (s *Server) authorized(r *http.Request) bool {
-	given := r.URL.Query().Get("access_token")
+// givenToken is the token a request presents, if any.
+func givenToken(r *http.Request) string {
 	if h := r.Header.Get("Authorization"); len(h) > 7 && strings.EqualFold(h[:7], "bearer ") {
-		given = strings.TrimSpace(h[7:])
+		return strings.TrimSpace(h[7:])
 	}
-	if given == "" {
-		return false
+	return r.URL.Query().Get("access_token")
+}
+
+// checkHost stops DNS rebinding while auth is off: a web page on
+// evil.example whose name the attacker then points at 127.0.0.1 sends
+// requests with "Host: evil.example", which the same-origin checks take
+// for the page's own origin. So without a token lsmux answers only
+// requests addressed to an IP address, localhost, or a name in
+// LSMUX_ALLOWED_HOSTS. With a token the token protects it.
+func (s *Server) checkHost(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if s.tokens.enabled() || s.hostAllowed(r.Host) {
+			next.ServeHTTP(w, r)
+			return
+		}
+		s.obs.Rejected("host")
+		writeError(w, http.StatusForbidden, "host "+quote(r.Host)+" is not allowed: without LSMUX_AUTH_TOKEN, lsmux only answers requests addressed to an IP address or localhost "+
+			"(this stops DNS-rebinding attacks from web pages); list the name in LSMUX_ALLOWED_HOSTS, or set LSMUX_AUTH_TOKEN")
+	})
+}
+
+// hostAllowed reports whether a Host header names an IP address,
+// localhost, or an allowed name (an entry starting with '.' allows every
+// name under it; "*" allows all).
+func (s *Server) hostAllowed(host string) bool {
+	if host == "" {
+		return true // HTTP/1.0 without Host: no browser sends that
 	}
-	sum := sha256.Sum256([]byte(given))
-	ok := 0
-	for _, want := range s.tokenHashes {
-		ok |= subtle.ConstantTimeCompare(sum[:], want[:])
+	name := host
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		name = h
 	}
-	return ok == 1
+	name = strings.ToLower(strings.TrimSuffix(strings.Trim(name, "[]"), "."))
+	if net.ParseIP(name) != nil || name == "localhost" || strings.HasSuffix(name, ".localhost") {
+		return true
+	}
+	for _, a := range s.allowedHosts {
+		if a == "*" || a == name || (strings.HasPrefix(a, ".") && strings.HasSuffix(name, a)) {
+			return true
+		}
+	}
+	return false
 }
 
 // originAllowed: requests without Origin (non-browser clients) and
@@ -74,19 +108,36 @@ func (s *Server) originAllowed(r *http.Request) bool {
 	return s.allowed[strings.ToLower(strings.TrimSuffix(origin, "/"))]
 }
 
-// checkOrigin guards the subscription endpoints: a browser page from an
-// origin not allowed gets 403 (for WebSocket this stops cross-site
-// WebSocket hijacking); allowed cross-origin requests get CORS headers.
+// crossOriginAllowed reports whether origin is allowed explicitly
+// (LSMUX_ALLOWED_ORIGINS), as a cross-site request needs.
+func (s *Server) crossOriginAllowed(origin string) bool {
+	return origin != "" && (s.allowAll || s.allowed[strings.ToLower(strings.TrimSuffix(origin, "/"))])
+}
+
+// checkOrigin guards the API: a browser page from an origin not allowed
+// gets 403 (for WebSocket this stops cross-site WebSocket hijacking);
+// allowed cross-origin requests get CORS headers. A request the browser
+// marks as cross-site (Sec-Fetch-Site) must come with an allowed Origin:
+// an <img src> or a link on another site sends none, and would otherwise
+// open a subscription (fetch-metadata isolation).
+//
+// No Access-Control-Allow-Credentials: lsmux reads no cookies, so a page
+// of another origin never needs the browser's credentials.
 func (s *Server) checkOrigin(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		origin := r.Header.Get("Origin")
 		if !s.originAllowed(r) {
 			s.obs.Rejected("origin")
-			writeError(w, http.StatusForbidden, "origin "+quote(r.Header.Get("Origin"))+" is not allowed (LSMUX_ALLOWED_ORIGINS)")
+			writeError(w, http.StatusForbidden, "origin "+quote(origin)+" is not allowed (LSMUX_ALLOWED_ORIGINS)")
 			return
 		}
-		if origin := r.Header.Get("Origin"); origin != "" {
+		if r.Header.Get("Sec-Fetch-Site") == "cross-site" && !s.crossOriginAllowed(origin) {
+			s.obs.Rejected("origin")
+			writeError(w, http.StatusForbidden, "a cross-site request without an allowed Origin (an image, a link or a form on another site) cannot use the API; list the page's origin in LSMUX_ALLOWED_ORIGINS")
+			return
+		}
+		if origin != "" {
 			w.Header().Set("Access-Control-Allow-Origin", origin)
-			w.Header().Set("Access-Control-Allow-Credentials", "true")
 			w.Header().Add("Vary", "Origin")
 			if r.Method == http.MethodOptions {
 				w.Header().Set("Access-Control-Allow-Methods", "GET, OPTIONS")
@@ -149,14 +200,4 @@ func remoteIP(r *http.Request) string {
 		return r.RemoteAddr
 	}
 	return host
-}
-
-func hashTokens(tokens []string) [][32]byte {
-	var out [][32]byte
-	for _, t := range tokens {
-		if t = strings.TrimSpace(t); t != "" {
-			out = append(out, sha256.Sum256([]byte(t)))
-		}
-	}
-	return out
 }

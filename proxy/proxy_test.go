@@ -304,6 +304,7 @@ func TestPingKeepsClientsAndDropsTheSilent(t *testing.T) {
 	}
 	defer silent.Close()
 	silent.SetPingHandler(func(string) error { return nil }) // never answers
+	waitFor(t, 5*time.Second, "both subscribers", func() bool { return r.hub.SubscriberCounts()["ws"] == 2 })
 	go func() {
 		for {
 			if _, _, err := silent.ReadMessage(); err != nil {

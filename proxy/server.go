@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -36,7 +37,9 @@ type Options struct {
 	Observer       Observer         // nil: none
 	Logger         logrus.FieldLogger
 
-	AuthTokens        []string      // subscribers must present one; empty: no auth
+	AuthTokens        []string      // subscribers must present one; empty (and no AuthTokenFile): no auth
+	AuthTokenFile     string        // a file of tokens, one per line, re-read when it changes
+	AllowedHosts      []string      // without auth: Host names answered besides IP addresses and localhost
 	ProtectHealth     bool          // also require a token for /healthz, /readyz, /metrics
 	AllowedOrigins    []string      // browser origins allowed besides same-origin; "*" allows all
 	MaxSubscribers    int           // in total, default 10,000 (503 past it)
@@ -46,26 +49,27 @@ type Options struct {
 
 // Server is the HTTP side of lsmux.
 type Server struct {
-	opts        Options
-	compiler    *fanout.Compiler
-	obs         Observer
-	tokenHashes [][32]byte
-	allowAll    bool
-	allowed     map[string]bool
-	streams     map[string]*Stream
-	order       []string
-	log         logrus.FieldLogger
-	srv         *http.Server
-	router      chi.Router
+	opts         Options
+	compiler     *fanout.Compiler
+	obs          Observer
+	tokens       *tokenSet
+	allowedHosts []string
+	allowAll     bool
+	allowed      map[string]bool
+	streams      map[string]*Stream
+	order        []string
+	log          logrus.FieldLogger
+	srv          *http.Server
+	router       chi.Router
 
 	started   time.Time
 	closing   chan struct{} // closed when shutdown starts
 	closeOnce sync.Once
 	spread    time.Duration // subscribers close at random times within this
-	// hardDeadline is when Shutdown closes what is left: goodbyes are
-	// not written past it. Zero: no deadline. Both are set before
-	// closing is closed.
-	hardDeadline time.Time
+	// hardDeadline is when Shutdown closes what is left (unix
+	// nanoseconds; 0: none): goodbyes are not written past it. A session
+	// ending for its own reason may read it while Shutdown sets it.
+	hardDeadline atomic.Int64
 	handlers     sync.WaitGroup
 	connsMu      sync.Mutex
 	conns        map[net.Conn]struct{} // hijacked WebSocket connections
@@ -115,17 +119,20 @@ func New(streams []*Stream, opts Options) *Server {
 		opts.Compiler = c
 	}
 	s := &Server{
-		opts:        opts,
-		compiler:    opts.Compiler,
-		streams:     map[string]*Stream{},
-		log:         opts.Logger,
-		started:     time.Now(),
-		closing:     make(chan struct{}),
-		conns:       map[net.Conn]struct{}{},
-		perAddr:     map[string]int{},
-		obs:         opts.Observer,
-		tokenHashes: hashTokens(opts.AuthTokens),
-		allowed:     map[string]bool{},
+		opts:     opts,
+		compiler: opts.Compiler,
+		streams:  map[string]*Stream{},
+		log:      opts.Logger,
+		started:  time.Now(),
+		closing:  make(chan struct{}),
+		conns:    map[net.Conn]struct{}{},
+		perAddr:  map[string]int{},
+		obs:      opts.Observer,
+		tokens:   newTokenSet(opts.AuthTokens, opts.AuthTokenFile, opts.Logger),
+		allowed:  map[string]bool{},
+	}
+	for _, h := range opts.AllowedHosts {
+		s.allowedHosts = append(s.allowedHosts, strings.ToLower(strings.TrimSpace(h)))
 	}
 	for _, o := range opts.AllowedOrigins {
 		o = strings.ToLower(strings.TrimSuffix(strings.TrimSpace(o), "/"))
@@ -153,7 +160,7 @@ func New(streams []*Stream, opts Options) *Server {
 
 func (s *Server) routes() chi.Router {
 	r := chi.NewRouter()
-	r.Use(middleware.Recoverer)
+	r.Use(middleware.Recoverer, s.checkHost)
 	r.Group(func(r chi.Router) {
 		if s.opts.ProtectHealth {
 			r.Use(s.requireAuth)
@@ -222,7 +229,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.connsMu.Lock() // see begin: no handler registers after this
 		if dl, ok := ctx.Deadline(); ok {
 			s.spread = time.Until(dl) / 2
-			s.hardDeadline = dl
+			s.hardDeadline.Store(dl.UnixNano())
 		}
 		close(s.closing)
 		s.connsMu.Unlock()

@@ -195,8 +195,8 @@ func (ss *session) end(reason string) string {
 		return reason
 	}
 	deadline := time.Now().Add(ss.srv.opts.WriteTimeout)
-	if hard := ss.srv.hardDeadline; !hard.IsZero() && hard.Before(deadline) {
-		deadline = hard
+	if hard := ss.srv.hardDeadline.Load(); hard != 0 && hard < deadline.UnixNano() {
+		deadline = time.Unix(0, hard)
 	}
 	if ss.flushBy(deadline) == nil {
 		if wait := time.Now().Add(goodbyeWait); wait.Before(deadline) {

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"encoding/json"
+	"net"
 	"net/http"
 	"strconv"
 	"sync/atomic"
@@ -99,8 +100,11 @@ func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	auth := "anonymous"
-	if len(s.tokenHashes) > 0 {
+	if s.tokens.enabled() {
 		auth = "token"
+	} else if list && !isLoopback(remoteIP(r)) {
+		writeError(w, http.StatusForbidden, "the subscriber list shows subscribers' addresses and filters: without LSMUX_AUTH_TOKEN only this machine may ask for it (or ask for the summary, without ?subscribers=1)")
+		return
 	}
 	body := struct {
 		StartedAt    time.Time      `json:"startedAt"`
@@ -150,6 +154,12 @@ func (s *Server) writeStatusJSON(w http.ResponseWriter, r *http.Request, v any) 
 }
 
 func truthy(v string) bool { return v == "1" || v == "true" }
+
+// isLoopback reports whether an address is this machine's.
+func isLoopback(ip string) bool {
+	a := net.ParseIP(ip)
+	return a != nil && a.IsLoopback()
+}
 
 // disconnectCounts counts a stream's subscriber disconnects by reason.
 type disconnectCounts map[string]*atomic.Uint64

@@ -126,13 +126,15 @@ func (p *wsPeer) start(deadline time.Duration, maxMessage int64) {
 	})
 	p.conn.SetCloseHandler(func(int, string) error { return nil }) // answered by the session
 	go func() {
-		defer close(p.readDone)
 		for {
 			if _, _, err := p.conn.NextReader(); err != nil {
 				p.readErr = err
+				close(p.readDone)
 				// The client is gone or said goodbye: a batch write
 				// blocked on its full socket ends now, not at the write
-				// timeout (the session answers within goodbyeWait).
+				// timeout (the session answers within goodbyeWait). After
+				// readDone, so a write that sets its deadline later sees
+				// readDone closed (send).
 				p.lc.SetWriteDeadline(time.Now())
 				return
 			}
@@ -148,6 +150,13 @@ func (p *wsPeer) stop() {
 
 func (p *wsPeer) send(b *batch, deadline time.Time) error {
 	p.lc.SetWriteDeadline(deadline)
+	select {
+	case <-p.readDone: // the client left: do not wait long for it to read
+		if short := time.Now().Add(goodbyeWait); short.Before(deadline) {
+			p.lc.SetWriteDeadline(short)
+		}
+	default: // if it leaves during the write, the reader ends the write
+	}
 	p.bufs = append(p.bufs[:0], b.bufs...) // WriteTo consumes the slice header, not the backing array
 	_, err := p.lc.writeBuffers(&p.bufs)
 	clear(p.bufs[:cap(p.bufs)]) // drop references to entries the ring may evict

@@ -187,7 +187,7 @@ func (s *slot) open(ctx context.Context, tok string) (*http.Response, error) {
 		req.Header.Set("User-Agent", "lsmux")
 		resp, err := s.p.client.Do(req)
 		if err != nil {
-			return nil, fmt.Errorf("connect %s: %w", redact.URL(target), err)
+			return nil, fmt.Errorf("connect %s: %w", redact.URL(target), redact.Err(err, target))
 		}
 		switch {
 		case resp.StatusCode == http.StatusOK:
@@ -196,7 +196,12 @@ func (s *slot) open(ctx context.Context, tok string) (*http.Response, error) {
 			next, err := redirectTarget(req.URL, resp.Header.Get("Location"))
 			drain(resp)
 			if err != nil {
-				return nil, fmt.Errorf("connect %s: bad redirect: %w", redact.URL(target), err)
+				return nil, fmt.Errorf("connect %s: bad redirect: %w", redact.URL(target), redact.Err(err, resp.Header.Get("Location")))
+			}
+			if req.URL.Scheme == "https" && next.Scheme != "https" {
+				// The token would travel in the clear to whoever sent the
+				// redirect (a proxy in between, or an attacker on the path).
+				return nil, fmt.Errorf("connect %s: %w to %s", redact.URL(target), ErrInsecureRedirect, redact.URL(next.String()))
 			}
 			s.p.log.WithField("conn", s.idx).WithField("status", resp.StatusCode).Infof("upstream redirects to %s", next.Host)
 			target = next.String()

@@ -20,6 +20,10 @@ var (
 	ErrTooManyRedirects = errors.New("too many redirects")
 	// ErrNoToken means no access token could be obtained for a connect.
 	ErrNoToken = errors.New("no access token")
+	// ErrInsecureRedirect refuses a redirect from https to plain http: it
+	// would send the access token in the clear. Live Stream never does
+	// this; something between lsmux and Live Stream does.
+	ErrInsecureRedirect = errors.New("refused a redirect from https to http, which would send the access token in the clear (is a proxy in between rewriting Live Stream's answers?)")
 )
 
 // StatusError is a non-200 answer from Live Stream (or from the IMS token

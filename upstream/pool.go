@@ -21,6 +21,8 @@ import (
 	"time"
 
 	"github.com/sirupsen/logrus"
+
+	"lsmux/internal/redact"
 )
 
 // Hit is one hit as the pool hands it on.
@@ -129,16 +131,17 @@ type Pool struct {
 // StreamName returns the last path element of a Live Stream URL, which
 // names the stream in lsmux's endpoints.
 func StreamName(streamURL string) (string, error) {
+	shown := redact.URL(streamURL)
 	u, err := url.Parse(streamURL)
 	if err != nil {
-		return "", fmt.Errorf("stream URL %q: %w", streamURL, err)
+		return "", fmt.Errorf("stream URL %q: %s", shown, redact.In(err.Error(), streamURL))
 	}
 	if u.Scheme != "http" && u.Scheme != "https" {
-		return "", fmt.Errorf("stream URL %q: scheme must be https (or http for the simulator)", streamURL)
+		return "", fmt.Errorf("stream URL %q: scheme must be https (or http for the simulator)", shown)
 	}
 	name := path.Base(u.Path)
 	if name == "" || name == "/" || name == "." {
-		return "", fmt.Errorf("stream URL %q: no stream name in the path (want .../api/1/stream/<name>)", streamURL)
+		return "", fmt.Errorf("stream URL %q: no stream name in the path (want .../api/1/stream/<name>)", shown)
 	}
 	return name, nil
 }

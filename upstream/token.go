@@ -14,6 +14,8 @@ import (
 	"golang.org/x/oauth2"
 	"golang.org/x/oauth2/clientcredentials"
 	"golang.org/x/sync/singleflight"
+
+	"lsmux/internal/redact"
 )
 
 // DefaultTokenURL is Adobe IMS's OAuth Server-to-Server token endpoint.
@@ -67,10 +69,11 @@ func (FileToken) Invalidate(string) {}
 // Concurrent callers share one fetch (singleflight), so a pool of eight
 // connections opening together asks IMS once.
 type ClientCredentials struct {
-	cfg    clientcredentials.Config
-	client *http.Client
-	margin time.Duration
-	now    func() time.Time
+	cfg        clientcredentials.Config
+	secretFile string // read at every fetch when set
+	client     *http.Client
+	margin     time.Duration
+	now        func() time.Time
 
 	group singleflight.Group
 	mu    sync.Mutex
@@ -127,17 +130,24 @@ func (c *ClientCredentials) Token(ctx context.Context) (string, error) {
 }
 
 func (c *ClientCredentials) fetch(ctx context.Context) (string, error) {
+	cfg := c.cfg
+	secret, err := c.secret()
+	if err != nil {
+		return "", err
+	}
+	cfg.ClientSecret = secret
 	ctx = context.WithValue(ctx, oauth2.HTTPClient, c.client)
-	t, err := c.cfg.Token(ctx)
+	t, err := cfg.Token(ctx)
 	if err != nil {
 		var re *oauth2.RetrieveError
 		if errors.As(err, &re) && re.Response != nil {
 			// RetrieveError's text includes the response body; IMS never
 			// echoes the secret, but keep only the parts we need anyway.
-			return "", &StatusError{Op: "token", URL: c.cfg.TokenURL, Status: re.Response.StatusCode,
+			return "", &StatusError{Op: "token", URL: redact.URL(c.cfg.TokenURL), Status: re.Response.StatusCode,
 				Description: strings.TrimSpace(re.ErrorCode + " " + re.ErrorDescription)}
 		}
-		return "", fmt.Errorf("token %s: %w", c.cfg.TokenURL, scrub(err, c.cfg.ClientSecret))
+		// The error may quote the token URL, credentials in it included.
+		return "", fmt.Errorf("token %s: %s", redact.URL(c.cfg.TokenURL), redact.In(scrub(err, secret).Error(), c.cfg.TokenURL))
 	}
 	exp := t.Expiry
 	if exp.IsZero() {
@@ -147,6 +157,31 @@ func (c *ClientCredentials) fetch(ctx context.Context) (string, error) {
 	c.tok, c.exp = t.AccessToken, exp
 	c.mu.Unlock()
 	return t.AccessToken, nil
+}
+
+// secret is the client secret: the one given, or the secret file's
+// content, read at every fetch so a rotated secret (a Kubernetes Secret
+// mount) is used without a restart.
+func (c *ClientCredentials) secret() (string, error) {
+	if c.secretFile == "" {
+		return c.cfg.ClientSecret, nil
+	}
+	b, err := os.ReadFile(c.secretFile)
+	if err != nil {
+		return "", fmt.Errorf("read the client secret file (LSMUX_CLIENT_SECRET_FILE): %w", err)
+	}
+	s := strings.TrimSpace(string(b))
+	if s == "" {
+		return "", fmt.Errorf("the client secret file %s (LSMUX_CLIENT_SECRET_FILE) is empty", c.secretFile)
+	}
+	return s, nil
+}
+
+// WithSecretFile makes the source read its client secret from path at
+// every token fetch, instead of the secret it was created with.
+func (c *ClientCredentials) WithSecretFile(path string) *ClientCredentials {
+	c.secretFile = path
+	return c
 }
 
 // Invalidate drops tok from the cache if it is still the cached one.

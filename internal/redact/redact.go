@@ -155,3 +155,25 @@ var userinfo = regexp.MustCompile(`(://)[^\s/@"'?#]*@`)
 // secretValue matches a name=value pair of a query string (after '?' or
 // '&', so "status code=409" in prose is left alone).
 var secretValue = regexp.MustCompile(`[?&][A-Za-z0-9_.\-%]+=[^&\s"'#]+`)
+
+// Err returns err with the credentials of the given URLs (and any other
+// URL-like ones) removed from its message; errors.Is and errors.As still
+// see the original.
+func Err(err error, urls ...string) error {
+	if err == nil {
+		return nil
+	}
+	msg := In(err.Error(), urls...)
+	if msg == err.Error() {
+		return err
+	}
+	return &redacted{msg: msg, err: err}
+}
+
+type redacted struct {
+	msg string
+	err error
+}
+
+func (r *redacted) Error() string { return r.msg }
+func (r *redacted) Unwrap() error { return r.err }

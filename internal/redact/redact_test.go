@@ -27,6 +27,11 @@ func TestURL(t *testing.T) {
 	if got := URLs("nats://a:b@n1:4222, nats://n2:4222"); got != "nats://REDACTED@n1:4222,nats://n2:4222" {
 		t.Errorf("URLs: %q", got)
 	}
+	// NATS server lists: schemes or none, a token as user, a stray '%'.
+	got := URLs("nats://user:pw1@h1:4222, nats://tok2@h2:4222,tls://h3,lsmux:pw3@h4:4222,nats://u:p%ss4@h5")
+	if got != "nats://REDACTED@h1:4222,nats://REDACTED@h2:4222,tls://h3,REDACTED@h4:4222,nats://REDACTED@h5" {
+		t.Errorf("URLs of a NATS server list: %q", got)
+	}
 }
 
 func TestInRemovesQuotedAndEscapedSecrets(t *testing.T) {
