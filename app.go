@@ -108,10 +108,16 @@ func newApp(cfg *config, tokens upstream.TokenSource, log *logrus.Logger, demo h
 	}
 	a.metrics = metrics.New(version, scraped)
 	a.server = proxy.New(served, proxy.Options{
-		PingInterval:      cfg.PingInterval,
-		WriteTimeout:      cfg.WriteTimeout,
-		SlowDisconnect:    cfg.SlowPolicy == "disconnect",
-		MaxMessageSize:    cfg.MaxMessageSize,
+		PingInterval:    cfg.PingInterval,
+		WriteTimeout:    cfg.WriteTimeout,
+		SlowDisconnect:  cfg.SlowPolicy == "disconnect",
+		MaxMessageSize:  cfg.MaxMessageSize,
+		FilterCostLimit: uint64(cfg.FilterCostLimit),
+		Limits: fanout.Limits{FilterBudget: float64(cfg.FilterBudget), FilterBurst: 2 * cfg.FilterBudget, FilterHold: cfg.FilterHold,
+			FilterStrikes: cfg.FilterStrikes, MaxLag: cfg.MaxLag},
+		BatchMemory:       cfg.BatchMemory,
+		CompileRate:       cfg.CompileRate,
+		CompileBurst:      int(4 * cfg.CompileRate),
 		Web:               web.Handler(),
 		Metrics:           a.metrics.Handler(),
 		Demo:              demo,

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync"
@@ -17,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/KimMachineGun/automemlimit/memlimit"
 	"github.com/gorilla/websocket"
 	"go.uber.org/goleak"
 
@@ -551,5 +553,22 @@ func TestHealthcheckSendsTheConfiguredToken(t *testing.T) {
 	os.WriteFile(file, []byte("\nhc-tok-2\n"), 0o600)
 	if code := run(context.Background(), []string{"healthcheck"}, cli.Env{"LSMUX_LISTEN": r.app.addr(), "LSMUX_AUTH_TOKEN_FILE": file}, &out, &errOut); code != 0 {
 		t.Fatalf("with LSMUX_AUTH_TOKEN_FILE: exit %d %s", code, errOut.String())
+	}
+}
+
+// TestMemoryLimitComesFromTheContainer: with a memory limit (here given
+// by a provider in place of the cgroup), Go's soft limit is set to 90 % of
+// it; GOMEMLIMIT, when set, wins.
+func TestMemoryLimitComesFromTheContainer(t *testing.T) {
+	before := debug.SetMemoryLimit(-1)
+	defer debug.SetMemoryLimit(before)
+	log, _ := newLogger("error", "text", io.Discard)
+	if got := applyMemoryLimit(log, memlimit.Limit(1<<30)); got != 966367641 || debug.SetMemoryLimit(-1) != got {
+		t.Fatalf("limit %d, Go's %d; want 90%% of 1 GiB", got, debug.SetMemoryLimit(-1))
+	}
+	t.Setenv("GOMEMLIMIT", "300MiB")
+	debug.SetMemoryLimit(300 << 20)
+	if got := applyMemoryLimit(log, memlimit.Limit(1<<30)); got != 300<<20 {
+		t.Fatalf("with GOMEMLIMIT set: %d", got)
 	}
 }

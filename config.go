@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"lsmux/fanout"
 	"lsmux/internal/cli"
 	"lsmux/internal/names"
 	"lsmux/internal/redact"
@@ -61,6 +62,14 @@ type config struct {
 	MaxPerAddress   int
 	MaxMessageSize  int64
 	HeaderTimeout   time.Duration
+
+	FilterCostLimit int
+	FilterBudget    int
+	FilterStrikes   int
+	FilterHold      time.Duration
+	MaxLag          time.Duration
+	CompileRate     float64
+	BatchMemory     int64
 
 	LogLevel  string
 	LogFormat string
@@ -124,6 +133,13 @@ func (c *config) flags(f *cli.FlagSet) {
 	f.Int(&c.MaxPerAddress, "max-subscribers-per-address", 1_000, "subscribers per remote address; past it new ones get 429 with Retry-After")
 	f.Bytes(&c.MaxMessageSize, "max-message-size", 4<<10, "largest WebSocket message a client may send; larger closes with 1009")
 	f.Duration(&c.HeaderTimeout, "read-header-timeout", 10*time.Second, "how long a client may take to send its request headers")
+	f.Int(&c.FilterCostLimit, "filter-cost-limit", fanout.DefaultCostLimit, "CEL cost units after which one filter evaluation stops (the hit is then skipped); real filters need 3 to 200")
+	f.Int(&c.FilterBudget, "filter-budget", 200_000, "CEL cost units per second one connection's filters may spend, all its named filters together (results shared with other subscribers are free); over it the subscriber is held back (0: unlimited)")
+	f.Duration(&c.FilterHold, "filter-hold", 10*time.Second, "a subscriber held back by its filter budget this long in total is dropped (filter-cost)")
+	f.Int(&c.FilterStrikes, "filter-strikes", 10, "a subscriber whose filters hit the cost limit on this many hits is dropped (filter-cost); 0: never")
+	f.Duration(&c.MaxLag, "max-lag", 5*time.Minute, "a subscriber further behind live than this (for hits that arrived while it was connected) is slow: a gap notice, or a disconnect with LSMUX_SLOW_POLICY=disconnect; 0: only the ring's bounds")
+	f.Bytes(&c.BatchMemory, "batch-memory", 32<<20, "bytes all subscribers' write batches may hold at once; past it lagging subscribers get small batches (memory stays bounded with many non-reading clients)")
+	f.Float(&c.CompileRate, "compile-rate", 5, "new filters per second each remote address may have compiled (bursts of four times as many); past it 429 with Retry-After")
 	f.String(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
 	f.String(&c.LogFormat, "log-format", "auto", "text, json, or auto (text on a terminal, json otherwise)")
 
@@ -222,6 +238,10 @@ func (c *config) check() error {
 	}
 	if c.ClientSecret != "" && c.ClientSecretFile != "" {
 		errs = append(errs, errors.New("LSMUX_CLIENT_SECRET and LSMUX_CLIENT_SECRET_FILE are both set: set one"))
+	}
+	if c.FilterCostLimit < 10 || c.FilterBudget < 0 || c.FilterStrikes < 0 || c.CompileRate <= 0 {
+		errs = append(errs, fmt.Errorf("LSMUX_FILTER_COST_LIMIT=%d, LSMUX_FILTER_BUDGET=%d, LSMUX_FILTER_STRIKES=%d, LSMUX_COMPILE_RATE=%g: want at least 10, 0, 0 and more than 0",
+			c.FilterCostLimit, c.FilterBudget, c.FilterStrikes, c.CompileRate))
 	}
 	if c.SlowPolicy != "gap" && c.SlowPolicy != "disconnect" {
 		errs = append(errs, fmt.Errorf("LSMUX_SLOW_POLICY=%q: want gap or disconnect", c.SlowPolicy))

@@ -18,6 +18,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/KimMachineGun/automemlimit/memlimit"
 	"github.com/sirupsen/logrus"
 
 	"lsmux/internal/cli"
@@ -236,6 +237,8 @@ func startServe(cmd, summary string, args []string, env cli.Env, stdout, stderr 
 	for _, w := range cfg.warnings {
 		log.Warn(w)
 	}
+	applyGCPercent(log)
+	applyMemoryLimit(log, memlimit.FromCgroup)
 	return cfg, log, nil
 }
 

@@ -419,7 +419,7 @@ func TestDeletedStreamIsCreatedAgain(t *testing.T) {
 	}
 	send(10)
 	waitFor(t, 30*time.Second, "the 10 new hits in both hubs", func() bool { return a.hub.Stats().Appended >= 60 && b.hub.Stats().Appended >= 60 })
-	got, gap, _ := waiting.Poll(size, 1<<30)
+	got, gap, _, _ := waiting.Poll(context.Background(), size, 1<<30)
 	if gap == nil || len(got) != 10 || got[0].Seq < first {
 		t.Fatalf("a subscriber waiting at the old next number: gap %v then %d hits; want a gap notice, then the 10 new hits from %d", gap, len(got), first)
 	}
@@ -428,7 +428,7 @@ func TestDeletedStreamIsCreatedAgain(t *testing.T) {
 	waitFor(t, 30*time.Second, "both replicas to read the new stream", func() bool {
 		return a.stream.ClusterStatus().JetStreamCreated.Equal(created) && b.stream.ClusterStatus().JetStreamCreated.Equal(created)
 	})
-	if got, gap, _ := waiting.Poll(size, 1<<30); gap != nil || len(got) != 0 {
+	if got, gap, _, _ := waiting.Poll(context.Background(), size, 1<<30); gap != nil || len(got) != 0 {
 		t.Fatalf("then %d more hits and gap %v; want nothing (no hit twice)", len(got), gap)
 	}
 
@@ -444,7 +444,7 @@ func TestDeletedStreamIsCreatedAgain(t *testing.T) {
 	})
 	send(10)
 	waitFor(t, 30*time.Second, "the hits in both hubs", func() bool { return a.hub.Stats().Newest >= 10 && b.hub.Stats().Newest >= 10 })
-	if _, gap, _ := waiting.Poll(size, 1<<30); gap == nil {
+	if _, gap, _, _ := waiting.Poll(context.Background(), size, 1<<30); gap == nil {
 		t.Fatal("a subscriber from the second numbering was not told the numbers started over")
 	}
 }

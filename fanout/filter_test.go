@@ -1,12 +1,21 @@
 package fanout
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"strings"
 	"testing"
 	"time"
 )
+
+// matchOne evaluates f on e as a subscriber without limits would.
+func matchOne(h *Hub, f *Filter, e *Entry) bool {
+	s := &Subscriber{hub: h}
+	defer s.endEvaluation()
+	m, _, _ := s.matches(context.Background(), f, e)
+	return m
+}
 
 func mustCompiler(t testing.TB) *Compiler {
 	c, err := NewCompiler(0)
@@ -40,10 +49,10 @@ func TestFilterSemantics(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: %v", expr, err)
 		}
-		if got := h.matches(f, e); got != want {
+		if got := matchOne(h, f, e); got != want {
 			t.Errorf("%s = %v, want %v", expr, got, want)
 		}
-		if got := h.matches(f, e); got != want { // from the shared result now
+		if got := matchOne(h, f, e); got != want { // from the shared result now
 			t.Errorf("%s (cached) = %v, want %v", expr, got, want)
 		}
 	}
@@ -58,11 +67,11 @@ func TestFilterCostLimitStopsRunawayExpressions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if h.matches(f, h.slot(1).Load()) {
+	if matchOne(h, f, h.slot(1).Load()) {
 		t.Fatal("an expression over the cost limit matched; it must be cut off (no match)")
 	}
 	ok, _ := c.Filter(`hit.geoCountry == "fra"`)
-	if !h.matches(ok, h.slot(1).Load()) {
+	if !matchOne(h, ok, h.slot(1).Load()) {
 		t.Fatal("a cheap filter no longer matches")
 	}
 }
@@ -159,7 +168,7 @@ func TestSelectorThroughPoll(t *testing.T) {
 	}
 	var got []string
 	for {
-		es, gap, _ := sub.Poll(anySize, 1<<20)
+		es, gap, _, _ := sub.Poll(context.Background(), anySize, 1<<20)
 		if gap != nil {
 			t.Fatalf("gap %+v", gap)
 		}
@@ -173,12 +182,12 @@ func TestSelectorThroughPoll(t *testing.T) {
 	if len(got) != 334 || got[1] != `{"hitIdHigh":1,"hitIdLow":3,"n":3}` {
 		t.Fatalf("%d hits, second %s", len(got), got[1])
 	}
-	if es, _, _ := plain.Poll(anySize, 1<<30); len(es) != MaxBatch || string(es[0].Raw()) != `{"hitIdHigh":1,"hitIdLow":0,"n":0,"pad":"xxxx"}` {
+	if es, _, _, _ := plain.Poll(context.Background(), anySize, 1<<30); len(es) != MaxBatch || string(es[0].Raw()) != `{"hitIdHigh":1,"hitIdLow":0,"n":0,"pad":"xxxx"}` {
 		t.Fatal("the plain subscriber did not get the hits unchanged")
 	}
 	named := h.Subscribe(Oldest, Info{}, &Selector{Named: []NamedFilter{{"three", f}, {"all", mustFilter(t, c, "true")}}})
 	defer named.Close()
-	es, _, _ := named.Poll(anySize, 1<<30)
+	es, _, _, _ := named.Poll(context.Background(), anySize, 1<<30)
 	if string(es[0].Raw()) != `{"filters":["three","all"],"hit":{"hitIdHigh":1,"hitIdLow":0,"n":0,"pad":"xxxx"}}` ||
 		string(es[1].Raw()) != `{"filters":["all"],"hit":{"hitIdHigh":1,"hitIdLow":1,"n":1,"pad":"xxxx"}}` {
 		t.Fatalf("named: %s / %s", es[0].Raw(), es[1].Raw())
@@ -200,7 +209,7 @@ func TestPlainSubscribersNeverDecode(t *testing.T) {
 	for i := range 100 {
 		h.Append(hit(i), time.Now())
 	}
-	sub.Poll(anySize, 1<<30)
+	sub.Poll(context.Background(), anySize, 1<<30)
 	for i := range h.ring {
 		if e := h.ring[i].Load(); e != nil && e.ext.Load() != nil {
 			t.Fatal("a subscriber without selector caused derived data")
@@ -241,7 +250,7 @@ func TestFiltersDecodeOnlyTheFieldsTheyRead(t *testing.T) {
 	if got := two.keys; len(got) != 2 {
 		t.Fatalf("keys %v", got)
 	}
-	if !h.matches(two, e) {
+	if !matchOne(h, two, e) {
 		t.Fatal("no match")
 	}
 	d := h.derived(e).dec.Load()
@@ -249,11 +258,11 @@ func TestFiltersDecodeOnlyTheFieldsTheyRead(t *testing.T) {
 		t.Fatalf("decoded %d fields for a filter reading 2", len(d.m))
 	}
 	missing := mustFilter(t, c, `has(hit.referrer)`)
-	if h.matches(missing, e) || !h.derived(e).dec.Load().tried["referrer"] {
+	if matchOne(h, missing, e) || !h.derived(e).dec.Load().tried["referrer"] {
 		t.Fatal("an absent field must be looked for once and not match")
 	}
 	whole := mustFilter(t, c, `size(hit) > 3`)
-	if whole.keys != nil || !h.matches(whole, e) || !h.derived(e).dec.Load().all {
+	if whole.keys != nil || !matchOne(h, whole, e) || !h.derived(e).dec.Load().all {
 		t.Fatal("a filter on the whole hit must decode it all")
 	}
 }

@@ -300,6 +300,23 @@ func (h *Hub) read(from uint64, dst []*Entry, maxBytes int, size func(*Entry) in
 	return entries, s, gap, end
 }
 
+// firstReceivedAfter returns the number of the first hit held from from
+// on that was read at or after t (next when none was): a binary search,
+// since hits are held in the order they were read.
+func (h *Hub) firstReceivedAfter(t time.Time, from uint64) uint64 {
+	lo, hi := max(from, h.oldest.Load()), h.next.Load()
+	for lo < hi {
+		mid := lo + (hi-lo)/2
+		e := h.slot(mid).Load()
+		if e == nil || e.Seq != mid || e.Received.Before(t) {
+			lo = mid + 1 // evicted meanwhile counts as old
+		} else {
+			hi = mid
+		}
+	}
+	return lo
+}
+
 // clamp moves a cursor that is outside the ring into it, and says what was
 // lost.
 func (h *Hub) clamp(from uint64) (*Gap, uint64) {

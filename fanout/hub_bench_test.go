@@ -2,6 +2,7 @@ package fanout
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"runtime"
 	"sync"
@@ -31,7 +32,7 @@ func BenchmarkFanout(b *testing.B) {
 					defer sub.Close()
 					<-start
 					for got := uint64(0); got < total; {
-						e, gap, wake := sub.Poll(wsSizeBench, 256<<10)
+						e, gap, wake, _ := sub.Poll(context.Background(), wsSizeBench, 256<<10)
 						if gap != nil {
 							panic("subscriber fell off the ring in a benchmark")
 						}
@@ -108,7 +109,7 @@ func BenchmarkFilters(b *testing.B) {
 					<-start
 					n := 0
 					for sub.Cursor() < 1+total {
-						e, _, wake := sub.Poll(wsSizeBench, 256<<10)
+						e, _, wake, _ := sub.Poll(context.Background(), wsSizeBench, 256<<10)
 						n += len(e)
 						if len(e) == 0 && wake != nil && sub.Cursor() < 1+total {
 							<-wake

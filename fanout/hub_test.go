@@ -2,6 +2,7 @@ package fanout
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
@@ -21,7 +22,7 @@ func hit(i int) []byte {
 func anySize(e *Entry) int { return len(e.Raw()) }
 
 func poll(s *Subscriber) ([]*Entry, *Gap) {
-	e, g, _ := s.Poll(anySize, 1<<30)
+	e, g, _, _ := s.Poll(context.Background(), anySize, 1<<30)
 	return append([]*Entry(nil), e...), g
 }
 
@@ -132,7 +133,7 @@ func TestLiveStartsAfterWhatIsHeld(t *testing.T) {
 	h.Append(hit(0), time.Now())
 	live := h.Subscribe(Live, Info{}, nil)
 	defer live.Close()
-	_, _, wake := live.Poll(anySize, 1<<20)
+	_, _, wake, _ := live.Poll(context.Background(), anySize, 1<<20)
 	if wake == nil {
 		t.Fatal("nothing ready but no wake channel")
 	}
@@ -160,11 +161,11 @@ func TestPollRespectsTheBatchBounds(t *testing.T) {
 	for i := range MaxBatch + 10 {
 		h.Append(hit(i), time.Now())
 	}
-	e, _, _ := sub.Poll(anySize, 1<<30)
+	e, _, _, _ := sub.Poll(context.Background(), anySize, 1<<30)
 	if len(e) != MaxBatch {
 		t.Fatalf("batch of %d, want the cap %d", len(e), MaxBatch)
 	}
-	e, _, _ = sub.Poll(anySize, 1) // a byte budget below one entry still moves on
+	e, _, _, _ = sub.Poll(context.Background(), anySize, 1) // a byte budget below one entry still moves on
 	if len(e) != 1 {
 		t.Fatalf("batch of %d under a 1-byte budget, want 1", len(e))
 	}
@@ -301,7 +302,7 @@ func TestCursorAheadWaitsWithinMaxAhead(t *testing.T) {
 	}
 	ahead := h.Subscribe(8, Info{}, nil) // this replica has 1..3; the client has seen up to 7
 	defer ahead.Close()
-	got, gap, wake := ahead.Poll(anySize, 1<<30)
+	got, gap, wake, _ := ahead.Poll(context.Background(), anySize, 1<<30)
 	if gap != nil || len(got) != 0 || wake == nil {
 		t.Fatalf("a cursor 5 ahead: %d entries, gap %v, wake %v; want to wait", len(got), gap, wake)
 	}
@@ -321,7 +322,7 @@ func TestCursorAheadWaitsWithinMaxAhead(t *testing.T) {
 	h.SetHorizon(195) // JetStream says numbers up to 195 exist: this replica is behind
 	behind := h.Subscribe(150, Info{}, nil)
 	defer behind.Close()
-	if got, gap, wake := behind.Poll(anySize, 1<<30); gap != nil || len(got) != 0 || wake == nil {
+	if got, gap, wake, _ := behind.Poll(context.Background(), anySize, 1<<30); gap != nil || len(got) != 0 || wake == nil {
 		t.Fatalf("a cursor within the horizon: %d entries, gap %v; want to wait", len(got), gap)
 	}
 	h.Reset(1) // the numbering started over (the JetStream stream was recreated)

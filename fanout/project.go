@@ -13,6 +13,7 @@ type Projection struct {
 	Text string
 	root *fieldNode
 	slot int // cache slot in an entry, or -1
+	c    *Compiler
 }
 
 type fieldNode struct {
@@ -30,31 +31,25 @@ const (
 )
 
 // Fields parses a comma-separated list of dotted paths (or returns the
-// cached projection).
+// cached projection), counting the caller as a user until it calls
+// Release.
 func (c *Compiler) Fields(text string) (*Projection, error) {
-	c.mu.Lock()
-	p := c.fields[text]
-	c.mu.Unlock()
-	if p != nil {
+	if p, ok := c.fields.acquire(text); ok {
 		return p, nil
 	}
 	p, err := parseFields(text)
 	if err != nil {
 		return nil, err
 	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if cached := c.fields[text]; cached != nil {
-		return cached, nil
+	p.c = c
+	return c.fields.insert(text, p, func(p *Projection, slot int) { p.slot = slot }), nil
+}
+
+// Release says the caller no longer uses p (a subscriber left).
+func (p *Projection) Release() {
+	if p.c != nil {
+		p.c.fields.release(p.Text)
 	}
-	if len(c.fields) < maxCached {
-		if c.nextPSlot < projectionSlots {
-			p.slot = c.nextPSlot
-			c.nextPSlot++
-		}
-		c.fields[text] = p
-	}
-	return p, nil
 }
 
 func parseFields(text string) (*Projection, error) {

@@ -1,6 +1,7 @@
 package fanout
 
 import (
+	"context"
 	"hash/fnv"
 	"maps"
 	"slices"
@@ -26,6 +27,44 @@ type Selector struct {
 type NamedFilter struct {
 	Name   string
 	Filter *Filter
+}
+
+// empty reports whether the selector selects everything unchanged.
+func (s *Selector) empty() bool {
+	return s.Filter == nil && len(s.Named) == 0 && s.Fields == nil && s.Sample == 0
+}
+
+// compiler is the Compiler the selector's parts come from (nil: none).
+func (s *Selector) compiler() *Compiler {
+	if s.Filter != nil && s.Filter.c != nil {
+		return s.Filter.c
+	}
+	for _, n := range s.Named {
+		if n.Filter.c != nil {
+			return n.Filter.c
+		}
+	}
+	if s.Fields != nil {
+		return s.Fields.c
+	}
+	return nil
+}
+
+// Release gives the selector's filters and projection back to their
+// compiler's cache (see Compiler.Filter).
+func (s *Selector) Release() {
+	if s == nil {
+		return
+	}
+	if s.Filter != nil {
+		s.Filter.Release()
+	}
+	for _, n := range s.Named {
+		n.Filter.Release()
+	}
+	if s.Fields != nil {
+		s.Fields.Release()
+	}
 }
 
 // Describe renders the selector for status pages.
@@ -169,23 +208,49 @@ func (c *decoded) has(keys []string) bool {
 	return true
 }
 
-// matches evaluates f on e, sharing the result with every subscriber that
-// uses the same filter.
-func (h *Hub) matches(f *Filter, e *Entry) bool {
-	d := h.derived(e)
-	if f.slot < 0 {
-		return f.eval(d.activation(e, f.keys, f.fieldsToDecode()))
+// matches evaluates f on e for s, sharing the result with every
+// subscriber that uses the same filter: a result already known costs
+// nothing; a new evaluation takes an evaluation slot and is charged to s.
+// ok is false when s is over its budget and must stop after e.
+func (s *Subscriber) matches(ctx context.Context, f *Filter, e *Entry) (match, ok bool, err error) {
+	d := s.hub.derived(e)
+	bit := uint64(0)
+	if f.slot >= 0 {
+		bit = uint64(1) << f.slot
+		if d.done.Load()&bit != 0 {
+			return d.match.Load()&bit != 0, true, nil
+		}
 	}
-	bit := uint64(1) << f.slot
-	if d.done.Load()&bit != 0 {
-		return d.match.Load()&bit != 0
+	if err := s.beginEvaluation(ctx); err != nil {
+		return false, false, err
 	}
-	ok := f.eval(d.activation(e, f.keys, f.fieldsToDecode()))
-	if ok {
-		d.match.Or(bit)
+	match, cost, overLimit := f.eval(d.activation(e, f.keys, f.fieldsToDecode()))
+	if bit != 0 {
+		if match {
+			d.match.Or(bit)
+		}
+		d.done.Or(bit)
 	}
-	d.done.Or(bit)
-	return ok
+	ok = true
+	if s.meter != nil {
+		ok = s.meter.charge(cost, overLimit)
+	}
+	return match, ok, nil
+}
+
+// clearDerived applies f to the derived data of every entry that has
+// some (a freed result slot is cleared before it is reused).
+func (h *Hub) clearDerived(f func(*derived)) {
+	h.dmu.Lock()
+	defer h.dmu.Unlock()
+	for _, e := range h.dwin {
+		if e == nil {
+			continue
+		}
+		if d := e.ext.Load(); d != nil {
+			f(d)
+		}
+	}
 }
 
 // sampled reports whether e's visitor falls in the sample: the same
@@ -267,25 +332,34 @@ func tagged(e *Entry, names []string) *Entry {
 }
 
 // apply returns what the subscriber gets for e, or nil when it gets
-// nothing.
-func (s *Subscriber) apply(e *Entry) *Entry {
+// nothing; ok is false when the subscriber is over its filter budget and
+// must stop after e.
+func (s *Subscriber) apply(ctx context.Context, e *Entry) (out *Entry, ok bool, err error) {
 	sel, h := s.sel, s.hub
 	if sel.Sample > 0 && !h.sampled(sel.Sample, e) {
-		return nil
+		return nil, true, nil
 	}
-	if sel.Filter != nil && !h.matches(sel.Filter, e) {
-		return nil
+	ok = true
+	if sel.Filter != nil {
+		match, within, err := s.matches(ctx, sel.Filter, e)
+		if err != nil || !match {
+			return nil, within, err
+		}
+		ok = within
 	}
 	var names []string
-	if len(sel.Named) > 0 {
-		for _, n := range sel.Named {
-			if h.matches(n.Filter, e) {
-				names = append(names, n.Name)
-			}
+	for _, n := range sel.Named {
+		match, within, err := s.matches(ctx, n.Filter, e)
+		if err != nil {
+			return nil, false, err
 		}
-		if len(names) == 0 {
-			return nil
+		ok = ok && within
+		if match {
+			names = append(names, n.Name)
 		}
+	}
+	if len(sel.Named) > 0 && len(names) == 0 {
+		return nil, ok, nil
 	}
 	if sel.Fields != nil {
 		e = h.projected(sel.Fields, e)
@@ -293,5 +367,5 @@ func (s *Subscriber) apply(e *Entry) *Entry {
 	if names != nil {
 		e = tagged(e, names)
 	}
-	return e
+	return e, ok, nil
 }

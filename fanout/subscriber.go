@@ -1,6 +1,7 @@
 package fanout
 
 import (
+	"context"
 	"slices"
 	"sort"
 	"sync"
@@ -24,14 +25,21 @@ type Subscriber struct {
 	Info  Info
 	Since time.Time
 
-	hub       *Hub
-	cursor    atomic.Uint64
-	gaps      atomic.Uint64
-	lost      atomic.Uint64
-	delivered atomic.Uint64
-	buf       []*Entry
-	sel       *Selector // nil: every hit unchanged (the zero-decode path)
-	out       []*Entry
+	hub        *Hub
+	cursor     atomic.Uint64
+	gaps       atomic.Uint64
+	lost       atomic.Uint64
+	delivered  atomic.Uint64
+	buf        []*Entry
+	sel        *Selector // nil: every hit unchanged (the zero-decode path)
+	out        []*Entry
+	lim        Limits
+	meter      *costMeter // nil without filters
+	evaluating bool       // holds an evalSlots slot
+	// liveFrom is the first number appended after the subscription began;
+	// only hits from it on can make the subscriber late (MaxLag).
+	liveFrom uint64
+	closed   bool
 }
 
 // MaxBatch caps the entries one Poll hands out, so one writer's batch
@@ -39,49 +47,107 @@ type Subscriber struct {
 const MaxBatch = 512
 
 // Subscribe starts a subscriber at from (a sequence number, Live or Oldest)
-// with an optional selector. Call Close when the subscriber leaves.
+// with an optional selector and no limits. Call Close when the subscriber
+// leaves.
 func (h *Hub) Subscribe(from uint64, info Info, sel *Selector) *Subscriber {
-	if sel != nil && sel.Filter == nil && len(sel.Named) == 0 && sel.Fields == nil && sel.Sample == 0 {
+	return h.SubscribeWith(from, info, sel, Limits{})
+}
+
+// SubscribeWith is Subscribe with limits on what the subscriber may cost.
+// The selector's filters and projection are the subscriber's from now on:
+// Close releases them.
+func (h *Hub) SubscribeWith(from uint64, info Info, sel *Selector, lim Limits) *Subscriber {
+	if sel != nil && sel.empty() {
 		sel = nil
 	}
 	if sel != nil && info.Filter == "" {
 		info.Filter = sel.Describe()
 	}
-	s := &Subscriber{Info: info, Since: time.Now(), hub: h, buf: make([]*Entry, 0, MaxBatch), sel: sel}
+	s := &Subscriber{Info: info, Since: time.Now(), hub: h, buf: make([]*Entry, 0, MaxBatch), sel: sel, lim: lim, liveFrom: h.next.Load()}
+	if sel != nil {
+		if sel.Filter != nil || len(sel.Named) > 0 {
+			s.meter = newCostMeter(lim)
+		}
+		if c := sel.compiler(); c != nil {
+			c.track(h)
+		}
+	}
 	s.cursor.Store(h.Start(from))
 	h.subs.add(s)
 	return s
 }
 
-// Close removes the subscriber from the hub's registry.
-func (s *Subscriber) Close() { s.hub.subs.remove(s) }
+// Close removes the subscriber from the hub's registry and releases its
+// filters and projection. It may be called more than once.
+func (s *Subscriber) Close() {
+	if s.closed {
+		return
+	}
+	s.closed = true
+	s.hub.subs.remove(s)
+	s.endEvaluation()
+	if s.sel != nil {
+		s.sel.Release()
+	}
+}
 
 // Poll returns the entries ready for this subscriber (at most MaxBatch and
 // about maxBytes of the encoding size measures) and advances its cursor.
-// If the subscriber fell off the ring, gap says which hits it lost and the
-// entries continue from the oldest still held. When nothing is ready,
-// wake is closed as soon as something is. The returned slice is reused by
-// the next Poll.
+// If the subscriber fell off the ring (or fell MaxLag behind), gap says
+// which hits it lost and the entries continue from the oldest still held.
+// When nothing is ready, wake is closed as soon as something is. The
+// returned slice is reused by the next Poll.
 //
-// With a selector, entries that do not match are skipped (the cursor moves
-// past them) and projected entries replace the originals; Poll keeps
-// reading until something matches or the ring is exhausted.
-func (s *Subscriber) Poll(size func(*Entry) int, maxBytes int) (entries []*Entry, gap *Gap, wake <-chan struct{}) {
+// Work per call is bounded: with a selector, entries that do not match are
+// skipped (the cursor moves past them) and projected entries replace the
+// originals; Poll reads on while nothing matched, but only until it has
+// spent perPollCost units or its budget holds it back. It may then return
+// nothing and no wake channel: call it again (after looking at the
+// client). The error is ErrFilterCost when the subscriber's filters cost
+// more than its limits allow, or ctx's when ctx ended while Poll waited
+// for the budget or for an evaluation slot.
+func (s *Subscriber) Poll(ctx context.Context, size func(*Entry) int, maxBytes int) (entries []*Entry, gap *Gap, wake <-chan struct{}, err error) {
+	if s.meter != nil {
+		if err := s.meter.hold(ctx); err != nil {
+			return nil, nil, nil, err
+		}
+		defer s.endEvaluation()
+	}
 	entries, next, gap, wake := s.hub.Read(s.cursor.Load(), s.buf, maxBytes, size)
+	if late := s.late(entries); late != nil {
+		gap, next = late, late.To+1
+		entries, next, _, wake = s.hub.Read(next, s.buf, maxBytes, size)
+	}
 	s.cursor.Store(next)
 	if s.sel != nil {
 		s.out = s.out[:0]
+		used := len(entries) // of s.buf, to clear when done
 		for {
-			for _, e := range entries {
-				if sel := s.apply(e); sel != nil {
+			stopped := false
+			for i, e := range entries {
+				sel, ok, err := s.apply(ctx, e)
+				if err != nil {
+					return nil, nil, nil, err
+				}
+				if sel != nil {
 					s.out = append(s.out, sel)
 				}
+				if !ok { // over budget: stop after e, the rest waits
+					next = e.Seq + 1
+					s.cursor.Store(next)
+					stopped = i < len(entries)-1 || wake == nil
+					break
+				}
 			}
-			if len(s.out) > 0 || wake != nil {
+			if stopped || len(s.out) > 0 || wake != nil || (s.meter != nil && s.meter.spent >= perPollCost) {
+				if stopped {
+					wake = nil // not waiting for new hits: more of the ring to read
+				}
 				break
 			}
 			var more *Gap
 			entries, next, more, wake = s.hub.Read(next, s.buf, maxBytes, size)
+			used = max(used, len(entries))
 			s.cursor.Store(next)
 			if gap == nil {
 				gap = more
@@ -89,8 +155,14 @@ func (s *Subscriber) Poll(size func(*Entry) int, maxBytes int) (entries []*Entry
 				gap.To = more.To // fell off again while skipping: one notice
 			}
 		}
-		clear(s.buf[:cap(s.buf)])
+		clear(s.buf[:used]) // drop references to entries the ring may evict
 		entries = s.out
+		if s.meter != nil {
+			s.meter.spent = 0
+			if err := s.meter.check(); err != nil {
+				return nil, nil, nil, err
+			}
+		}
 	}
 	if gap != nil {
 		s.gaps.Add(1)
@@ -105,7 +177,47 @@ func (s *Subscriber) Poll(size func(*Entry) int, maxBytes int) (entries []*Entry
 		s.hub.delivered.Add(uint64(len(entries)))
 		s.hub.out.Add(time.Now(), uint64(len(entries)))
 	}
-	return entries, gap, wake
+	return entries, gap, wake, nil
+}
+
+// late returns the gap a subscriber too far behind live (Limits.MaxLag)
+// skips: from its cursor to the first hit read within MaxLag. Only hits
+// that arrived while it was subscribed count: a resume is not late.
+func (s *Subscriber) late(entries []*Entry) *Gap {
+	if s.lim.MaxLag <= 0 || len(entries) == 0 {
+		return nil
+	}
+	e := entries[0]
+	if e.Seq < s.liveFrom || time.Since(e.Received) <= s.lim.MaxLag {
+		return nil
+	}
+	to := s.hub.firstReceivedAfter(time.Now().Add(-s.lim.MaxLag), e.Seq)
+	if to <= e.Seq {
+		return nil
+	}
+	return &Gap{From: e.Seq, To: to - 1}
+}
+
+// beginEvaluation takes an evaluation slot (see evalSlots) for the rest of
+// this Poll, waiting for one if all are busy.
+func (s *Subscriber) beginEvaluation(ctx context.Context) error {
+	if s.evaluating {
+		return nil
+	}
+	select {
+	case evalSlots <- struct{}{}:
+		s.evaluating = true
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (s *Subscriber) endEvaluation() {
+	if s.evaluating {
+		<-evalSlots
+		s.evaluating = false
+	}
 }
 
 // Cursor is the next sequence number the subscriber will get.

@@ -16,6 +16,8 @@ import (
 //	write-timeout   none: the socket is stuck, it is closed
 //	ping-timeout    none: no pong within the deadline, closed (WebSocket only)
 //	too-big         1009 message too big            (clients send SSE nothing)
+//	filter-cost     1008 policy violation           event: close  data: {"reason":"filter-cost"}  the response ends
+//	                (its filters cost more than LSMUX_FILTER_BUDGET allows, or hit the cost limit again and again)
 //	client          the client's close code echoed   none: the client went away
 //	                (an empty close frame when it sent none, or a code that may
 //	                not be sent: 1005, 1006, 1015)
@@ -25,11 +27,12 @@ const (
 	reasonWriteTimeout = "write-timeout"
 	reasonPingTimeout  = "ping-timeout"
 	reasonTooBig       = "too-big"
+	reasonFilterCost   = "filter-cost"
 	reasonClient       = "client"
 )
 
 // DisconnectReasons lists every reason, for metrics.
-var DisconnectReasons = []string{reasonShutdown, reasonSlow, reasonWriteTimeout, reasonPingTimeout, reasonTooBig, reasonClient}
+var DisconnectReasons = []string{reasonShutdown, reasonSlow, reasonWriteTimeout, reasonPingTimeout, reasonTooBig, reasonFilterCost, reasonClient}
 
 // WebSocket close codes (RFC 6455 §7.4.1).
 const (
@@ -48,8 +51,9 @@ var goodbyes = map[string]struct {
 	code int
 	text string
 }{
-	reasonShutdown: {closeGoingAway, "lsmux is shutting down; reconnect with from=<last seq + 1>"},
-	reasonSlow:     {closePolicyViolation, "slow consumer: fell behind lsmux's buffer; reconnect with from=oldest"},
+	reasonShutdown:   {closeGoingAway, "lsmux is shutting down; reconnect with from=<last seq + 1>"},
+	reasonSlow:       {closePolicyViolation, "slow consumer: fell behind lsmux's buffer; reconnect with from=oldest"},
+	reasonFilterCost: {closePolicyViolation, "filter-cost: the filters cost more than this connection's budget; simplify them"},
 }
 
 // sendableCode reports whether a close code may appear in a close frame

@@ -7,8 +7,6 @@ import (
 	"time"
 
 	"github.com/klauspost/compress/gzip"
-
-	"lsmux/fanout"
 )
 
 // handleNDJSON is the drop-in for existing Live Stream clients: the same
@@ -22,15 +20,16 @@ import (
 // counted in the subscriber's status; with the disconnect policy the
 // response ends instead, as a Live Stream disconnect would.
 func (s *Server) handleNDJSON(w http.ResponseWriter, r *http.Request) {
-	st, from, sel, release, ok := s.openSubscription(w, r, false)
+	st, sub, release, ok := s.openSubscription(w, r, "ndjson", false)
 	if !ok {
 		return
 	}
 	defer release()
+	defer sub.Close()
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-cache")
 	w.Header().Set("X-Accel-Buffering", "no")
-	p := &httpPeer{w: w, rc: http.NewResponseController(w), done: r.Context().Done()}
+	p := &httpPeer{mem: s.batchMem, w: w, rc: http.NewResponseController(w), done: r.Context().Done()}
 	if acceptsGzip(r.Header.Get("Accept-Encoding")) {
 		w.Header().Set("Content-Encoding", "gzip")
 		w.Header().Add("Vary", "Accept-Encoding")
@@ -42,9 +41,7 @@ func (s *Server) handleNDJSON(w http.ResponseWriter, r *http.Request) {
 	if p.write(nil, time.Now().Add(s.opts.WriteTimeout)) != nil {
 		return
 	}
-	sub := st.Hub.Subscribe(from, fanout.Info{Transport: "ndjson", Remote: r.RemoteAddr}, sel)
-	defer sub.Close()
-	s.newSession(st, "ndjson", sub, ndjsonEncoder{}, p).run()
+	s.newSession(r.Context(), st, "ndjson", sub, ndjsonEncoder{}, p).run()
 }
 
 // acceptsGzip reads Accept-Encoding: gzip is wanted unless its q is 0.

@@ -1,11 +1,13 @@
 package proxy
 
 import (
+	"errors"
 	"fmt"
 	"net/http"
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"lsmux/fanout"
 	"lsmux/internal/names"
@@ -44,15 +46,26 @@ func truncate(s string) string {
 }
 
 // parseSelector reads filter=, filter.<name>=, fields= and sample= into a
-// selector (nil when none is given). Errors are the 400's message; a
-// filter's carries the compiler's position.
-func (s *Server) parseSelector(r *http.Request, allowNamed bool) (*fanout.Selector, error) {
+// selector (nil when none is given) whose filters and projection the
+// caller owns (the subscriber releases them). Errors are the 400's
+// message (a filter's carries the compiler's position), or a
+// *compileRateError for 429.
+func (s *Server) parseSelector(r *http.Request, allowNamed bool) (sel *fanout.Selector, err error) {
+	sel = &fanout.Selector{}
+	defer func() {
+		if err != nil {
+			sel.Release()
+			sel = nil
+		}
+	}()
+	if err := s.checkSelector(r, allowNamed, false); err != nil {
+		return nil, err
+	}
 	q := r.URL.Query()
-	sel := &fanout.Selector{}
 	if text := q.Get("filter"); text != "" {
 		f, err := s.compiler.Filter(text)
 		if err != nil {
-			return nil, err
+			return sel, err
 		}
 		sel.Filter = f
 	}
@@ -70,19 +83,16 @@ func (s *Server) parseSelector(r *http.Request, allowNamed bool) (*fanout.Select
 	}
 	sort.Strings(named)
 	for _, name := range named {
-		if err := names.Check("filter name", name); err != nil {
-			return nil, fmt.Errorf("filter.%s: %w", truncate(name), err)
-		}
 		f, err := s.compiler.Filter(q.Get("filter." + name))
 		if err != nil {
-			return nil, fmt.Errorf("filter.%s: %w", name, err)
+			return sel, fmt.Errorf("filter.%s: %w", name, err)
 		}
 		sel.Named = append(sel.Named, fanout.NamedFilter{Name: name, Filter: f})
 	}
 	if text := q.Get("fields"); text != "" {
 		p, err := s.compiler.Fields(text)
 		if err != nil {
-			return nil, err
+			return sel, err
 		}
 		sel.Fields = p
 	}
@@ -101,8 +111,69 @@ func (s *Server) parseSelector(r *http.Request, allowNamed bool) (*fanout.Select
 	return sel, nil
 }
 
+// checkSelector checks the selector's parameters without caching any
+// compiled filter (compile=false: only the cheap checks and the compile
+// rate; true: every text compiled too, for /v1/validate). Texts not
+// cached count against the caller's compile rate.
+func (s *Server) checkSelector(r *http.Request, allowNamed, compile bool) error {
+	q := r.URL.Query()
+	type filterText struct{ label, text string }
+	var texts []filterText
+	if text := q.Get("filter"); text != "" {
+		texts = append(texts, filterText{"", text})
+	}
+	var named []string
+	for key := range q {
+		if name, ok := strings.CutPrefix(key, "filter."); ok {
+			named = append(named, name)
+		}
+	}
+	if len(named) > 0 && !allowNamed {
+		return fmt.Errorf("named filters (filter.<name>=) are for SSE; use one filter= here")
+	}
+	if len(named) > maxNamedFilters {
+		return fmt.Errorf("%d named filters, the limit is %d", len(named), maxNamedFilters)
+	}
+	sort.Strings(named)
+	for _, name := range named {
+		if err := names.Check("filter name", name); err != nil {
+			return fmt.Errorf("filter.%s: %w", truncate(name), err)
+		}
+		texts = append(texts, filterText{"filter." + name + ": ", q.Get("filter." + name)})
+	}
+	fields := q.Get("fields")
+	costly := 0
+	for _, t := range texts {
+		if !s.compiler.Cached(t.text) {
+			costly++
+		}
+	}
+	if fields != "" && !s.compiler.CachedFields(fields) {
+		costly++
+	}
+	if err := s.compiles.allow(remoteIP(r), costly); err != nil {
+		return err
+	}
+	if !compile {
+		return nil
+	}
+	for _, t := range texts {
+		if err := s.compiler.Check(t.text); err != nil {
+			return fmt.Errorf("%s%w", t.label, err)
+		}
+	}
+	if fields != "" {
+		return s.compiler.CheckFields(fields)
+	}
+	return nil
+}
+
+// maxNamedFilters bounds the named filters of one SSE connection.
+const maxNamedFilters = 16
+
 // parseSubscription reads where and what a subscriber wants, answering 400
-// itself (before any stream starts) when a parameter is wrong.
+// (or 429 past the compile rate) itself, before any stream starts, when a
+// parameter is wrong.
 func (s *Server) parseSubscription(w http.ResponseWriter, r *http.Request, allowNamed bool) (uint64, *fanout.Selector, bool) {
 	from, err := parseFrom(r)
 	if err != nil {
@@ -111,10 +182,22 @@ func (s *Server) parseSubscription(w http.ResponseWriter, r *http.Request, allow
 	}
 	sel, err := s.parseSelector(r, allowNamed)
 	if err != nil {
-		writeError(w, http.StatusBadRequest, err.Error())
+		s.selectorError(w, err)
 		return 0, nil, false
 	}
 	return from, sel, true
+}
+
+// selectorError answers a selector that cannot be used.
+func (s *Server) selectorError(w http.ResponseWriter, err error) {
+	var re *compileRateError
+	if errors.As(err, &re) {
+		s.obs.Rejected("compile_rate")
+		w.Header().Set("Retry-After", strconv.Itoa(int(re.retry/time.Second)+1))
+		writeError(w, http.StatusTooManyRequests, err.Error())
+		return
+	}
+	writeError(w, http.StatusBadRequest, err.Error())
 }
 
 // handleValidate checks subscription parameters without subscribing: 200
@@ -123,7 +206,12 @@ func (s *Server) parseSubscription(w http.ResponseWriter, r *http.Request, allow
 func (s *Server) handleValidate(w http.ResponseWriter, r *http.Request) {
 	_, err := parseFrom(r)
 	if err == nil {
-		_, err = s.parseSelector(r, true)
+		err = s.checkSelector(r, true, true)
+		var re *compileRateError
+		if errors.As(err, &re) {
+			s.selectorError(w, err)
+			return
+		}
 	}
 	if err != nil {
 		writeJSON(w, http.StatusOK, map[string]any{"valid": false, "error": err.Error()})
@@ -133,22 +221,26 @@ func (s *Server) handleValidate(w http.ResponseWriter, r *http.Request) {
 }
 
 // openSubscription does what every transport does first: find the stream,
-// read the parameters and count the subscriber against the limits,
-// answering the client itself (404, 400, 429, 503) when it cannot go on.
-func (s *Server) openSubscription(w http.ResponseWriter, r *http.Request, allowNamed bool) (st *Stream, from uint64, sel *fanout.Selector, release func(), ok bool) {
+// read the parameters, count the subscriber against the limits and
+// subscribe, answering the client itself (404, 400, 429, 503) when it
+// cannot go on. The caller closes the subscriber, then calls release.
+func (s *Server) openSubscription(w http.ResponseWriter, r *http.Request, transport string, allowNamed bool) (st *Stream, sub *fanout.Subscriber, release func(), ok bool) {
 	if st = s.stream(w, r); st == nil {
-		return nil, 0, nil, nil, false
+		return nil, nil, nil, false
 	}
 	if err := st.serveErr(); err != nil {
 		w.Header().Set("Retry-After", "2")
 		writeError(w, http.StatusServiceUnavailable, err.Error())
-		return nil, 0, nil, nil, false
+		return nil, nil, nil, false
 	}
-	if from, sel, ok = s.parseSubscription(w, r, allowNamed); !ok {
-		return nil, 0, nil, nil, false
+	from, sel, ok := s.parseSubscription(w, r, allowNamed)
+	if !ok {
+		return nil, nil, nil, false
 	}
 	if release, ok = s.admit(w, r); !ok {
-		return nil, 0, nil, nil, false
+		sel.Release()
+		return nil, nil, nil, false
 	}
-	return st, from, sel, release, true
+	sub = st.Hub.SubscribeWith(from, fanout.Info{Transport: transport, Remote: r.RemoteAddr}, sel, s.limits)
+	return st, sub, release, true
 }

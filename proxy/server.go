@@ -18,24 +18,43 @@ import (
 	"github.com/go-chi/chi/v5"
 	"github.com/go-chi/chi/v5/middleware"
 	"github.com/sirupsen/logrus"
+	"golang.org/x/sync/semaphore"
 
 	"lsmux/fanout"
 )
 
 // Options configure a Server. Zero values take the defaults noted.
 type Options struct {
-	PingInterval   time.Duration    // WebSocket ping and SSE comment, default 15s
-	PongWait       time.Duration    // how long past a ping a pong may take, default 10s
-	WriteTimeout   time.Duration    // a stuck socket write drops the subscriber, default 10s
-	SlowDisconnect bool             // a subscriber that falls off the ring is disconnected instead of told of the gap
-	MaxMessageSize int64            // largest WebSocket message a client may send, default 4 KiB
-	BatchBytes     int              // bytes one write may carry, default 256 KiB
-	Compiler       *fanout.Compiler // filters and projections; nil: a default one
-	Web            http.Handler     // serves GET / (the dashboard); nil: none
-	Metrics        http.Handler     // serves GET /metrics; nil: none
-	Demo           http.Handler     // serves /demo/* (fault injection, lsmux demo only); nil: none
-	Observer       Observer         // nil: none
-	Logger         logrus.FieldLogger
+	PingInterval   time.Duration // WebSocket ping and SSE comment, default 15s
+	PongWait       time.Duration // how long past a ping a pong may take, default 10s
+	WriteTimeout   time.Duration // a stuck socket write drops the subscriber, default 10s
+	SlowDisconnect bool          // a subscriber that falls off the ring is disconnected instead of told of the gap
+	MaxMessageSize int64         // largest WebSocket message a client may send, default 4 KiB
+	BatchBytes     int           // bytes one write may carry, default 256 KiB
+	// BatchMemory bounds the bytes all subscribers' write batches hold at
+	// once (SSE and the drop-in copy each batch into a buffer; WebSocket
+	// writes the ring's frames as they are). A subscriber
+	// whose socket is full keeps its batch until the write ends: with many
+	// such, the others get smaller batches, and memory stays bounded.
+	// Default 32 MiB.
+	BatchMemory int64
+	Compiler    *fanout.Compiler // filters and projections; nil: a default one with FilterCostLimit
+	// FilterCostLimit stops one filter evaluation after this many CEL
+	// cost units (0: fanout.DefaultCostLimit).
+	FilterCostLimit uint64
+	// Limits bound what each subscriber may cost (its filters' CPU, how
+	// far behind it may fall); the zero Limits bound nothing.
+	Limits fanout.Limits
+	// CompileRate is how many filters (and projections) per second each
+	// remote address may have compiled, with bursts of CompileBurst
+	// (defaults 5 and 20; negative: unlimited).
+	CompileRate  float64
+	CompileBurst int
+	Web          http.Handler // serves GET / (the dashboard); nil: none
+	Metrics      http.Handler // serves GET /metrics; nil: none
+	Demo         http.Handler // serves /demo/* (fault injection, lsmux demo only); nil: none
+	Observer     Observer     // nil: none
+	Logger       logrus.FieldLogger
 
 	AuthTokens        []string      // subscribers must present one; empty (and no AuthTokenFile): no auth
 	AuthTokenFile     string        // a file of tokens, one per line, re-read when it changes
@@ -51,6 +70,11 @@ type Options struct {
 type Server struct {
 	opts         Options
 	compiler     *fanout.Compiler
+	compiles     *compileRate
+	batchMem     *semaphore.Weighted
+	limits       fanout.Limits
+	base         context.Context // ended when Shutdown starts: sessions stop waiting for filter work
+	endBase      context.CancelFunc
 	obs          Observer
 	tokens       *tokenSet
 	allowedHosts []string
@@ -94,6 +118,9 @@ func New(streams []*Stream, opts Options) *Server {
 	if opts.BatchBytes <= 0 {
 		opts.BatchBytes = 256 << 10
 	}
+	if opts.BatchMemory <= 0 {
+		opts.BatchMemory = 32 << 20
+	}
 	if opts.MaxSubscribers == 0 {
 		opts.MaxSubscribers = 10_000
 	}
@@ -112,15 +139,24 @@ func New(streams []*Stream, opts Options) *Server {
 		opts.Logger = l
 	}
 	if opts.Compiler == nil {
-		c, err := fanout.NewCompiler(0)
+		c, err := fanout.NewCompiler(opts.FilterCostLimit)
 		if err != nil {
 			panic(err) // the CEL environment is fixed; this cannot fail at run time
 		}
 		opts.Compiler = c
 	}
+	if opts.CompileRate == 0 {
+		opts.CompileRate = 5
+	}
+	if opts.CompileBurst <= 0 {
+		opts.CompileBurst = 20
+	}
 	s := &Server{
 		opts:     opts,
 		compiler: opts.Compiler,
+		compiles: newCompileRate(opts.CompileRate, opts.CompileBurst),
+		batchMem: semaphore.NewWeighted(max(opts.BatchMemory, int64(opts.BatchBytes))),
+		limits:   opts.Limits,
 		streams:  map[string]*Stream{},
 		log:      opts.Logger,
 		started:  time.Now(),
@@ -131,6 +167,7 @@ func New(streams []*Stream, opts Options) *Server {
 		tokens:   newTokenSet(opts.AuthTokens, opts.AuthTokenFile, opts.Logger),
 		allowed:  map[string]bool{},
 	}
+	s.base, s.endBase = context.WithCancel(context.Background())
 	for _, h := range opts.AllowedHosts {
 		s.allowedHosts = append(s.allowedHosts, strings.ToLower(strings.TrimSpace(h)))
 	}
@@ -233,6 +270,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		}
 		close(s.closing)
 		s.connsMu.Unlock()
+		s.endBase()
 	})
 	shutErr := make(chan error, 1)
 	go func() { shutErr <- s.srv.Shutdown(ctx) }() // listeners and SSE handlers

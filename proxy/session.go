@@ -1,12 +1,16 @@
 package proxy
 
 import (
+	"context"
+	"errors"
 	"io"
 	"net/http"
+	"os"
 	"sync"
 	"time"
 
 	"github.com/sirupsen/logrus"
+	"golang.org/x/sync/semaphore"
 
 	"lsmux/fanout"
 )
@@ -36,7 +40,11 @@ type peer interface {
 }
 
 type session struct {
-	srv       *Server
+	srv *Server
+	// ctx ends when the client leaves or Shutdown starts: what the
+	// subscriber waits for inside Poll (its filter budget, an evaluation
+	// slot) stops waiting.
+	ctx       context.Context
 	st        *Stream
 	stream    string
 	transport string
@@ -52,8 +60,8 @@ type session struct {
 	b        batch
 }
 
-func (s *Server) newSession(st *Stream, transport string, sub *fanout.Subscriber, enc encoder, p peer) *session {
-	return &session{srv: s, st: st, stream: st.Name, transport: transport, hub: st.Hub, sub: sub, enc: enc, peer: p,
+func (s *Server) newSession(ctx context.Context, st *Stream, transport string, sub *fanout.Subscriber, enc encoder, p peer) *session {
+	return &session{srv: s, ctx: ctx, st: st, stream: st.Name, transport: transport, hub: st.Hub, sub: sub, enc: enc, peer: p,
 		log: s.log.WithField("stream", st.Name).WithField("subscriber", sub.ID).WithField("transport", transport), liveFrom: st.Hub.Start(fanout.Live)}
 }
 
@@ -62,6 +70,9 @@ func (s *Server) newSession(st *Stream, transport string, sub *fanout.Subscriber
 // reason (disconnect.go).
 func (ss *session) run() (reason string) {
 	opts := ss.srv.opts
+	ctx, cancel := context.WithCancel(ss.ctx)
+	defer cancel()
+	defer context.AfterFunc(ss.srv.base, cancel)()
 	ping := time.NewTicker(opts.PingInterval)
 	defer ping.Stop()
 	defer func() {
@@ -90,7 +101,14 @@ func (ss *session) run() (reason string) {
 			ss.b.addOwn(f)
 		default:
 		}
-		entries, gap, wake := ss.sub.Poll(ss.enc.size, opts.BatchBytes)
+		entries, gap, wake, err := ss.sub.Poll(ctx, ss.enc.size, opts.BatchBytes)
+		if errors.Is(err, fanout.ErrFilterCost) {
+			ss.log.WithField("reason", reasonFilterCost).Warnf("subscriber dropped: %v", err)
+			return ss.end(reasonFilterCost)
+		}
+		if err != nil {
+			continue // the client left or shutdown began: the checks above say which
+		}
 		if gap != nil {
 			ss.srv.obs.Gap(ss.stream, ss.transport)
 			if opts.SlowDisconnect {
@@ -118,8 +136,8 @@ func (ss *session) run() (reason string) {
 				return writeFailed(err)
 			}
 		}
-		if len(entries) > 0 || gap != nil {
-			continue
+		if len(entries) > 0 || gap != nil || wake == nil {
+			continue // more to read (Poll bounds its work per call)
 		}
 		select {
 		case <-wake:
@@ -213,26 +231,81 @@ func (ss *session) end(reason string) string {
 // writes, and a buffer kept per subscriber would cost idle subscribers
 // memory).
 type httpPeer struct {
-	w       io.Writer // the response, or a gzip layer over it
+	mem     *semaphore.Weighted // the server's budget for write batches
+	w       io.Writer           // the response, or a gzip layer over it
 	rc      *http.ResponseController
 	flusher func() error    // flushes a layer between w and the response (gzip); nil: none
 	done    <-chan struct{} // the request's context
 }
 
-// batchPool holds the buffers httpPeer fills for one write. A subscriber
-// holds one only during its write.
-var batchPool = sync.Pool{New: func() any { b := make([]byte, 0, 64<<10); return &b }}
+// batchPools hold the buffers httpPeer fills for one write, by size
+// class (16 KiB to 4 MiB), so a buffer is about the size of the batch its
+// subscriber reserved. A subscriber holds one only during its write.
+var batchPools [5]sync.Pool
 
+func batchPool(n int) (*sync.Pool, int) {
+	size := minBatch
+	for i := range batchPools {
+		if n <= size || i == len(batchPools)-1 {
+			return &batchPools[i], size
+		}
+		size *= 4
+	}
+	panic("unreachable")
+}
+
+// minBatch is the smallest write a peer makes when the budget is short: a
+// subscriber that lags writes small pieces instead of holding much memory.
+const minBatch = 16 << 10
+
+// send copies the batch into one buffer and writes it with one write. The
+// copy counts against the server's budget for write batches (a subscriber
+// whose socket is full holds its copy until the write ends): when the
+// budget cannot take the whole batch, it goes out in pieces of minBatch,
+// each waiting for room.
 func (p *httpPeer) send(b *batch, deadline time.Time) error {
-	buf := batchPool.Get().(*[]byte)
+	n := b.size()
+	if p.mem.TryAcquire(int64(n)) {
+		defer p.mem.Release(int64(n))
+		return p.copyAndWrite(b.bufs, n, deadline)
+	}
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	defer cancel()
+	for pieces := b.bufs; len(pieces) > 0; {
+		k, size := 1, len(pieces[0])
+		for k < len(pieces) && size+len(pieces[k]) <= minBatch {
+			size += len(pieces[k])
+			k++
+		}
+		if err := p.mem.Acquire(ctx, int64(minBatch)); err != nil {
+			return os.ErrDeadlineExceeded // waited for memory past the write deadline: a stuck subscriber
+		}
+		err := p.copyAndWrite(pieces[:k], size, deadline)
+		p.mem.Release(int64(minBatch))
+		if err != nil {
+			return err
+		}
+		pieces = pieces[k:]
+	}
+	return nil
+}
+
+// copyAndWrite writes pieces (n bytes) from a pooled buffer.
+func (p *httpPeer) copyAndWrite(pieces [][]byte, n int, deadline time.Time) error {
+	pool, size := batchPool(n)
+	buf, _ := pool.Get().(*[]byte)
+	if buf == nil {
+		s := make([]byte, 0, size)
+		buf = &s
+	}
 	out := (*buf)[:0]
-	for _, piece := range b.bufs {
+	for _, piece := range pieces {
 		out = append(out, piece...)
 	}
 	err := p.write(out, deadline)
-	if cap(out) <= 4<<20 { // do not keep a freak batch's memory
+	if cap(out) <= size { // a piece beyond its class (one huge hit) is not kept
 		*buf = out[:0]
-		batchPool.Put(buf)
+		pool.Put(buf)
 	}
 	return err
 }

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"net"
 	"net/http"
@@ -74,11 +75,12 @@ func (h *hijackWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 func (h *hijackWriter) Unwrap() http.ResponseWriter { return h.ResponseWriter }
 
 func (s *Server) handleWS(w http.ResponseWriter, r *http.Request) {
-	st, from, sel, release, ok := s.openSubscription(w, r, false)
+	st, sub, release, ok := s.openSubscription(w, r, "ws", false)
 	if !ok {
 		return
 	}
 	defer release()
+	defer sub.Close()
 	hw := &hijackWriter{ResponseWriter: w}
 	conn, err := wsUpgrader.Upgrade(hw, r, nil)
 	if err != nil {
@@ -88,12 +90,12 @@ func (s *Server) handleWS(w http.ResponseWriter, r *http.Request) {
 	defer s.track(hw.conn.Conn, false)
 	defer conn.Close()
 
-	p := &wsPeer{conn: conn, lc: hw.conn, pongs: make(chan []byte, 1), readDone: make(chan struct{})}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	p := &wsPeer{conn: conn, lc: hw.conn, pongs: make(chan []byte, 1), readDone: make(chan struct{}), cancel: cancel}
 	p.start(s.opts.PingInterval+s.opts.PongWait, s.opts.MaxMessageSize)
 	defer p.stop()
-	sub := st.Hub.Subscribe(from, fanout.Info{Transport: "ws", Remote: r.RemoteAddr}, sel)
-	defer sub.Close()
-	s.newSession(st, "ws", sub, wsEncoder{}, p).run()
+	s.newSession(ctx, st, "ws", sub, wsEncoder{}, p).run()
 }
 
 // wsPeer is a WebSocket client: a reader goroutine that handles what the
@@ -103,9 +105,10 @@ type wsPeer struct {
 	conn     *websocket.Conn
 	lc       *lockedConn
 	bufs     net.Buffers
-	pongs    chan []byte   // pong frames answering the client's pings
-	readDone chan struct{} // closed when the reader stops
-	readErr  error         // why it stopped; read after readDone
+	pongs    chan []byte        // pong frames answering the client's pings
+	readDone chan struct{}      // closed when the reader stops
+	readErr  error              // why it stopped; read after readDone
+	cancel   context.CancelFunc // ends the session's context when the reader stops
 }
 
 // start begins reading. Every frame from the client, a pong above all,
@@ -130,6 +133,7 @@ func (p *wsPeer) start(deadline time.Duration, maxMessage int64) {
 			if _, _, err := p.conn.NextReader(); err != nil {
 				p.readErr = err
 				close(p.readDone)
+				p.cancel()
 				// The client is gone or said goodbye: a batch write
 				// blocked on its full socket ends now, not at the write
 				// timeout (the session answers within goodbyeWait). After
@@ -164,7 +168,8 @@ func (p *wsPeer) send(b *batch, deadline time.Time) error {
 	return err
 }
 
-func (p *wsPeer) gone() <-chan struct{}  { return p.readDone }
+func (p *wsPeer) gone() <-chan struct{} { return p.readDone }
+
 func (p *wsPeer) control() <-chan []byte { return p.pongs }
 
 // left reads why the reader stopped: a close frame is echoed (without a

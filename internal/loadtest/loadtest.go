@@ -28,6 +28,7 @@ import (
 	"time"
 
 	"lsmux/internal/cli"
+	"lsmux/internal/procstat"
 	"lsmux/internal/wait"
 	"lsmux/upstream/simulator"
 )
@@ -127,7 +128,7 @@ func Run(ctx context.Context, args []string, env cli.Env, stdout, stderr io.Writ
 		return ctx.Err()
 	}
 	sent0 := simSent(sim)
-	cpu0, self0 := procCPU(*pid), procCPU(os.Getpid())
+	cpu0, self0 := procstat.CPU(*pid), procstat.CPU(os.Getpid())
 	for _, r := range recs {
 		r.reset()
 	}
@@ -136,7 +137,7 @@ func Run(ctx context.Context, args []string, env cli.Env, stdout, stderr io.Writ
 		return ctx.Err()
 	}
 	elapsed := time.Since(start).Seconds()
-	sent, cpu, self := simSent(sim)-sent0, procCPU(*pid)-cpu0, procCPU(os.Getpid())-self0
+	sent, cpu, self := simSent(sim)-sent0, procstat.CPU(*pid)-cpu0, procstat.CPU(os.Getpid())-self0
 	var total, gaps, missing uint64
 	var hist latencyHist
 	for _, r := range recs {
@@ -156,7 +157,7 @@ func Run(ctx context.Context, args []string, env cli.Env, stdout, stderr io.Writ
 	rss := "n/a"
 	if *pid > 0 && total > 0 {
 		perDelivery = fmt.Sprintf("%.2fµs (%.2f cores)", cpu.Seconds()*1e6/float64(total), cpu.Seconds()/elapsed)
-		rss = fmt.Sprintf("%d MiB", procRSS(*pid)>>20)
+		rss = fmt.Sprintf("%d MiB", procstat.RSS(*pid)>>20)
 	}
 	fmt.Fprintf(stdout, "loadtest %s n=%d upstream=%.0f hits/s deliveries=%.0f/s expected=%.0f/s loss=%.3f%% gaps=%d seq-missing=%d "+
 		"latency p50=%v p99=%v max=%v server-cpu/delivery=%s server-rss=%s loadgen-cpu=%.2f cores failed-subscribers=%d\n",
@@ -259,7 +260,7 @@ func idleTest(ctx context.Context, url string, n, pid int, stdout io.Writer) err
 	if pid == 0 {
 		return errors.New("idle mode needs the server's pid (spawned, or -pid)")
 	}
-	before := procRSS(pid)
+	before := procstat.RSS(pid)
 	ctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	defer wg.Wait()
@@ -278,7 +279,7 @@ func idleTest(ctx context.Context, url string, n, pid int, stdout io.Writer) err
 		wait.Sleep(ctx, 50*time.Millisecond)
 	}
 	wait.Sleep(ctx, 3*time.Second) // let the server settle (GC, buffers)
-	after := procRSS(pid)
+	after := procstat.RSS(pid)
 	fmt.Fprintf(stdout, "loadtest idle ws n=%d opened=%d failed=%d server-rss %d MiB -> %d MiB: %.1f KB per connection\n",
 		n, opened.Load(), failed.Load(), before>>20, after>>20, float64(after-before)/1024/float64(max(1, opened.Load())))
 	return nil
@@ -494,38 +495,4 @@ func parseUintAfter(b, prefix []byte) (uint64, bool) {
 		v = v*10 + uint64(b[j]-'0')
 	}
 	return v, j > i+len(prefix)
-}
-
-// procCPU is a process's user+system CPU time from /proc (0 when unknown).
-func procCPU(pid int) time.Duration {
-	if pid <= 0 {
-		return 0
-	}
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return 0
-	}
-	// Fields after the command name, which is in parentheses.
-	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+2:]))
-	if len(f) < 13 {
-		return 0
-	}
-	ut, _ := strconv.ParseInt(f[11], 10, 64)
-	st, _ := strconv.ParseInt(f[12], 10, 64)
-	return time.Duration(ut+st) * time.Second / 100 // USER_HZ is 100 on Linux
-}
-
-// procRSS is a process's resident memory in bytes (0 when unknown).
-func procRSS(pid int) int64 {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
-	if err != nil {
-		return 0
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
-			return kb << 10
-		}
-	}
-	return 0
 }
