@@ -107,6 +107,7 @@ func newApp(cfg *config, tokens upstream.TokenSource, log *logrus.Logger, demo h
 		scraped = append(scraped, metrics.Stream{Name: st.name, Hub: st.hub, Feed: st.feed})
 	}
 	a.metrics = metrics.New(version, scraped)
+	proxies, _ := parseCIDRs(cfg.TrustedProxies) // checked with the config
 	a.server = proxy.New(served, proxy.Options{
 		PingInterval:    cfg.PingInterval,
 		WriteTimeout:    cfg.WriteTimeout,
@@ -117,7 +118,8 @@ func newApp(cfg *config, tokens upstream.TokenSource, log *logrus.Logger, demo h
 			FilterStrikes: cfg.FilterStrikes, MaxLag: cfg.MaxLag},
 		BatchMemory:       cfg.BatchMemory,
 		CompileRate:       cfg.CompileRate,
-		CompileBurst:      int(4 * cfg.CompileRate),
+		CompileBurst:      max(1, int(4*cfg.CompileRate)),
+		TrustedProxies:    proxies,
 		Web:               web.Handler(),
 		Metrics:           a.metrics.Handler(),
 		Demo:              demo,

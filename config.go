@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"net/url"
 	"strconv"
 	"strings"
@@ -58,6 +59,7 @@ type config struct {
 	ProtectHealth   bool
 	AllowedOrigins  string
 	AllowedHosts    string
+	TrustedProxies  string
 	MaxSubscribers  int
 	MaxPerAddress   int
 	MaxMessageSize  int64
@@ -128,6 +130,7 @@ func (c *config) flags(f *cli.FlagSet) {
 	f.String(&c.AuthTokenFile, "auth-token-file", "", "file of subscriber tokens instead, one per line (commas allowed), re-read when it changes")
 	f.Bool(&c.ProtectHealth, "protect-health", false, "with LSMUX_AUTH_TOKEN, also require the token for /healthz, /readyz and /metrics")
 	f.String(&c.AllowedOrigins, "allowed-origins", "", "browser origins allowed besides same-origin, comma-separated (https://dash.example.com), or *")
+	f.String(&c.TrustedProxies, "trusted-proxies", "", "addresses of reverse proxies (CIDRs or IPs, comma-separated) whose X-Forwarded-For or Forwarded header names the client: per-address limits, the compile rate and status count that client")
 	f.String(&c.AllowedHosts, "allowed-hosts", "", "without auth, host names lsmux answers besides IP addresses and localhost (against DNS rebinding), comma-separated; .example.com allows every name under it, * all")
 	f.Int(&c.MaxSubscribers, "max-subscribers", 10_000, "subscribers in total; past it new ones get 503 with Retry-After")
 	f.Int(&c.MaxPerAddress, "max-subscribers-per-address", 1_000, "subscribers per remote address; past it new ones get 429 with Retry-After")
@@ -135,7 +138,7 @@ func (c *config) flags(f *cli.FlagSet) {
 	f.Duration(&c.HeaderTimeout, "read-header-timeout", 10*time.Second, "how long a client may take to send its request headers")
 	f.Int(&c.FilterCostLimit, "filter-cost-limit", fanout.DefaultCostLimit, "CEL cost units after which one filter evaluation stops (the hit is then skipped); real filters need 3 to 200")
 	f.Int(&c.FilterBudget, "filter-budget", 200_000, "CEL cost units per second one connection's filters may spend, all its named filters together (results shared with other subscribers are free); over it the subscriber is held back (0: unlimited)")
-	f.Duration(&c.FilterHold, "filter-hold", 10*time.Second, "a subscriber held back by its filter budget this long in total is dropped (filter-cost)")
+	f.Duration(&c.FilterHold, "filter-hold", 10*time.Second, "a subscriber held back by its filter budget this long in total is dropped (filter-cost); 0: never")
 	f.Int(&c.FilterStrikes, "filter-strikes", 10, "a subscriber whose filters hit the cost limit on this many hits is dropped (filter-cost); 0: never")
 	f.Duration(&c.MaxLag, "max-lag", 5*time.Minute, "a subscriber further behind live than this (for hits that arrived while it was connected) is slow: a gap notice, or a disconnect with LSMUX_SLOW_POLICY=disconnect; 0: only the ring's bounds")
 	f.Bytes(&c.BatchMemory, "batch-memory", 32<<20, "bytes all subscribers' write batches may hold at once; past it lagging subscribers get small batches (memory stays bounded with many non-reading clients)")
@@ -242,6 +245,15 @@ func (c *config) check() error {
 	if c.FilterCostLimit < 10 || c.FilterBudget < 0 || c.FilterStrikes < 0 || c.CompileRate <= 0 {
 		errs = append(errs, fmt.Errorf("LSMUX_FILTER_COST_LIMIT=%d, LSMUX_FILTER_BUDGET=%d, LSMUX_FILTER_STRIKES=%d, LSMUX_COMPILE_RATE=%g: want at least 10, 0, 0 and more than 0",
 			c.FilterCostLimit, c.FilterBudget, c.FilterStrikes, c.CompileRate))
+	}
+	if c.FilterHold < 0 || c.MaxLag < 0 {
+		errs = append(errs, fmt.Errorf("LSMUX_FILTER_HOLD=%v, LSMUX_MAX_LAG=%v: want a duration such as 10s, or 0 (never)", c.FilterHold, c.MaxLag))
+	}
+	if c.BatchMemory < 1<<20 {
+		errs = append(errs, fmt.Errorf("LSMUX_BATCH_MEMORY=%d: want at least 1MiB, such as 32MiB", c.BatchMemory))
+	}
+	if _, err := parseCIDRs(c.TrustedProxies); err != nil {
+		errs = append(errs, fmt.Errorf("LSMUX_TRUSTED_PROXIES=%s: %w", c.TrustedProxies, err))
 	}
 	if c.SlowPolicy != "gap" && c.SlowPolicy != "disconnect" {
 		errs = append(errs, fmt.Errorf("LSMUX_SLOW_POLICY=%q: want gap or disconnect", c.SlowPolicy))
@@ -460,4 +472,21 @@ func list(s string) []string {
 		}
 	}
 	return out
+}
+
+// parseCIDRs reads a comma-separated list of CIDRs or single addresses.
+func parseCIDRs(text string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, item := range list(text) {
+		if p, err := netip.ParsePrefix(item); err == nil {
+			out = append(out, p.Masked())
+			continue
+		}
+		a, err := netip.ParseAddr(item)
+		if err != nil {
+			return nil, fmt.Errorf("%q is not an address or CIDR: want a list such as 10.0.0.0/8,127.0.0.1", item)
+		}
+		out = append(out, netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()))
+	}
+	return out, nil
 }

@@ -80,6 +80,9 @@ func TestBadConfigSaysWhichVariableAndTheForm(t *testing.T) {
 		"LSMUX_STREAMS=https://h/api/1/stream/a?maxConnections=12": "maxConnections=12: Live Stream allows 1 to 8",
 		"LSMUX_STREAMS=https://h/api/1/stream/a?reset=middle":      `reset="middle": want smallest or largest`,
 		"LSMUX_STREAMS=https://h/api/1/stream/a b":                 "stream name \"a b\"",
+		"LSMUX_TRUSTED_PROXIES=10.0.0.0/8,proxy.internal":          `"proxy.internal" is not an address or CIDR: want a list such as 10.0.0.0/8,127.0.0.1`,
+		"LSMUX_FILTER_HOLD=-1s":                                    "LSMUX_FILTER_HOLD=-1s, LSMUX_MAX_LAG=5m0s: want a duration such as 10s, or 0 (never)",
+		"LSMUX_BATCH_MEMORY=0":                                     "LSMUX_BATCH_MEMORY=0: want at least 1MiB",
 	} {
 		k, v, _ := strings.Cut(env, "=")
 		_, err := testConfig(nil, cli.Env{k: v})

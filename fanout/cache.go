@@ -14,9 +14,10 @@ import (
 // never pushed out by them.
 //
 // Each cached item may own a result slot in every entry's derived data (a
-// bit for filters, a pointer for projections). A slot is freed only when
-// its item is evicted, and cleared in every hub that used it before it is
-// given to another item: a result cached for one text is never read for
+// bit for filters, a pointer for projections). A slot is freed when its
+// item is evicted, or taken from the least recently used idle item when
+// none is free, and cleared in every hub that used it before it is given
+// to another item: a result cached for one text is never read for
 // another.
 type textCache[V any] struct {
 	size  int
@@ -49,18 +50,7 @@ func newTextCache[V any](size, slots int, freed func(slot int)) *textCache[V] {
 func (c *textCache[V]) acquire(text string) (V, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if it := c.inUse[text]; it != nil {
-		it.refs++
-		return it.v, true
-	}
-	if it, ok := c.idle.Peek(text); ok {
-		c.idle.Remove(text)
-		it.refs = 1
-		c.inUse[text] = it
-		return it.v, true
-	}
-	var zero V
-	return zero, false
+	return c.reuseLocked(text)
 }
 
 // peek returns the cached value for text without counting a user (for
@@ -78,32 +68,73 @@ func (c *textCache[V]) peek(text string) (V, bool) {
 	return zero, false
 }
 
-// insert caches v for text with one user, giving it a slot if one is
-// free (setSlot tells v). If another caller cached text meanwhile, that
-// one's value is used instead.
+// insert caches v for text with one user, giving it a slot (setSlot
+// tells v): a free one, or else the slot of the least recently used idle
+// item that has one, cleared before it is handed on; so texts that come
+// and go cannot leave a popular new filter without shared results. If
+// another caller cached text meanwhile, that one's value is used instead.
 func (c *textCache[V]) insert(text string, v V, setSlot func(V, int)) V {
 	c.mu.Lock()
+	if got, ok := c.reuseLocked(text); ok {
+		c.mu.Unlock()
+		return got
+	}
+	slot := -1
+	if n := len(c.free); n > 0 {
+		slot = c.free[n-1]
+		c.free = c.free[:n-1]
+	} else if slot = c.stealLocked(setSlot); slot >= 0 {
+		c.mu.Unlock()
+		if c.freed != nil {
+			c.freed(slot) // its old owner's results go before anyone reads them as v's
+		}
+		c.mu.Lock()
+		if got, ok := c.reuseLocked(text); ok {
+			c.free = append(c.free, slot)
+			c.mu.Unlock()
+			return got
+		}
+	}
+	it := &cacheItem[V]{v: v, refs: 1, slot: slot}
+	if slot >= 0 {
+		setSlot(v, slot)
+	}
+	c.inUse[text] = it
+	c.mu.Unlock()
+	return v
+}
+
+// reuseLocked counts one more user of text's cached item, if there is
+// one.
+func (c *textCache[V]) reuseLocked(text string) (V, bool) {
 	if it := c.inUse[text]; it != nil {
 		it.refs++
-		c.mu.Unlock()
-		return it.v
+		return it.v, true
 	}
 	if it, ok := c.idle.Peek(text); ok {
 		c.idle.Remove(text)
 		it.refs = 1
 		c.inUse[text] = it
-		c.mu.Unlock()
-		return it.v
+		return it.v, true
 	}
-	it := &cacheItem[V]{v: v, refs: 1, slot: -1}
-	if n := len(c.free); n > 0 {
-		it.slot = c.free[n-1]
-		c.free = c.free[:n-1]
-		setSlot(v, it.slot)
+	var zero V
+	return zero, false
+}
+
+// stealLocked takes the slot of the least recently used idle item that
+// has one (-1: none has). Idle items have no users, so nothing reads
+// their slot while it changes hands.
+func (c *textCache[V]) stealLocked(setSlot func(V, int)) int {
+	for _, key := range c.idle.Keys() { // oldest first
+		it, _ := c.idle.Peek(key)
+		if it.slot >= 0 {
+			slot := it.slot
+			it.slot = -1
+			setSlot(it.v, -1)
+			return slot
+		}
 	}
-	c.inUse[text] = it
-	c.mu.Unlock()
-	return v
+	return -1
 }
 
 // release counts one user fewer; at zero the item becomes idle, and the

@@ -170,3 +170,106 @@ func TestSubscriberTooFarBehindLiveIsSlow(t *testing.T) {
 		t.Fatalf("the late subscriber: gap %+v, %d entries from %d", gap, len(es), es[0].Seq)
 	}
 }
+
+// TestSlotsGoToNewFiltersWhenAllAreIdle: once every result slot has been
+// used by filters that came and went (still cached, idle), a new filter
+// still gets a slot, taken from the least recently used idle one, and
+// does not read that one's results; the idle filter, used again, works
+// without a slot.
+func TestSlotsGoToNewFiltersWhenAllAreIdle(t *testing.T) {
+	c := mustCompiler(t)
+	h := NewHub(Options{FirstSeq: 1})
+	h.Append([]byte(`{"n":7}`), time.Now())
+	c.track(h) // as a subscriber's first Subscribe does
+	var first string
+	for i := range resultSlots {
+		text := fmt.Sprintf(`hit.n == 7 && %d >= 0`, i) // true for the hit: each caches true in its slot
+		if i == 0 {
+			first = text
+		}
+		f, err := c.Filter(text)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if f.slot < 0 || !matchOne(h, f, h.slot(1).Load()) {
+			t.Fatalf("filter %d: slot %d", i, f.slot)
+		}
+		f.Release()
+	}
+	fresh, err := c.Filter(`hit.n == 8`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fresh.Release()
+	if fresh.slot < 0 {
+		t.Fatal("a new filter got no result slot although every filter holding one is idle")
+	}
+	if matchOne(h, fresh, h.slot(1).Load()) {
+		t.Fatalf("the new filter read a result cached in slot %d for an idle one", fresh.slot)
+	}
+	old, err := c.Filter(first) // the least recently used: it gave its slot away
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer old.Release()
+	if old.slot >= 0 && old.slot == fresh.slot {
+		t.Fatal("two filters share a slot")
+	}
+	if !matchOne(h, old, h.slot(1).Load()) {
+		t.Fatal("the idle filter, used again, no longer matches")
+	}
+}
+
+// TestBudgetHoldIsTheDebtNotItsSum: a hit evaluated by 16 named filters of
+// 100 units each, with the burst spent, holds the subscriber back for the
+// 1,600 units its budget needs to refill (1.6 s at 1,000 a second), not
+// for the sum of every reservation's delay (13.6 s), which would drop a
+// 16-view dashboard the first time it went over.
+func TestBudgetHoldIsTheDebtNotItsSum(t *testing.T) {
+	m := newCostMeter(Limits{FilterBudget: 1000, FilterBurst: 100})
+	m.charge(100, false) // the burst
+	for range 16 {
+		m.charge(100, false)
+	}
+	if m.pauseFor < 1500*time.Millisecond || m.pauseFor > 1700*time.Millisecond {
+		t.Fatalf("held back for %v; want about 1.6 s", m.pauseFor)
+	}
+}
+
+// TestSampleAloneIsBoundedPerPoll: a subscriber with only a rare sample
+// over a long ring looks at a bounded number of hits per Poll (so its
+// session notices its client and shutdown between slices), and gets
+// through the ring in later Polls.
+func TestSampleAloneIsBoundedPerPoll(t *testing.T) {
+	h := NewHub(Options{FirstSeq: 1, MaxHits: 50_000})
+	for i := range 20_000 {
+		h.Append(fmt.Appendf(nil, `{"hitIdHigh":%d,"hitIdLow":1}`, i), time.Now())
+	}
+	s := h.SubscribeWith(Oldest, Info{}, &Selector{Sample: 1e-12}, Limits{})
+	defer s.Close()
+	es, gap, wake, err := s.Poll(context.Background(), anySize, 1<<20)
+	if err != nil || len(es) != 0 || gap != nil || wake != nil {
+		t.Fatalf("first Poll: %d entries, gap %v, wake %v, err %v; want nothing yet and no wake channel", len(es), gap, wake, err)
+	}
+	if cur := s.Cursor(); cur <= 1 || cur > 1+perPollScan+MaxBatch {
+		t.Fatalf("one Poll looked at %d hits; the bound is %d", cur-1, perPollScan)
+	}
+	cancelled, cancel := context.WithCancel(context.Background())
+	cancel()
+	before := s.Cursor()
+	if _, _, _, err := s.Poll(cancelled, anySize, 1<<20); err == nil && s.Cursor()-before > MaxBatch {
+		t.Fatalf("a Poll whose context had ended looked at %d hits", s.Cursor()-before)
+	}
+	for polls := 0; wake == nil; polls++ {
+		if polls > 100 {
+			t.Fatalf("still reading after %d Polls, at %d", polls, s.Cursor())
+		}
+		_, _, wake, err = s.Poll(context.Background(), anySize, 1<<20)
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if s.Cursor() != 20_001 {
+		t.Fatalf("at live with the cursor at %d", s.Cursor())
+	}
+}

@@ -75,7 +75,10 @@ func (m *costMeter) charge(cost uint64, overLimit bool) bool {
 	if m.bucket != nil {
 		r := m.bucket.ReserveN(time.Now(), int(min(cost, uint64(m.bucket.Burst()))))
 		if d := r.Delay(); d > 0 {
-			m.pauseFor += d
+			// Each reservation's delay already counts the ones before it
+			// (the bucket is in debt by all of them): the wait is the
+			// longest, not their sum.
+			m.pauseFor = max(m.pauseFor, d)
 			return false
 		}
 	}

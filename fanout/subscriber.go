@@ -46,6 +46,11 @@ type Subscriber struct {
 // stays a bounded buffer even when it is far behind.
 const MaxBatch = 512
 
+// perPollScan bounds the entries one Poll looks at while none is selected
+// (a rare sample, a filter whose results are shared and cost nothing), as
+// perPollCost bounds the units it spends.
+const perPollScan = 4 * MaxBatch
+
 // Subscribe starts a subscriber at from (a sequence number, Live or Oldest)
 // with an optional selector and no limits. Call Close when the subscriber
 // leaves.
@@ -101,9 +106,9 @@ func (s *Subscriber) Close() {
 // Work per call is bounded: with a selector, entries that do not match are
 // skipped (the cursor moves past them) and projected entries replace the
 // originals; Poll reads on while nothing matched, but only until it has
-// spent perPollCost units or its budget holds it back. It may then return
-// nothing and no wake channel: call it again (after looking at the
-// client). The error is ErrFilterCost when the subscriber's filters cost
+// spent perPollCost units, looked at perPollScan entries, or its budget
+// holds it back (or ctx ended). It may then return nothing and no wake
+// channel: call it again (after looking at the client). The error is ErrFilterCost when the subscriber's filters cost
 // more than its limits allow, or ctx's when ctx ended while Poll waited
 // for the budget or for an evaluation slot.
 func (s *Subscriber) Poll(ctx context.Context, size func(*Entry) int, maxBytes int) (entries []*Entry, gap *Gap, wake <-chan struct{}, err error) {
@@ -122,8 +127,10 @@ func (s *Subscriber) Poll(ctx context.Context, size func(*Entry) int, maxBytes i
 	if s.sel != nil {
 		s.out = s.out[:0]
 		used := len(entries) // of s.buf, to clear when done
+		scanned := 0
 		for {
 			stopped := false
+			scanned += len(entries)
 			for i, e := range entries {
 				sel, ok, err := s.apply(ctx, e)
 				if err != nil {
@@ -139,7 +146,11 @@ func (s *Subscriber) Poll(ctx context.Context, size func(*Entry) int, maxBytes i
 					break
 				}
 			}
-			if stopped || len(s.out) > 0 || wake != nil || (s.meter != nil && s.meter.spent >= perPollCost) {
+			// Stop with what matched, at live, or when this call has done
+			// its share of work: cost units, or entries looked at (sample
+			// alone costs no units), or the client left or shutdown began.
+			if stopped || len(s.out) > 0 || wake != nil || (s.meter != nil && s.meter.spent >= perPollCost) ||
+				scanned >= perPollScan || ctx.Err() != nil {
 				if stopped {
 					wake = nil // not waiting for new hits: more of the ring to read
 				}

@@ -154,7 +154,7 @@ func (s *Server) checkOrigin(next http.Handler) http.Handler {
 // admit counts a subscriber against the limits; the returned release
 // undoes it. None of this touches the upstream.
 func (s *Server) admit(w http.ResponseWriter, r *http.Request) (release func(), ok bool) {
-	addr := remoteIP(r)
+	addr := s.clientOf(r).ip
 	s.connsMu.Lock()
 	switch {
 	case s.ShuttingDown():
@@ -194,6 +194,8 @@ func (s *Server) retryAfter(w http.ResponseWriter) {
 	w.Header().Set("Retry-After", strconv.Itoa(2+rand.IntN(9)))
 }
 
+// remoteIP is the request's peer address, without port (see clientOf for
+// the client behind a trusted proxy).
 func remoteIP(r *http.Request) string {
 	host, _, err := net.SplitHostPort(r.RemoteAddr)
 	if err != nil {

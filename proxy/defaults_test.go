@@ -6,11 +6,14 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"lsmux/fanout"
 	"lsmux/proxy"
+
+	"github.com/sirupsen/logrus"
 )
 
 // do sends one request through the server's real router and middleware,
@@ -151,31 +154,48 @@ func TestSubscriberListIsForThisMachineWithoutAuth(t *testing.T) {
 
 // TestTokenFileIsReadAgainWhenItChanges: LSMUX_AUTH_TOKEN_FILE holds one
 // token per line (commas allowed); a rotated file takes effect without a
-// restart; an empty or missing file lets nobody in (auth never silently
-// turns off).
+// restart, even one of the same length whose modification time was kept
+// (cp -p); an empty or missing file lets nobody in (auth never silently
+// turns off), and says so in the log once, not per request.
 func TestTokenFileIsReadAgainWhenItChanges(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "tokens")
 	os.WriteFile(path, []byte("first,with,commas\n\n  second  \n"), 0o600)
-	srv := newServer(t, proxy.Options{AuthTokenFile: path})
+	logs := &strings.Builder{}
+	log := logrus.New()
+	log.Out = logs
+	var mu sync.Mutex
+	srv := newServer(t, proxy.Options{AuthTokenFile: path, AuthTokenRecheck: time.Millisecond, Logger: log})
 	code := func(tok string) int {
+		mu.Lock()
+		defer mu.Unlock()
 		return do(t, srv, "GET", "http://127.0.0.1/v1/streams", "127.0.0.1:5000", http.Header{"Authorization": {"Bearer " + tok}}).Code
 	}
 	if code("first,with,commas") != 200 || code("second") != 200 || code("first") != 401 {
 		t.Fatalf("tokens from the file: %d %d %d", code("first,with,commas"), code("second"), code("first"))
 	}
-	later := time.Now().Add(2 * time.Second) // a new modification time even on coarse clocks
-	os.WriteFile(path, []byte("third\n"), 0o600)
-	os.Chtimes(path, later, later)
-	if code("third") != 200 || code("second") != 401 {
-		t.Fatalf("after rotation: third %d, second %d", code("third"), code("second"))
+	st, _ := os.Stat(path)
+	os.WriteFile(path, []byte("first,with,commaz\n\n  secant  \n"), 0o600) // same size
+	os.Chtimes(path, st.ModTime(), st.ModTime())                           // same time, as cp -p leaves it
+	waitFor(t, 5*time.Second, "the rotated token", func() bool { return code("secant") == 200 })
+	if code("second") != 401 || code("first,with,commas") != 401 {
+		t.Fatal("a rotated-out token still works")
 	}
 	os.WriteFile(path, nil, 0o600)
-	os.Chtimes(path, later.Add(time.Second), later.Add(time.Second))
+	waitFor(t, 5*time.Second, "the empty file to be read", func() bool { return code("secant") == 401 })
 	if c := code(""); c != 401 {
 		t.Fatalf("an empty token file let a request without token in: %d", c)
 	}
 	os.Remove(path)
-	if c := do(t, srv, "GET", "http://127.0.0.1/v1/streams", "127.0.0.1:5000", nil).Code; c != 401 {
-		t.Fatalf("a missing token file let a request in: %d", c)
+	for range 20 {
+		if c := code("secant"); c != 401 {
+			t.Fatalf("a missing token file let a request in: %d", c)
+		}
+		time.Sleep(2 * time.Millisecond) // pace: more than one recheck
+	}
+	mu.Lock()
+	text := logs.String()
+	mu.Unlock()
+	if n := strings.Count(text, "cannot read the subscriber token file"); n != 1 {
+		t.Fatalf("a missing token file was logged %d times over 20 requests; want once:\n%s", n, text)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
 	"sort"
 	"strconv"
 	"strings"
@@ -49,23 +50,50 @@ func truncate(s string) string {
 // selector (nil when none is given) whose filters and projection the
 // caller owns (the subscriber releases them). Errors are the 400's
 // message (a filter's carries the compiler's position), or a
-// *compileRateError for 429.
-func (s *Server) parseSelector(r *http.Request, allowNamed bool) (sel *fanout.Selector, err error) {
-	sel = &fanout.Selector{}
-	defer func() {
-		if err != nil {
-			sel.Release()
-			sel = nil
-		}
-	}()
+// *compileRateError for 429. On an error nothing stays acquired.
+func (s *Server) parseSelector(r *http.Request, allowNamed bool) (*fanout.Selector, error) {
 	if err := s.checkSelector(r, allowNamed, false); err != nil {
 		return nil, err
 	}
 	q := r.URL.Query()
+	sample, err := parseSample(q.Get("sample"))
+	if err != nil {
+		return nil, err
+	}
+	sel := &fanout.Selector{Sample: sample}
+	if err := s.compileSelector(q, sel); err != nil {
+		sel.Release()
+		return nil, err
+	}
+	if sel.Filter == nil && sel.Named == nil && sel.Fields == nil && sel.Sample == 0 {
+		return nil, nil
+	}
+	return sel, nil
+}
+
+// parseSample reads sample= (0: none, which sample=1 also means).
+func parseSample(text string) (float64, error) {
+	if text == "" {
+		return 0, nil
+	}
+	v, err := strconv.ParseFloat(text, 64)
+	if err != nil || !(v > 0 && v <= 1) {
+		return 0, fmt.Errorf("sample=%q: want a fraction in (0, 1], e.g. 0.1", truncate(text))
+	}
+	if v == 1 {
+		return 0, nil
+	}
+	return v, nil
+}
+
+// compileSelector acquires the filters and projection q asks for into sel
+// (checkSelector has checked their names and number); the caller releases
+// sel when this fails part way.
+func (s *Server) compileSelector(q url.Values, sel *fanout.Selector) error {
 	if text := q.Get("filter"); text != "" {
 		f, err := s.compiler.Filter(text)
 		if err != nil {
-			return sel, err
+			return err
 		}
 		sel.Filter = f
 	}
@@ -75,40 +103,22 @@ func (s *Server) parseSelector(r *http.Request, allowNamed bool) (sel *fanout.Se
 			named = append(named, name)
 		}
 	}
-	if len(named) > 0 && !allowNamed {
-		return nil, fmt.Errorf("named filters (filter.<name>=) are for SSE; use one filter= here")
-	}
-	if len(named) > 16 {
-		return nil, fmt.Errorf("%d named filters, the limit is 16", len(named))
-	}
 	sort.Strings(named)
 	for _, name := range named {
 		f, err := s.compiler.Filter(q.Get("filter." + name))
 		if err != nil {
-			return sel, fmt.Errorf("filter.%s: %w", name, err)
+			return fmt.Errorf("filter.%s: %w", name, err)
 		}
 		sel.Named = append(sel.Named, fanout.NamedFilter{Name: name, Filter: f})
 	}
 	if text := q.Get("fields"); text != "" {
 		p, err := s.compiler.Fields(text)
 		if err != nil {
-			return sel, err
+			return err
 		}
 		sel.Fields = p
 	}
-	if text := q.Get("sample"); text != "" {
-		v, err := strconv.ParseFloat(text, 64)
-		if err != nil || !(v > 0 && v <= 1) {
-			return nil, fmt.Errorf("sample=%q: want a fraction in (0, 1], e.g. 0.1", truncate(text))
-		}
-		if v < 1 {
-			sel.Sample = v
-		}
-	}
-	if sel.Filter == nil && sel.Named == nil && sel.Fields == nil && sel.Sample == 0 {
-		return nil, nil
-	}
-	return sel, nil
+	return nil
 }
 
 // checkSelector checks the selector's parameters without caching any
@@ -151,7 +161,7 @@ func (s *Server) checkSelector(r *http.Request, allowNamed, compile bool) error 
 	if fields != "" && !s.compiler.CachedFields(fields) {
 		costly++
 	}
-	if err := s.compiles.allow(remoteIP(r), costly); err != nil {
+	if err := s.compiles.allow(s.clientOf(r).ip, costly); err != nil {
 		return err
 	}
 	if !compile {
@@ -241,6 +251,6 @@ func (s *Server) openSubscription(w http.ResponseWriter, r *http.Request, transp
 		sel.Release()
 		return nil, nil, nil, false
 	}
-	sub = st.Hub.SubscribeWith(from, fanout.Info{Transport: transport, Remote: r.RemoteAddr}, sel, s.limits)
+	sub = st.Hub.SubscribeWith(from, fanout.Info{Transport: transport, Remote: s.clientOf(r).addr}, sel, s.limits)
 	return st, sub, release, true
 }

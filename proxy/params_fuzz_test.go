@@ -2,7 +2,9 @@ package proxy
 
 import (
 	"net/http/httptest"
+	"net/netip"
 	"net/url"
+	"strings"
 	"testing"
 )
 
@@ -32,6 +34,32 @@ func FuzzSubscriptionParams(f *testing.F) {
 		s.parseSelector(r, true)
 		if n, err := parseFrom(r); err == nil && lastID == "" && from != "" && from != "live" && from != "oldest" && n >= ^uint64(0)-1 {
 			t.Fatalf("from=%q parsed to a sentinel %d", from, n)
+		}
+	})
+}
+
+// FuzzForwardedFor: forwarding headers come from anyone; parsing them
+// never panics, and names only whole entries (no separators, no brackets
+// left around an address).
+func FuzzForwardedFor(f *testing.F) {
+	for _, s := range []string{"198.51.100.7", "203.0.113.5, 198.51.100.8", "[2001:db8::1]:4711", "unknown", ",,", " "} {
+		f.Add(s, `for="[2001:db8::1]:4711";proto=https, for=192.0.2.60`)
+	}
+	f.Fuzz(func(t *testing.T, xff, fwd string) {
+		r := httptest.NewRequest("GET", "/", nil)
+		if xff != "" {
+			r.Header.Set("X-Forwarded-For", xff)
+		}
+		r.Header.Set("Forwarded", fwd)
+		for _, a := range forwardedFor(r) {
+			if a == "" || strings.Contains(a, ",") {
+				t.Fatalf("entry %q is empty or holds a separator (X-Forwarded-For %q, Forwarded %q)", a, xff, fwd)
+			}
+		}
+		srv := &Server{opts: Options{TrustedProxies: []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}}}
+		r.RemoteAddr = "192.0.2.1:5000"
+		if c := srv.clientOf(r); c.ip == "" || c.addr == "" {
+			t.Fatalf("no client address from X-Forwarded-For %q, Forwarded %q: %+v", xff, fwd, c)
 		}
 	})
 }

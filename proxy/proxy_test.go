@@ -333,6 +333,31 @@ func TestOversizedClientMessageClosesWith1009(t *testing.T) {
 	}
 }
 
+// TestShutdownSpreadKeepsConnectionsAlive: while subscribers wait their
+// turn in the shutdown spread (here up to 2 s, ten read deadlines), pings
+// go on, so every WebSocket client still gets its 1001 goodbye rather than
+// a ping timeout.
+func TestShutdownSpreadKeepsConnectionsAlive(t *testing.T) {
+	r := serve(t, fanout.Options{}, proxy.Options{PingInterval: 100 * time.Millisecond, PongWait: 100 * time.Millisecond})
+	var ws []*proxytest.WSClient
+	for range 10 {
+		ws = append(ws, mustWS(t, r.base+"/ws"))
+	}
+	waitFor(t, 5*time.Second, "subscribers", func() bool { return r.hub.SubscriberCounts()["ws"] == 10 })
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Second)
+	defer cancel()
+	if err := r.srv.Shutdown(ctx); err != nil {
+		t.Fatalf("shutdown: %v", err)
+	}
+	for i, c := range ws {
+		err := <-c.Done
+		var ce *websocket.CloseError
+		if !errors.As(err, &ce) || ce.Code != websocket.CloseGoingAway {
+			t.Errorf("ws %d ended with %v, want close 1001", i, err)
+		}
+	}
+}
+
 func TestShutdownClosesSubscribersProperly(t *testing.T) {
 	r := serve(t, fanout.Options{}, proxy.Options{})
 	var ws []*proxytest.WSClient

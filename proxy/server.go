@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"net/netip"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -56,9 +57,15 @@ type Options struct {
 	Observer     Observer     // nil: none
 	Logger       logrus.FieldLogger
 
-	AuthTokens        []string      // subscribers must present one; empty (and no AuthTokenFile): no auth
-	AuthTokenFile     string        // a file of tokens, one per line, re-read when it changes
-	AllowedHosts      []string      // without auth: Host names answered besides IP addresses and localhost
+	AuthTokens    []string // subscribers must present one; empty (and no AuthTokenFile): no auth
+	AuthTokenFile string   // a file of tokens, one per line, re-read when it changes
+	// AuthTokenRecheck is how often the token file is read again, at most
+	// (default 1 s).
+	AuthTokenRecheck time.Duration
+	AllowedHosts     []string // without auth: Host names answered besides IP addresses and localhost
+	// TrustedProxies are the reverse proxies whose X-Forwarded-For (or
+	// Forwarded) header names the client (see clientaddr.go).
+	TrustedProxies    []netip.Prefix
 	ProtectHealth     bool          // also require a token for /healthz, /readyz, /metrics
 	AllowedOrigins    []string      // browser origins allowed besides same-origin; "*" allows all
 	MaxSubscribers    int           // in total, default 10,000 (503 past it)
@@ -148,6 +155,9 @@ func New(streams []*Stream, opts Options) *Server {
 	if opts.CompileRate == 0 {
 		opts.CompileRate = 5
 	}
+	if opts.AuthTokenRecheck <= 0 {
+		opts.AuthTokenRecheck = time.Second
+	}
 	if opts.CompileBurst <= 0 {
 		opts.CompileBurst = 20
 	}
@@ -164,7 +174,7 @@ func New(streams []*Stream, opts Options) *Server {
 		conns:    map[net.Conn]struct{}{},
 		perAddr:  map[string]int{},
 		obs:      opts.Observer,
-		tokens:   newTokenSet(opts.AuthTokens, opts.AuthTokenFile, opts.Logger),
+		tokens:   newTokenSet(opts.AuthTokens, opts.AuthTokenFile, opts.AuthTokenRecheck, opts.Logger),
 		allowed:  map[string]bool{},
 	}
 	s.base, s.endBase = context.WithCancel(context.Background())

@@ -88,7 +88,7 @@ func (ss *session) run() (reason string) {
 		case <-ss.peer.gone():
 			return ss.clientLeft()
 		case <-ss.srv.closing:
-			return ss.shutdown()
+			return ss.shutdown(ping.C)
 		default:
 		}
 		// Control frames next, even when hits keep the writer busy:
@@ -148,7 +148,7 @@ func (ss *session) run() (reason string) {
 		case <-ss.peer.gone():
 			return ss.clientLeft()
 		case <-ss.srv.closing:
-			return ss.shutdown()
+			return ss.shutdown(ping.C)
 		}
 	}
 }
@@ -191,16 +191,27 @@ func (ss *session) clientLeft() string {
 
 // shutdown waits this subscriber's turn in the drain spread, so thousands
 // of clients do not all reconnect elsewhere in the same instant, then says
-// goodbye.
-func (ss *session) shutdown() string {
+// goodbye. Meanwhile the connection is kept alive (pings, and pongs to the
+// client's pings): a spread longer than the read deadline must not turn
+// into ping timeouts.
+func (ss *session) shutdown(ping <-chan time.Time) string {
 	t := time.NewTimer(ss.srv.closeDelay())
 	defer t.Stop()
-	select {
-	case <-t.C:
-	case <-ss.peer.gone():
-		return ss.clientLeft()
+	for {
+		select {
+		case <-t.C:
+			return ss.end(reasonShutdown)
+		case <-ss.peer.gone():
+			return ss.clientLeft()
+		case <-ping:
+			ss.enc.ping(&ss.b)
+		case f := <-ss.peer.control():
+			ss.b.addOwn(f)
+		}
+		if err := ss.flush(); err != nil {
+			return writeFailed(err)
+		}
 	}
-	return ss.end(reasonShutdown)
 }
 
 // end closes the subscription for reason with the transport's goodbye,

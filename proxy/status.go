@@ -102,7 +102,7 @@ func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) {
 	auth := "anonymous"
 	if s.tokens.enabled() {
 		auth = "token"
-	} else if list && !isLoopback(remoteIP(r)) {
+	} else if list && !s.clientOf(r).local() {
 		writeError(w, http.StatusForbidden, "the subscriber list shows subscribers' addresses and filters: without LSMUX_AUTH_TOKEN only this machine may ask for it (or ask for the summary, without ?subscribers=1)")
 		return
 	}

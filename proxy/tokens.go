@@ -13,26 +13,31 @@ import (
 
 // tokenSet is the subscriber tokens lsmux accepts: a fixed list
 // (LSMUX_AUTH_TOKEN), or a file with one token per line
-// (LSMUX_AUTH_TOKEN_FILE) that is read again whenever it changes, so a
-// rotated Kubernetes Secret takes effect without a restart. Only hashes
-// are kept, and compared in constant time.
+// (LSMUX_AUTH_TOKEN_FILE) that is read again at most every recheck and
+// used anew when its contents changed, so a rotated Kubernetes Secret
+// takes effect within a second without a restart, whatever the file's
+// times say (cp -p and rsync -t keep them). Only hashes are kept, and
+// compared in constant time.
 //
 // A file that cannot be read, or holds no token, lets nobody in: auth that
-// was asked for never silently turns off.
+// was asked for never silently turns off. Each such trouble is logged
+// once, when it starts or changes, not once per request.
 type tokenSet struct {
-	file string // "" for a fixed list
-	log  logrus.FieldLogger
+	file    string // "" for a fixed list
+	recheck time.Duration
+	log     logrus.FieldLogger
 
-	mu      sync.Mutex
-	hashes  [][32]byte
-	modTime time.Time
-	size    int64
-	loaded  bool
+	mu          sync.Mutex
+	hashes      [][32]byte
+	checked     time.Time // when the file was last read
+	contents    [32]byte  // hash of what it held
+	loaded      bool
+	lastTrouble string
 }
 
 // newTokenSet returns the fixed tokens, or the file's.
-func newTokenSet(tokens []string, file string, log logrus.FieldLogger) *tokenSet {
-	ts := &tokenSet{file: file, log: log}
+func newTokenSet(tokens []string, file string, recheck time.Duration, log logrus.FieldLogger) *tokenSet {
+	ts := &tokenSet{file: file, recheck: recheck, log: log}
 	if file == "" {
 		ts.hashes = hashTokens(tokens)
 	}
@@ -42,39 +47,46 @@ func newTokenSet(tokens []string, file string, log logrus.FieldLogger) *tokenSet
 // enabled reports whether subscribers must present a token.
 func (ts *tokenSet) enabled() bool { return ts.file != "" || len(ts.hashes) > 0 }
 
-// current returns the accepted hashes, reading the file again if it
-// changed since it was last read.
+// current returns the accepted hashes, reading the file again when recheck
+// has passed since it was last read.
 func (ts *tokenSet) current() [][32]byte {
 	ts.mu.Lock()
 	defer ts.mu.Unlock()
 	if ts.file == "" {
 		return ts.hashes
 	}
-	st, err := os.Stat(ts.file)
-	if err != nil {
-		if ts.loaded || ts.hashes != nil {
-			ts.log.WithField("file", ts.file).Errorf("cannot read the subscriber token file (LSMUX_AUTH_TOKEN_FILE); refusing every subscriber until it can be read: %v", err)
-		}
-		ts.hashes, ts.loaded = nil, false
-		return nil
-	}
-	if ts.loaded && st.ModTime().Equal(ts.modTime) && st.Size() == ts.size {
+	now := time.Now()
+	if !ts.checked.IsZero() && now.Sub(ts.checked) < ts.recheck {
 		return ts.hashes
 	}
+	ts.checked = now
 	b, err := os.ReadFile(ts.file)
 	if err != nil {
-		ts.log.WithField("file", ts.file).Errorf("cannot read the subscriber token file (LSMUX_AUTH_TOKEN_FILE); refusing every subscriber until it can be read: %v", err)
+		ts.trouble("cannot read the subscriber token file (LSMUX_AUTH_TOKEN_FILE); refusing every subscriber until it can be read: " + err.Error())
 		ts.hashes, ts.loaded = nil, false
 		return nil
 	}
-	ts.hashes = hashTokens(strings.Split(string(b), "\n"))
-	ts.modTime, ts.size, ts.loaded = st.ModTime(), st.Size(), true
-	if len(ts.hashes) == 0 {
-		ts.log.WithField("file", ts.file).Error("the subscriber token file (LSMUX_AUTH_TOKEN_FILE) holds no token; refusing every subscriber")
-	} else {
-		ts.log.WithField("file", ts.file).WithField("tokens", len(ts.hashes)).Info("subscriber tokens (re)loaded")
+	sum := sha256.Sum256(b)
+	if ts.loaded && sum == ts.contents {
+		return ts.hashes
 	}
+	ts.hashes = hashTokens(strings.Split(string(b), "\n"))
+	ts.contents, ts.loaded = sum, true
+	if len(ts.hashes) == 0 {
+		ts.trouble("the subscriber token file (LSMUX_AUTH_TOKEN_FILE) holds no token; refusing every subscriber")
+		return nil
+	}
+	ts.lastTrouble = ""
+	ts.log.WithField("file", ts.file).WithField("tokens", len(ts.hashes)).Info("subscriber tokens (re)loaded")
 	return ts.hashes
+}
+
+// trouble logs what is wrong with the token file, once per kind.
+func (ts *tokenSet) trouble(msg string) {
+	if msg != ts.lastTrouble {
+		ts.log.WithField("file", ts.file).Error(msg)
+		ts.lastTrouble = msg
+	}
 }
 
 // accepts reports whether given is one of the tokens; the comparison

@@ -109,7 +109,14 @@ type wsPeer struct {
 	readDone chan struct{}      // closed when the reader stops
 	readErr  error              // why it stopped; read after readDone
 	cancel   context.CancelFunc // ends the session's context when the reader stops
+	// broken is set (by the session) after a write failed: it may have
+	// stopped inside a frame, and any byte after that would be read as
+	// that frame's payload, so nothing more is written.
+	broken bool
 }
+
+// errBroken answers writes after a failed one.
+var errBroken = errors.New("websocket: an earlier write failed part way; nothing more can be framed")
 
 // start begins reading. Every frame from the client, a pong above all,
 // moves the read deadline: a client silent past a ping interval plus the
@@ -153,6 +160,9 @@ func (p *wsPeer) stop() {
 }
 
 func (p *wsPeer) send(b *batch, deadline time.Time) error {
+	if p.broken {
+		return errBroken
+	}
 	p.lc.SetWriteDeadline(deadline)
 	select {
 	case <-p.readDone: // the client left: do not wait long for it to read
@@ -165,6 +175,9 @@ func (p *wsPeer) send(b *batch, deadline time.Time) error {
 	_, err := p.lc.writeBuffers(&p.bufs)
 	clear(p.bufs[:cap(p.bufs)]) // drop references to entries the ring may evict
 	p.bufs = p.bufs[:0]
+	if err != nil {
+		p.broken = true
+	}
 	return err
 }
 
@@ -179,6 +192,8 @@ func (p *wsPeer) control() <-chan []byte { return p.pongs }
 func (p *wsPeer) left() (string, []byte) {
 	var ce *websocket.CloseError
 	switch {
+	case errors.As(p.readErr, &ce) && p.broken:
+		return reasonClient, nil // a reply now would land inside a cut frame
 	case errors.As(p.readErr, &ce):
 		return reasonClient, closeFrame(ce.Code, "")
 	case errors.Is(p.readErr, websocket.ErrReadLimit):

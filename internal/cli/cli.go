@@ -134,8 +134,11 @@ func (f *FlagSet) Parse(args []string, env Env, out io.Writer) error {
 	f.Visit(func(fl *flag.Flag) {
 		given[fl.Name] = true
 		if f.secrets[fl.Name] {
-			f.warnings = append(f.warnings, fmt.Sprintf("--%s was given on the command line, where every user of this machine can read it (ps); set %s or %s_FILE instead",
-				fl.Name, EnvName(f.prefix, fl.Name), EnvName(f.prefix, fl.Name)))
+			instead := EnvName(f.prefix, fl.Name)
+			if f.Lookup(fl.Name+"-file") != nil {
+				instead += " or " + EnvName(f.prefix, fl.Name+"-file")
+			}
+			f.warnings = append(f.warnings, fmt.Sprintf("--%s was given on the command line, where every user of this machine can read it (ps); set %s instead", fl.Name, instead))
 		}
 	})
 	var errs []error
@@ -157,10 +160,11 @@ func (f *FlagSet) Parse(args []string, env Env, out io.Writer) error {
 	return errors.Join(errs...)
 }
 
-// hideSecrets removes secret values from flag's own parse errors.
+// hideSecrets removes a secret's value from flag's own parse errors
+// ("invalid value "..." for flag -name: ..."); other errors name no value.
 func (f *FlagSet) hideSecrets(msg string) string {
 	for name := range f.secrets {
-		if strings.Contains(msg, "-"+name) {
+		if strings.Contains(msg, " for flag -"+name+": ") {
 			return "invalid value for --" + name
 		}
 	}

@@ -83,3 +83,32 @@ func TestUnknownVarsSuggestTheClosestName(t *testing.T) {
 		t.Fatalf("got\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 }
+
+// TestSecretFlagMessagesNameTheRightFlag: a parse error about a flag whose
+// name starts with a secret's is about that flag, not the secret; the
+// warning for a secret on the command line suggests a _FILE variable only
+// where one exists.
+func TestSecretFlagMessagesNameTheRightFlag(t *testing.T) {
+	var token, tokenFile, url string
+	var n int
+	f := NewFlagSet("lsmux serve", "LSMUX_", "test")
+	f.Secret(&token, "auth-token", "a token")
+	f.String(&tokenFile, "auth-token-file", "", "a file of tokens")
+	f.Secret(&url, "nats-url", "NATS")
+	f.Int(&n, "auth-tokens-max", 1, "a number")
+	err := f.Parse([]string{"--auth-tokens-max", "many"}, Env{}, &strings.Builder{})
+	if err == nil || !strings.Contains(err.Error(), "auth-tokens-max") || strings.Contains(err.Error(), "for --auth-token\n") {
+		t.Fatalf("error about --auth-tokens-max: %v", err)
+	}
+	g := NewFlagSet("lsmux serve", "LSMUX_", "test")
+	g.Secret(&token, "auth-token", "a token")
+	g.String(&tokenFile, "auth-token-file", "", "a file of tokens")
+	g.Secret(&url, "nats-url", "NATS")
+	if err := g.Parse([]string{"--auth-token", "s3cret", "--nats-url", "nats://u:p@h"}, Env{}, &strings.Builder{}); err != nil {
+		t.Fatal(err)
+	}
+	w := strings.Join(g.Warnings(), "\n")
+	if !strings.Contains(w, "set LSMUX_AUTH_TOKEN or LSMUX_AUTH_TOKEN_FILE instead") || strings.Contains(w, "LSMUX_NATS_URL_FILE") || !strings.Contains(w, "set LSMUX_NATS_URL instead") {
+		t.Fatalf("warnings: %s", w)
+	}
+}

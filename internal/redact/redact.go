@@ -39,19 +39,68 @@ func secretParam(name string) bool {
 // replaced by Mask. Anything that is not a URL comes back unchanged but for
 // those two parts.
 func URL(raw string) string {
-	rest, scheme := raw, ""
-	if i := strings.Index(rest, "://"); i >= 0 {
-		scheme, rest = rest[:i+3], rest[i+3:]
+	scheme, rest := splitScheme(raw)
+	if info, after, ok := userInfo(scheme, rest); ok && info != "" {
+		rest = Mask + after
 	}
 	authEnd := strings.IndexAny(rest, "/?#")
 	if authEnd < 0 {
 		authEnd = len(rest)
 	}
-	auth, tail := rest[:authEnd], rest[authEnd:]
-	if at := strings.LastIndex(auth, "@"); at >= 0 {
-		auth = Mask + "@" + auth[at+1:]
+	return scheme + rest[:authEnd] + query(rest[authEnd:])
+}
+
+// splitScheme splits "scheme://" off raw ("" when there is none).
+func splitScheme(raw string) (scheme, rest string) {
+	if i := strings.Index(raw, "://"); i >= 0 {
+		return raw[:i+3], raw[i+3:]
 	}
-	return scheme + auth + query(tail)
+	return "", raw
+}
+
+// userInfo finds the user information of a URL (after its scheme):
+// everything before the '@' that ends it, and the rest from that '@' on.
+// People paste passwords with '/', '?' or '#' unescaped, so the '@' may
+// come after them: in a NATS URL (nats://, tls://, ws://, or no scheme),
+// which has no path, the last '@' ends it; in an HTTP URL, an '@' after a
+// '/' ends it only when what comes before that '/' is user:password, not
+// host:port (an '@' in a path stays).
+func userInfo(scheme, full string) (info, after string, ok bool) {
+	rest := full
+	if sp := strings.IndexAny(rest, " \t\r\n"); sp >= 0 {
+		rest = rest[:sp]
+	}
+	authEnd := strings.IndexAny(rest, "/?#")
+	if authEnd < 0 {
+		authEnd = len(rest)
+	}
+	if at := strings.LastIndex(rest[:authEnd], "@"); at >= 0 {
+		return rest[:at], full[at:], true
+	}
+	at := strings.LastIndex(rest, "@")
+	if at < 0 {
+		return "", "", false
+	}
+	switch strings.ToLower(scheme) {
+	case "http://", "https://":
+		colon := strings.IndexByte(rest[:authEnd], ':')
+		if colon < 0 || allDigits(rest[colon+1:authEnd]) {
+			return "", "", false // host or host:port, then a path with an '@'
+		}
+		if next := strings.IndexAny(rest[:at], "?#"); next >= 0 && next < authEnd {
+			return "", "", false
+		}
+	}
+	return rest[:at], full[at:], true
+}
+
+func allDigits(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return false
+		}
+	}
+	return true
 }
 
 // URLs redacts a comma-separated list of URLs (NATS server lists).
@@ -87,16 +136,8 @@ func query(tail string) string {
 // (whole, and user and password apart) and its secret query values.
 func secrets(raw string) []string {
 	var out []string
-	rest := raw
-	if i := strings.Index(rest, "://"); i >= 0 {
-		rest = rest[i+3:]
-	}
-	authEnd := strings.IndexAny(rest, "/?#")
-	if authEnd < 0 {
-		authEnd = len(rest)
-	}
-	if at := strings.LastIndex(rest[:authEnd], "@"); at > 0 {
-		info := rest[:at]
+	scheme, rest := splitScheme(raw)
+	if info, _, ok := userInfo(scheme, rest); ok && info != "" {
 		out = append(out, info)
 		if user, pass, ok := strings.Cut(info, ":"); ok {
 			out = append(out, user, pass)
@@ -139,6 +180,14 @@ func In(msg string, urls ...string) string {
 		}
 	}
 	msg = userinfo.ReplaceAllString(msg, "${1}"+Mask+"@")
+	msg = natsUserinfo.ReplaceAllString(msg, "${1}"+Mask+"@")
+	msg = httpUserinfo.ReplaceAllStringFunc(msg, func(m string) string {
+		scheme, rest := splitScheme(m)
+		if info, _, ok := userInfo(scheme, rest); ok && info != "" && info != Mask {
+			return scheme + Mask + "@"
+		}
+		return m
+	})
 	return secretValue.ReplaceAllStringFunc(msg, func(m string) string {
 		k, _, _ := strings.Cut(m[1:], "=")
 		if !secretParam(k) {
@@ -151,6 +200,14 @@ func In(msg string, urls ...string) string {
 // userinfo matches credentials in any URL-like text, whatever a library
 // did to the characters around them.
 var userinfo = regexp.MustCompile(`(://)[^\s/@"'?#]*@`)
+
+// natsUserinfo matches credentials in NATS URLs, whose passwords may hold
+// '/', '?' or '#' (a NATS URL has no path).
+var natsUserinfo = regexp.MustCompile(`((?:nats|tls|ws|wss)://)[^\s@"']*@`)
+
+// httpUserinfo finds candidates for user:password with a '/', '?' or '#'
+// in an HTTP URL; userInfo decides.
+var httpUserinfo = regexp.MustCompile(`(?i)https?://[^\s@"']*@`)
 
 // secretValue matches a name=value pair of a query string (after '?' or
 // '&', so "status code=409" in prose is left alone).

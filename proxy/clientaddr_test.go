@@ -1,0 +1,61 @@
+package proxy_test
+
+import (
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"strings"
+	"testing"
+
+	"lsmux/proxy"
+	"lsmux/proxy/proxytest"
+)
+
+// TestTrustedProxiesNameTheClient: behind a reverse proxy listed in
+// LSMUX_TRUSTED_PROXIES, the per-address limit counts the client its
+// X-Forwarded-For names (the last address a trusted proxy appended), and
+// status shows that client; a forwarding header from anyone else is
+// ignored, and a request carrying one is not "this machine" even from
+// loopback (a proxy on this host serving clients elsewhere).
+func TestTrustedProxiesNameTheClient(t *testing.T) {
+	srv := newServer(t, proxy.Options{MaxPerAddress: 1, TrustedProxies: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}})
+	ts := httptest.NewServer(srv.Handler())
+	defer ts.Close()
+	sse := ts.URL + "/v1/streams/s/sse"
+	a, err := proxytest.DialSSE(sse, http.Header{"X-Forwarded-For": {"198.51.100.7"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	// A second client behind the same proxy is another address.
+	b, err := proxytest.DialSSE(sse, http.Header{"X-Forwarded-For": {"203.0.113.5, 198.51.100.8"}})
+	if err != nil {
+		t.Fatalf("a second client behind the proxy was refused: %v", err)
+	}
+	defer b.Close()
+	// The same client again is over its limit of 1, whatever it claims
+	// further left in the header.
+	var se *proxytest.StatusError
+	if c, err := proxytest.DialSSE(sse, http.Header{"X-Forwarded-For": {"10.9.9.9, 198.51.100.7"}}); !errors.As(err, &se) || se.Status != http.StatusTooManyRequests {
+		if c != nil {
+			c.Close()
+		}
+		t.Fatalf("the same client a second time: %v, want 429", err)
+	}
+	rec := do(t, srv, "GET", "http://127.0.0.1/v1/status?subscribers=1", "127.0.0.1:4000", nil)
+	if rec.Code != 200 || !strings.Contains(rec.Body.String(), `"remote":"198.51.100.7"`) || !strings.Contains(rec.Body.String(), `"remote":"198.51.100.8"`) {
+		t.Fatalf("status does not show the forwarded clients: %d %s", rec.Code, rec.Body)
+	}
+	if rec := do(t, srv, "GET", "http://127.0.0.1/v1/status?subscribers=1", "127.0.0.1:4000", http.Header{"Forwarded": {`for="[2001:db8::1]:4711"`}}); rec.Code != http.StatusForbidden {
+		t.Fatalf("a client elsewhere, through a trusted proxy on this machine, got the subscriber list: %d", rec.Code)
+	}
+
+	untrusting := newServer(t, proxy.Options{MaxPerAddress: 1})
+	if rec := do(t, untrusting, "GET", "http://127.0.0.1/v1/status?subscribers=1", "127.0.0.1:4000", http.Header{"X-Forwarded-For": {"127.0.0.1"}}); rec.Code != http.StatusForbidden {
+		t.Fatalf("a forwarded request from loopback, no proxy trusted, got the subscriber list: %d", rec.Code)
+	}
+	if rec := do(t, untrusting, "GET", "http://127.0.0.1/v1/status?subscribers=1", "127.0.0.1:4000", nil); rec.Code != 200 {
+		t.Fatalf("this machine, asking directly: %d", rec.Code)
+	}
+}
