@@ -133,7 +133,16 @@ func steadySubscribers(t *testing.T, base string) (ws, sse *collected) {
 		t.Fatal(err)
 	}
 	t.Cleanup(s.Close)
-	return collect(w.Msgs), collect(s.Msgs)
+	ws, sse = collect(w.Msgs), collect(s.Msgs)
+	ws.why = func() string {
+		select {
+		case err := <-w.Done:
+			return err.Error()
+		default:
+			return "still connected"
+		}
+	}
+	return ws, sse
 }
 
 // collect drains a subscription into a slice until the channel closes.
@@ -144,6 +153,8 @@ type collected struct {
 	mu   sync.Mutex
 	msgs []got
 	done atomic.Bool // the subscription ended
+	// why says how the subscription ended, when the client knows.
+	why func() string
 }
 
 // got is one received message, with the hit's bytes as a hash.
@@ -571,4 +582,18 @@ func TestMemoryLimitComesFromTheContainer(t *testing.T) {
 	if got := applyMemoryLimit(log, memlimit.Limit(1<<30)); got != 300<<20 {
 		t.Fatalf("with GOMEMLIMIT set: %d", got)
 	}
+}
+
+// metricLines is the /metrics lines whose name starts with prefix, for
+// failure messages.
+func metricLines(t *testing.T, root, prefix string) string {
+	t.Helper()
+	_, text := get(t, root+"/metrics", nil)
+	var out []string
+	for _, l := range strings.Split(text, "\n") {
+		if strings.HasPrefix(l, prefix) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }

@@ -137,10 +137,14 @@ func TestClusterChaos(t *testing.T) {
 				connected(m)
 			}
 			settled("a NATS restart")
-			// A restart shorter than a quarter TTL must not touch the
-			// upstream; a longer one (JetStream recovering a large store
-			// on a busy machine) may close it, by design (README).
-			if n := len(upstreamOpens(sim)); n != before && away < testLeaseTTL/4 {
+			// A short restart must not touch the upstream; a longer one
+			// (JetStream recovering a large store on a busy machine) may
+			// close it, by design (README). The leader has 3/4 TTL from
+			// its last renewal, which can be a quarter TTL before the
+			// restart began, and it needs a NATS reconnect and a renewal
+			// after it: on two busy cores under -race an eighth of the
+			// TTL away is what surely fits.
+			if n := len(upstreamOpens(sim)); n != before && away < testLeaseTTL/8 {
 				t.Errorf("a NATS restart of %v reconnected the upstream (%d connections, was %d)", away, n, before)
 			} else if n != before {
 				faults["NATS restart long enough to close the upstream"]++

@@ -234,10 +234,10 @@ func TestClusterSurvivesNATSRestartAndPartition(t *testing.T) {
 	proxies[leader].Cut()
 	// Until it closes its upstream (3/4 TTL), it reads hits nobody else
 	// gets: it asks not to get new subscribers.
-	waitFor(t, testLeaseTTL/2, "the cut-off leader to report not ready", func() bool { return readyStatus(roots[leader]) == http.StatusServiceUnavailable })
+	waitFor(t, testLeaseTTL*3/4, "the cut-off leader to report not ready", func() bool { return readyStatus(roots[leader]) == http.StatusServiceUnavailable })
 	waitFor(t, 20*time.Second, "another replica to lead and connect upstream", func() bool {
 		now := leaders(roots)
-		return len(now) == 1 && now[0] != leader && len(upstreamOpens(sim)) == opensBefore+1 && sim.Active("demo") == 1
+		return len(now) == 1 && now[0] != leader && len(upstreamOpens(sim)) >= opensBefore+1 && sim.Active("demo") == 1
 	})
 	opens := upstreamOpens(sim)
 	old, cur := opens[len(opens)-2], opens[len(opens)-1]
@@ -274,7 +274,7 @@ func TestClusterSurvivesNATSRestartAndPartition(t *testing.T) {
 	reps[second].stop()
 	<-reps[second].done
 	waitFor(t, 20*time.Second, "a third leader to connect upstream", func() bool {
-		return len(upstreamOpens(sim)) == opensBefore+2 && sim.Active("demo") == 1
+		return len(upstreamOpens(sim)) >= opensBefore+2 && sim.Active("demo") == 1
 	})
 	opens = upstreamOpens(sim)
 	released, third := opens[len(opens)-2], opens[len(opens)-1]
@@ -291,7 +291,7 @@ func TestClusterSurvivesNATSRestartAndPartition(t *testing.T) {
 		}
 	}
 	if !took {
-		t.Error("no replica took the lease as released; it waited for the lease to expire")
+		t.Errorf("no replica took the lease as released; it waited for the lease to expire. The old leader's log:\n%s", tail(reps[second].logs.String(), 10))
 	}
 	final := sim.SentHits("demo")
 	var alive []int

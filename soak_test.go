@@ -193,7 +193,11 @@ func TestSoakWithFaults(t *testing.T) {
 		deadline := time.Now().Add(20 * time.Second)
 		for delivered(c.hits()) < len(sent) {
 			if c.ended() && delivered(c.hits()) < len(sent) {
-				t.Fatalf("the steady %s subscriber was disconnected after %d of %d hits (subscribers now: %+v)", name, delivered(c.hits()), len(sent), hub.Subscribers())
+				why := "unknown"
+				if c.why != nil {
+					why = c.why()
+				}
+				t.Fatalf("the steady %s subscriber was disconnected (%s) after %d of %d hits (subscribers now: %+v); lsmux's disconnects:\n%s", name, why, delivered(c.hits()), len(sent), hub.Subscribers(), metricLines(t, r.root, "lsmux_subscriber_disconnects_total"))
 			}
 			if time.Now().After(deadline) {
 				dumpAttempts(t, sim.Attempts(), r.logs.String())

@@ -148,7 +148,10 @@ func TestLeaseNeverLetsTwoUpstreamsOverlap(t *testing.T) {
 		a.stream.Deliver(upstream.Hit{Raw: fmt.Appendf(nil, `{"hitIdHigh":1,"hitIdLow":%d}`, i), ID: upstream.HitID{High: 1, Low: uint64(i)}, HasID: true})
 	}
 	a.stream.Deliver(upstream.Hit{Raw: []byte(`{"hitIdHigh":1,"hitIdLow":4}`), ID: upstream.HitID{High: 1, Low: 4}, HasID: true}) // republished
-	waitFor(t, 5*time.Second, "5 hits in both hubs", func() bool { return a.hub.Stats().Appended == 5 && b.hub.Stats().Appended == 5 })
+	waitFor(t, 10*time.Second, "5 hits in both hubs, all acknowledged", func() bool {
+		st := a.stream.ClusterStatus().Publish
+		return a.hub.Stats().Appended == 5 && b.hub.Stats().Appended == 5 && st.Buffered == 0
+	})
 	if sa, sb := a.hub.Stats(), b.hub.Stats(); sa.Oldest != sb.Oldest || sa.Newest != sb.Newest {
 		t.Fatalf("hubs differ: %+v vs %+v", sa, sb)
 	}

@@ -328,6 +328,18 @@ func (s *Stream) resign() {
 	if s.term == nil {
 		return
 	}
+	if s.term.ctx.Err() == nil && sinceBoot() < s.term.validUntil {
+		// Renew once more first: closing the upstream can take a while
+		// on a busy machine, and a follower must see the release, not a
+		// lease that looks expired, to take over after only the
+		// reconnect delay.
+		ctx, cancel := context.WithTimeout(context.Background(), s.node.opts.LeaseTTL/4)
+		s.renew(ctx, *s.kv.Load())
+		cancel()
+		if s.term == nil {
+			return // renew found another replica holding it, and stepped down
+		}
+	}
 	tm := s.stopTerm()
 	v := leaseValue{Replica: s.node.opts.Replica, Released: time.Now(), NotBefore: tm.allowedAt}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)

@@ -138,20 +138,27 @@ func Run(ctx context.Context, args []string, env cli.Env, stdout, stderr io.Writ
 	}
 	elapsed := time.Since(start).Seconds()
 	sent, cpu, self := simSent(sim)-sent0, procstat.CPU(*pid)-cpu0, procstat.CPU(os.Getpid())-self0
-	var total, gaps, missing uint64
+	var total, gaps, missing, span uint64
 	var hist latencyHist
 	for _, r := range recs {
 		r.mu.Lock()
 		total += r.frames
 		gaps += r.gaps
 		missing += r.missing
+		if r.frames > 0 {
+			span += r.lastSeq - r.firstSeq + 1
+		}
 		hist.merge(&r.hist)
 		r.mu.Unlock()
 	}
 	expected := float64(sent) * float64(*n)
+	// Loss is what each subscriber's sequence numbers say it did not get
+	// between its first and last hit of the window: hits still in flight
+	// when the window closes are late, not lost (deliveries/s against
+	// expected/s shows a subscriber falling behind).
 	loss := 0.0
-	if expected > 0 {
-		loss = max(0, 1-float64(total)/expected) * 100
+	if span > 0 {
+		loss = max(0, 1-float64(total)/float64(span)) * 100
 	}
 	perDelivery := "n/a (give -pid)"
 	rss := "n/a"
@@ -293,13 +300,15 @@ type recorder struct {
 	gaps    uint64
 	missing uint64
 	lastSeq uint64
-	hist    latencyHist
-	onOpen  func()
+	// firstSeq is the first hit's number since reset.
+	firstSeq uint64
+	hist     latencyHist
+	onOpen   func()
 }
 
 func (r *recorder) reset() {
 	r.mu.Lock()
-	r.frames, r.gaps, r.missing = 0, 0, 0
+	r.frames, r.gaps, r.missing, r.firstSeq = 0, 0, 0, 0
 	r.hist = latencyHist{}
 	r.mu.Unlock()
 }
@@ -308,6 +317,9 @@ func (r *recorder) hit(seq uint64, sentNs int64) {
 	now := time.Now().UnixNano()
 	r.mu.Lock()
 	r.frames++
+	if r.firstSeq == 0 {
+		r.firstSeq = seq
+	}
 	if r.lastSeq != 0 && seq > r.lastSeq+1 {
 		r.missing += seq - r.lastSeq - 1
 	}
