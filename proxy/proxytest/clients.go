@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -54,7 +55,15 @@ func DialWS(url string, header http.Header) (*WSClient, *http.Response, error) {
 	c := &WSClient{Conn: conn, Msgs: msgs, Done: done, closed: make(chan struct{})}
 	conn.SetPingHandler(func(data string) error {
 		c.pings.Add(1)
-		return conn.WriteControl(websocket.PongMessage, []byte(data), time.Now().Add(time.Second))
+		// As gorilla's own handler: a pong that cannot be written in time
+		// (this process descheduled on a busy machine) is skipped, not
+		// the end of the subscription; the next ping gets one.
+		err := conn.WriteControl(websocket.PongMessage, []byte(data), time.Now().Add(10*time.Second))
+		var ne net.Error
+		if errors.Is(err, websocket.ErrCloseSent) || (errors.As(err, &ne) && ne.Timeout()) {
+			return nil
+		}
+		return err
 	})
 	go func() {
 		defer close(msgs)
