@@ -21,6 +21,10 @@ type Entry struct {
 	rawStart int // offset of the raw hit inside the ndjson part
 
 	ext atomic.Pointer[derived] // filter/projection data, only when a subscriber asked
+	// replayed marks an entry read from history for one subscriber: its
+	// derived data stays out of the hub's derived window (it would push
+	// out what live subscribers share).
+	replayed bool
 }
 
 // Raw is the hit exactly as Live Stream sent it.

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"lsmux/internal/persec"
+
+	"golang.org/x/time/rate"
 )
 
 // Options size a Hub.
@@ -95,6 +97,12 @@ type Hub struct {
 	// dashboard's chart of the last minutes.
 	in, out *persec.Counter
 	subs    registry
+
+	// Durable history (history.go): set before the hub has subscribers.
+	hist           History
+	replays        chan struct{} // one token per subscriber reading history
+	replayRate     *rate.Limiter // hits a second all replays may read; nil: unlimited
+	replaysRefused atomic.Uint64
 }
 
 // ThroughputWindow is how far back Throughput reaches.
@@ -363,7 +371,7 @@ func (h *Hub) Start(from uint64) uint64 {
 	case Live:
 		return h.next.Load()
 	case Oldest:
-		return h.oldest.Load()
+		return h.historyStart(h.oldest.Load())
 	}
 	return from
 }

@@ -124,6 +124,9 @@ func (h *Hub) derived(e *Entry) *derived {
 		}
 		return d
 	}
+	if e.replayed {
+		return d // one subscriber's: it goes with the entry
+	}
 	h.dmu.Lock()
 	if h.dwin == nil {
 		h.dwin = make([]*Entry, derivedWindow)

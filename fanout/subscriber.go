@@ -40,6 +40,12 @@ type Subscriber struct {
 	// only hits from it on can make the subscriber late (MaxLag).
 	liveFrom uint64
 	closed   bool
+	// While the cursor is older than the ring: the read of history, the
+	// records it handed over not yet taken, and whether the subscriber
+	// holds one of the hub's replay slots (history.go).
+	replay     Replay
+	recs       []Record
+	replaySlot bool
 }
 
 // MaxBatch caps the entries one Poll hands out, so one writer's batch
@@ -91,6 +97,7 @@ func (s *Subscriber) Close() {
 	s.closed = true
 	s.hub.subs.remove(s)
 	s.endEvaluation()
+	s.endReplay()
 	if s.sel != nil {
 		s.sel.Release()
 	}
@@ -118,10 +125,10 @@ func (s *Subscriber) Poll(ctx context.Context, size func(*Entry) int, maxBytes i
 		}
 		defer s.endEvaluation()
 	}
-	entries, next, gap, wake := s.hub.Read(s.cursor.Load(), s.buf, maxBytes, size)
+	entries, next, gap, wake := s.read(s.cursor.Load(), maxBytes, size)
 	if late := s.late(entries); late != nil {
 		gap, next = late, late.To+1
-		entries, next, _, wake = s.hub.Read(next, s.buf, maxBytes, size)
+		entries, next, _, wake = s.read(next, maxBytes, size)
 	}
 	s.cursor.Store(next)
 	if s.sel != nil {
@@ -157,7 +164,7 @@ func (s *Subscriber) Poll(ctx context.Context, size func(*Entry) int, maxBytes i
 				break
 			}
 			var more *Gap
-			entries, next, more, wake = s.hub.Read(next, s.buf, maxBytes, size)
+			entries, next, more, wake = s.read(next, maxBytes, size)
 			used = max(used, len(entries))
 			s.cursor.Store(next)
 			if gap == nil {
