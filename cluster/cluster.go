@@ -74,6 +74,24 @@ type Options struct {
 	// FlushTimeout bounds how long a leader that is shutting down keeps
 	// publishing what it still holds (default 5 s).
 	FlushTimeout time.Duration
+	// AckTimeout is how long a publish may wait for JetStream's answer
+	// (default 5 s; a single lsmux's own store answers at once or has
+	// failed, and uses 1 s).
+	AckTimeout time.Duration
+
+	// MaxReplays caps the subscribers reading history older than their
+	// ring at once, per stream (LSMUX_MAX_REPLAYS, default 8), and
+	// ReplayRate the hits a second they may read between them
+	// (LSMUX_REPLAY_RATE; 0: unlimited).
+	MaxReplays int
+	ReplayRate float64
+	// StateInterval is how often a single lsmux records in its data dir
+	// that its upstream is still connected (default 5 s): after a crash,
+	// the reconnect delay is counted from the last record plus this.
+	StateInterval time.Duration
+	// StoreRetry is how often a single lsmux whose store failed tries it
+	// again (default 10 s).
+	StoreRetry time.Duration
 
 	Logger logrus.FieldLogger
 }
@@ -115,6 +133,18 @@ func (o Options) withDefaults() Options {
 	if o.FlushTimeout <= 0 {
 		o.FlushTimeout = 5 * time.Second
 	}
+	if o.AckTimeout <= 0 {
+		o.AckTimeout = 5 * time.Second
+	}
+	if o.MaxReplays <= 0 {
+		o.MaxReplays = 8
+	}
+	if o.StateInterval <= 0 {
+		o.StateInterval = 5 * time.Second
+	}
+	if o.StoreRetry <= 0 {
+		o.StoreRetry = 10 * time.Second
+	}
 	if o.Logger == nil {
 		l := logrus.New()
 		l.Out = io.Discard
@@ -129,9 +159,15 @@ type Node struct {
 	id   string // lease holder id: the replica name plus a per-process nonce
 	nc   *nats.Conn
 	js   jetstream.JetStream
-	log  logrus.FieldLogger
+	// replayNC and replayJS carry replays of history (see attach).
+	replayNC *nats.Conn
+	replayJS jetstream.JetStream
+	log      logrus.FieldLogger
 
 	connectErr atomic.Pointer[string] // why the last connection attempt failed
+	// embedded is set for a single lsmux's own store (LSMUX_DATA_DIR):
+	// its streams run without a lease (solo.go).
+	embedded *Embedded
 }
 
 // Connect starts connecting to NATS and returns at once: a replica that
@@ -145,13 +181,27 @@ func Connect(o Options) (*Node, error) {
 	}
 	n := &Node{opts: o, id: o.Replica + "/" + nonce(), log: o.Logger.WithField("replica", o.Replica)}
 	where := redact.URLs(o.URL)
-	opts := []nats.Option{
-		nats.Name("lsmux " + o.Replica),
+	common := []nats.Option{
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(o.RetryWait),
 		nats.ReconnectJitter(o.RetryWait/10, o.RetryWait/10),
 		nats.RetryOnFailedConnect(true),
 		nats.Timeout(5 * time.Second),
+	}
+	if o.CredsFile != "" {
+		common = append(common, nats.UserCredentials(o.CredsFile))
+	}
+	if o.CAFile != "" {
+		common = append(common, nats.RootCAs(o.CAFile))
+	}
+	if o.CertFile != "" || o.KeyFile != "" {
+		if o.CertFile == "" || o.KeyFile == "" {
+			return nil, errors.New("cluster: set both LSMUX_NATS_CERT and LSMUX_NATS_KEY for mutual TLS")
+		}
+		common = append(common, nats.ClientCert(o.CertFile, o.KeyFile))
+	}
+	opts := append([]nats.Option{
+		nats.Name("lsmux " + o.Replica),
 		nats.ConnectHandler(func(*nats.Conn) { n.log.WithField("nats", where).Info("cluster: connected to NATS") }),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			n.log.WithField("nats", where).Warnf("cluster: lost NATS (%s); reconnecting every %v. Replicas keep serving what they hold; a leader keeps its upstream for up to 3/4 of LSMUX_LEASE_TTL", errText(err, o.URL), o.RetryWait)
@@ -161,35 +211,50 @@ func Connect(o Options) (*Node, error) {
 			msg := errText(err, o.URL)
 			n.connectErr.Store(&msg)
 		}),
-	}
-	if o.CredsFile != "" {
-		opts = append(opts, nats.UserCredentials(o.CredsFile))
-	}
-	if o.CAFile != "" {
-		opts = append(opts, nats.RootCAs(o.CAFile))
-	}
-	if o.CertFile != "" || o.KeyFile != "" {
-		if o.CertFile == "" || o.KeyFile == "" {
-			return nil, errors.New("cluster: set both LSMUX_NATS_CERT and LSMUX_NATS_KEY for mutual TLS")
-		}
-		opts = append(opts, nats.ClientCert(o.CertFile, o.KeyFile))
-	}
+	}, common...)
 	nc, err := nats.Connect(o.URL, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("cluster: connect to NATS at %s: %s", where, redact.In(err.Error(), o.URL))
 	}
-	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(publishBatch*2), jetstream.WithPublishAsyncTimeout(5*time.Second))
+	rc, err := nats.Connect(o.URL, append([]nats.Option{nats.Name("lsmux " + o.Replica + " replays")}, common...)...)
 	if err != nil {
 		nc.Close()
-		return nil, fmt.Errorf("cluster: JetStream: %w", err)
+		return nil, fmt.Errorf("cluster: connect to NATS at %s: %s", where, redact.In(err.Error(), o.URL))
 	}
-	n.nc, n.js = nc, js
+	if err := n.attach(nc, rc); err != nil {
+		return nil, err
+	}
 	return n, nil
 }
 
+// attach sets the node up on its NATS connections: one for the lease,
+// publishing and the hub's consumer, one for replays of history, so a
+// replay's stream of old hits never queues in front of the acknowledgements
+// and the live hits on the first (one connection's messages are read by
+// one goroutine, in order).
+func (n *Node) attach(nc, replays *nats.Conn) error {
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(publishBatch*2), jetstream.WithPublishAsyncTimeout(n.opts.AckTimeout))
+	if err == nil {
+		n.replayJS, err = jetstream.New(replays)
+	}
+	if err != nil {
+		nc.Close()
+		replays.Close()
+		return fmt.Errorf("cluster: JetStream: %w", err)
+	}
+	n.nc, n.js, n.replayNC = nc, js, replays
+	return nil
+}
+
+// Solo reports whether this is a single lsmux's own store (no lease).
+func (n *Node) Solo() bool { return n.embedded != nil }
+
 // Close drops the NATS connection. Call it after every stream's Run has
 // returned (they release their leases through it).
-func (n *Node) Close() { n.nc.Close() }
+func (n *Node) Close() {
+	n.nc.Close()
+	n.replayNC.Close()
+}
 
 // Replica is this replica's name.
 func (n *Node) Replica() string { return n.opts.Replica }

@@ -36,6 +36,10 @@ type publisher struct {
 	log       logrus.FieldLogger
 	logs      logLimiter
 
+	// onStored, when set (a solo stream), gets every hit the store took
+	// under its number, in order, from the acknowledgements.
+	onStored func(seq uint64, m outMsg)
+
 	mu     sync.Mutex
 	q      []outMsg
 	head   int
@@ -47,8 +51,10 @@ type publisher struct {
 }
 
 type outMsg struct {
-	id   string
-	data []byte
+	id       string
+	data     []byte
+	received time.Time // when the upstream reader got it
+	lost     bool      // a placeholder (solo.go)
 }
 
 func newPublisher(js jetstream.JetStream, connected func() bool, subject string, maxBytes int64, retry time.Duration, log logrus.FieldLogger) *publisher {
@@ -70,7 +76,7 @@ func MsgID(h upstream.Hit) string {
 // add queues a hit (copying it: h.Raw is only valid during the call). It
 // never blocks; past the bound the hit is dropped and counted, loudly.
 func (p *publisher) add(h upstream.Hit) {
-	m := outMsg{id: MsgID(h), data: append([]byte(nil), h.Raw...)}
+	m := outMsg{id: MsgID(h), data: append([]byte(nil), h.Raw...), received: h.Received}
 	p.mu.Lock()
 	if p.qBytes+int64(len(m.data)) > p.maxBytes {
 		p.mu.Unlock()
@@ -208,6 +214,9 @@ func (p *publisher) publish(ctx context.Context, batch []outMsg) (int, error) {
 				p.duplicates.Add(1)
 			} else {
 				p.published.Add(1)
+				if p.onStored != nil {
+					p.onStored(ack.Sequence, batch[i])
+				}
 			}
 		case err := <-f.Err():
 			p.settle(ctx, futures[i+1:])

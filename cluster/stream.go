@@ -84,6 +84,14 @@ type Stream struct {
 	term            *term      // non-nil while this replica holds the lease
 	leaderChanges   uint64
 	upstreamAllowed time.Time
+
+	// Durable history (replay.go): the numbers the JetStream stream
+	// holds, as last seen, for fanout.History.Range; its size, cached for
+	// status.
+	histFirst, histLast atomic.Uint64
+	histInfo            atomic.Pointer[histInfo]
+	// solo is set for a single lsmux's own store (solo.go).
+	solo *soloState
 }
 
 // NewStream prepares a stream's cluster side and the hub it fills; Run
@@ -97,10 +105,29 @@ func (n *Node) NewStream(name string, hubOpts fanout.Options, pool Upstream) *St
 	log := n.log.WithField("stream", name)
 	s := &Stream{node: n, name: name, names: names, hub: hub, pool: pool, log: log, logs: logLimiter{every: 10 * time.Second},
 		pub: newPublisher(n.js, n.Connected, names.Subject, n.opts.BufferBytes, n.opts.RetryWait, log)}
+	hub.SetHistory(streamHistory{s}, n.opts.MaxReplays, n.opts.ReplayRate)
+	if n.Solo() {
+		s.pub.onStored = s.stored
+		msg := "history: reading the ring back from the data dir"
+		s.setupErr.Store(&msg)
+		pool.Hold(time.Time{}, "history: opening the data dir")
+		return s
+	}
 	msg := "cluster: waiting for NATS at " + redact.URLs(n.opts.URL)
 	s.setupErr.Store(&msg)
 	pool.Hold(time.Time{}, "cluster: waiting for NATS before electing a leader")
 	return s
+}
+
+// Open prepares a single lsmux's stream (Node.Solo) before it serves:
+// the state the previous run left, and the store's stream, which must be
+// the one it had. Its error names the data dir and what to do. Cluster
+// mode needs no Open (it waits for NATS in Run).
+func (s *Stream) Open(ctx context.Context) error {
+	if !s.node.Solo() {
+		return nil
+	}
+	return s.openSolo(ctx)
 }
 
 // Hub is the ring this stream fills from JetStream.
@@ -116,7 +143,14 @@ func (s *Stream) Deliver(h upstream.Hit) { s.pub.add(h) }
 func (s *Stream) Run(ctx context.Context) {
 	pubCtx, stopPub := context.WithCancel(context.Background())
 	pubDone := make(chan struct{})
-	go func() { defer close(pubDone); s.pub.run(pubCtx, &s.draining) }()
+	go func() {
+		defer close(pubDone)
+		if s.solo != nil {
+			s.soloPublish(pubCtx, &s.draining)
+		} else {
+			s.pub.run(pubCtx, &s.draining)
+		}
+	}()
 	defer func() {
 		// Publish what the upstream already handed over, within bounds.
 		s.draining.Store(true)
@@ -132,6 +166,11 @@ func (s *Stream) Run(ctx context.Context) {
 		<-pubDone
 	}()
 
+	go s.watchHistory(ctx)
+	if s.solo != nil {
+		s.runSolo(ctx)
+		return
+	}
 	if !s.setup(ctx) {
 		return
 	}
@@ -259,15 +298,19 @@ func (s *Stream) trySetup(ctx context.Context) (jetstream.ConsumeContext, error)
 		return nil, fmt.Errorf("create JetStream stream %s (is JetStream enabled on the NATS server? do all replicas use the same LSMUX_NATS_* settings?): %w", s.names.Stream, err)
 	}
 	info := jstream.CachedInfo()
-	kv, err := js.CreateOrUpdateKeyValue(cctx, jetstream.KeyValueConfig{
-		Bucket:      s.names.Bucket,
-		Description: "lsmux: leader lease of Live Stream stream " + s.name,
-		History:     1,
-		Storage:     jetstream.FileStorage,
-		Replicas:    o.Replicas,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("create key-value bucket %s: %w", s.names.Bucket, err)
+	s.noteInfo(info, true)
+	var kv jetstream.KeyValue
+	if !s.node.Solo() { // one lsmux needs no lease
+		kv, err = js.CreateOrUpdateKeyValue(cctx, jetstream.KeyValueConfig{
+			Bucket:      s.names.Bucket,
+			Description: "lsmux: leader lease of Live Stream stream " + s.name,
+			History:     1,
+			Storage:     jetstream.FileStorage,
+			Replicas:    o.Replicas,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("create key-value bucket %s: %w", s.names.Bucket, err)
+		}
 	}
 	last := info.State.LastSeq
 	start, newNumbers := startSeq(startPoint{
@@ -302,7 +345,9 @@ func (s *Stream) trySetup(ctx context.Context) (jetstream.ConsumeContext, error)
 	if start > last {
 		s.ready.Store(true) // nothing to catch up with
 	}
-	s.kv.Store(&kv)
+	if kv != nil {
+		s.kv.Store(&kv)
+	}
 	s.log.WithField("jetstream_stream", s.names.Stream).WithField("from_seq", start).WithField("last_seq", last).Info("cluster: reading hits from JetStream")
 	return cc, nil
 }
@@ -361,8 +406,13 @@ func (s *Stream) consume(gen uint64, m jetstream.Msg) {
 		return // from a consumer already stopped
 	}
 	seq := md.Sequence.Stream
+	s.noteStored(seq)
 	s.hub.SetHorizon(seq + md.NumPending)
-	if s.hub.AppendAt(seq, m.Data(), md.Timestamp) {
+	if m.Headers().Get(lostHeader) != "" {
+		// A placeholder: no hit. The ring holds only contiguous numbers,
+		// so the hits before it are dropped from the ring (history still
+		// has them).
+	} else if s.hub.AppendAt(seq, m.Data(), md.Timestamp) {
 		s.consumed.Store(seq)
 	}
 	if !s.ready.Load() && (md.NumPending == 0 || seq >= s.catchUpTo.Load()) {
@@ -390,6 +440,9 @@ func (s *Stream) ServeErr() error {
 	if s.ready.Load() {
 		return nil
 	}
+	if s.node.Solo() {
+		return errors.New("history: reading the ring back from the data dir")
+	}
 	if e := s.setupErr.Load(); e != nil && s.kv.Load() == nil {
 		return errors.New(*e)
 	}
@@ -412,6 +465,11 @@ func (s *Stream) ReadyErr() error {
 
 // Leader reports whether this replica holds the lease.
 func (s *Stream) Leader() bool { return s.leaderFlag.Load() }
+
+// Clustered reports whether the stream takes part in cluster mode (false
+// for a single lsmux's own store): status shows its cluster view only
+// then.
+func (s *Stream) Clustered() bool { return !s.node.Solo() }
 
 // Streaming reports whether the leading replica (this one or another, as
 // its lease says) is streaming from Live Stream.
