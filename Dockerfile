@@ -9,13 +9,20 @@ RUN go mod download
 COPY . .
 ARG VERSION=dev
 RUN OUT=/out/lsmux VERSION=${VERSION} sh .ci/build
+# The data dir, owned by the runtime image's nonroot user (65532): the
+# runtime image has no shell to make it.
+RUN mkdir -p /out/data
 
 FROM gcr.io/distroless/static-debian12:nonroot
 COPY --from=build /out/lsmux /usr/local/bin/lsmux
+COPY --from=build --chown=65532:65532 /out/data /data
 USER nonroot:nonroot
-ENV LSMUX_LISTEN=:8080 LSMUX_LOG_FORMAT=json
+# Durable history on the volume: a restart numbers on, resumes reach back
+# beyond the ring, and the reconnect delay is kept across restarts.
+ENV LSMUX_LISTEN=:8080 LSMUX_LOG_FORMAT=json LSMUX_DATA_DIR=/data
+VOLUME ["/data"]
 EXPOSE 8080
 # No shell in the image: the binary checks its own /readyz.
-HEALTHCHECK --interval=10s --timeout=3s --start-period=5s CMD ["/usr/local/bin/lsmux", "healthcheck"]
+HEALTHCHECK --interval=10s --timeout=3s --start-period=30s CMD ["/usr/local/bin/lsmux", "healthcheck"]
 ENTRYPOINT ["/usr/local/bin/lsmux"]
 CMD ["serve"]

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sync/errgroup"
@@ -33,7 +34,8 @@ type app struct {
 	server  *proxy.Server
 	metrics *metrics.Metrics
 	ln      net.Listener
-	node    *cluster.Node // cluster mode only
+	node    *cluster.Node     // cluster mode, or a data dir
+	store   *cluster.Embedded // a data dir only
 }
 
 // appStream is one stream's pieces.
@@ -79,9 +81,22 @@ func newApp(cfg *config, tokens upstream.TokenSource, log *logrus.Logger, demo h
 		return nil, err
 	}
 	a := &app{cfg: cfg, log: log}
-	if cfg.NATSURL != "" {
+	switch {
+	case cfg.NATSURL != "":
 		a.node, err = cluster.Connect(cfg.clusterOptions(log))
 		if err != nil {
+			return nil, err
+		}
+	case cfg.DataDir != "":
+		a.store, err = cluster.OpenEmbedded(cluster.EmbeddedOptions{Dir: cfg.DataDir, MaxStore: int64(len(specs))*cfg.historyMaxBytes() + 1<<30, Logger: log})
+		if err != nil {
+			return nil, err
+		}
+		o := cfg.clusterOptions(log)
+		o.AckTimeout = 2 * time.Second // the store is in this process: it answers at once, or it has failed (or the machine is starved)
+		a.node, err = a.store.Connect(o)
+		if err != nil {
+			a.store.Close()
 			return nil, err
 		}
 	}
@@ -97,6 +112,10 @@ func newApp(cfg *config, tokens upstream.TokenSource, log *logrus.Logger, demo h
 		st := &appStream{name: pool.Name()}
 		if a.node != nil {
 			cs := a.node.NewStream(st.name, hubOpts, pool)
+			if err := cs.Open(context.Background()); err != nil {
+				a.closeNode()
+				return nil, err
+			}
 			st.hub, st.feed = cs.Hub(), cs
 		} else {
 			st.hub = fanout.NewHub(hubOpts)
@@ -157,6 +176,9 @@ func (a *app) closeNode() {
 	if a.node != nil {
 		a.node.Close()
 	}
+	if a.store != nil {
+		a.store.Close()
+	}
 }
 
 // addr is the address the proxy listens on.
@@ -216,8 +238,9 @@ func (c *config) clusterOptions(log logrus.FieldLogger) cluster.Options {
 	return cluster.Options{
 		URL: c.NATSURL, Replica: c.ReplicaName, CredsFile: c.NATSCreds, CAFile: c.NATSCA, CertFile: c.NATSCert, KeyFile: c.NATSKey,
 		LeaseTTL: c.LeaseTTL, ReconnectDelay: c.ReconnectDelay, RetryWait: c.NATSRetryWait,
-		MaxAge: c.NATSMaxAge, MaxBytes: c.NATSMaxBytes, DuplicateWindow: c.NATSDuplicateWindow, Replicas: c.NATSReplicas,
+		MaxAge: c.historyMaxAge(), MaxBytes: c.historyMaxBytes(), DuplicateWindow: c.NATSDuplicateWindow, Replicas: c.NATSReplicas,
 		BufferBytes: c.NATSBufferBytes, FlushTimeout: c.ShutdownTimeout / 2,
+		MaxReplays: c.MaxReplays, ReplayRate: c.ReplayRate, StateInterval: c.HeartbeatInterval, StoreRetry: c.StoreRetry,
 		Logger: log,
 	}
 }

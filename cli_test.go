@@ -122,7 +122,7 @@ func TestDemoListensOnLoopbackAndNeverPrintsTheToken(t *testing.T) {
 		t.Fatalf("LSMUX_LISTEN does not win over the demo's default: %s", c.Listen)
 	}
 	var out strings.Builder
-	printDemoBanner(&out, "http://127.0.0.1:9", "http://127.0.0.1:8080", true)
+	printDemoBanner(&out, "http://127.0.0.1:9", "http://127.0.0.1:8080", true, "/tmp/lsmux-demo-1")
 	banner := out.String()
 	if !strings.Contains(banner, "/?access_token=<your LSMUX_AUTH_TOKEN>") || !strings.Contains(banner, `-H "Authorization: Bearer $LSMUX_AUTH_TOKEN"`) {
 		t.Fatalf("banner with auth:\n%s", banner)

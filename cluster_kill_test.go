@@ -167,3 +167,68 @@ func TestClusterLeaderKilled(t *testing.T) {
 	t.Logf("leader killed: new upstream connection %v later; %d hits, %d backfilled duplicates dropped by JetStream; browser resumed at seq %d on another replica",
 		failover.Round(time.Millisecond), len(sent), v.Publish.Duplicates, last+1)
 }
+
+// TestClusterFleetRestart: the whole fleet restarts at once, after a clean
+// stop and after SIGKILL, and the replicas that come up keep the 60-second
+// rule through the lease: the first upstream attempt of the new fleet
+// comes no sooner than the reconnect delay after the old fleet's
+// connection ended (after a kill, the lease it left must also expire).
+func TestClusterFleetRestart(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary and restarts two replicas twice")
+	}
+	bin := lsmuxBinary(t)
+	for _, stop := range []struct {
+		name   string
+		signal syscall.Signal
+		// earliest is the least time from the old fleet's end to the new
+		// fleet's first attempt.
+		earliest time.Duration
+	}{
+		{"SIGTERM", syscall.SIGTERM, testReconnectDelay - simulatorLag},
+		{"SIGKILL", syscall.SIGKILL, testLeaseTTL + testReconnectDelay - testLeaseTTL/4},
+	} {
+		t.Run(stop.name, func(t *testing.T) {
+			sim := newSim(t, 200)
+			ns := natstest.Start(t)
+			var old []*replicaProc
+			for i := range 2 {
+				old = append(old, startReplicaProc(t, bin, sim.StreamURL("demo"), sim.TokenURL(), sim.ClientID(), sim.ClientSecret(), ns.URL(), fmt.Sprintf("old%d", i)))
+			}
+			waitFor(t, 30*time.Second, "one leader streaming", func() bool {
+				return len(leaders([]string{old[0].root, old[1].root})) == 1 && sim.Active("demo") == 1
+			})
+			for _, r := range old {
+				r.cmd.Process.Signal(stop.signal)
+			}
+			for _, r := range old {
+				select {
+				case <-r.done:
+				case <-time.After(15 * time.Second):
+					t.Fatalf("replica did not stop on %s", stop.name)
+				}
+			}
+			stoppedAt := time.Now()
+			waitFor(t, 10*time.Second, "the old connection to end", func() bool { return sim.Active("demo") == 0 })
+			var roots []string
+			for i := range 2 {
+				roots = append(roots, startReplicaProc(t, bin, sim.StreamURL("demo"), sim.TokenURL(), sim.ClientID(), sim.ClientSecret(), ns.URL(), fmt.Sprintf("new%d", i)).root)
+			}
+			waitFor(t, 30*time.Second, "the new fleet's leader streaming", func() bool {
+				return len(leaders(roots)) == 1 && len(upstreamOpens(sim)) == 2 && sim.Active("demo") == 1
+			})
+			opens := upstreamOpens(sim)
+			gap := opens[1].Start.Sub(opens[0].End)
+			t.Logf("%s of the whole fleet: the new leader connected %v after the old connection ended (reconnect delay %v, lease TTL %v)",
+				stop.name, gap.Round(time.Millisecond), testReconnectDelay, testLeaseTTL)
+			if gap < stop.earliest {
+				t.Errorf("after %s of the whole fleet the new leader connected %v after the old connection ended; want at least %v",
+					stop.name, gap, stop.earliest)
+			}
+			if took := opens[1].Start.Sub(stoppedAt); took > 3*(testLeaseTTL+testReconnectDelay) {
+				t.Errorf("the new fleet took %v to connect; want about %v", took, stop.earliest)
+			}
+			checkNoOverlap(t, sim)
+		})
+	}
+}

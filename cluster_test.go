@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -11,6 +12,8 @@ import (
 	"lsmux/cluster/natstest"
 	"lsmux/metrics"
 	"lsmux/upstream/simulator"
+
+	"github.com/gorilla/websocket"
 )
 
 // Cluster settings for tests: short, through the ordinary flags. A leader
@@ -25,10 +28,10 @@ const (
 	simulatorLag = 100 * time.Millisecond
 )
 
-func startReplica(t *testing.T, sim *simulator.Server, natsURL, name string) *running {
+func startReplica(t *testing.T, sim *simulator.Server, natsURL, name string, extra ...string) *running {
 	t.Helper()
-	return startApp(t, sim, "-nats-url", natsURL, "-replica-name", name, "-lease-ttl", testLeaseTTL.String(),
-		"-reconnect-delay", testReconnectDelay.String(), "-reconnect-max-delay", "2s", "-nats-retry-wait", "100ms", "-log-level", "info")
+	return startApp(t, sim, append([]string{"-nats-url", natsURL, "-replica-name", name, "-lease-ttl", testLeaseTTL.String(),
+		"-reconnect-delay", testReconnectDelay.String(), "-reconnect-max-delay", "2s", "-nats-retry-wait", "100ms", "-log-level", "info"}, extra...)...)
 }
 
 // upstreamOpens returns the simulator's accepted stream connections.
@@ -315,4 +318,61 @@ func TestClusterSurvivesNATSRestartAndPartition(t *testing.T) {
 		t.Error("a replica dropped hits it could not publish")
 	}
 	t.Logf("release: next upstream opened %v after the old one closed; %d hits, %d upstream connections, never two at once", gap.Round(time.Millisecond), len(final), len(opens))
+}
+
+// TestDeepResumeOnAFollowerReadsJetStream: in cluster mode with rings of
+// 2,000 hits, a subscriber on a replica that does not lead resumes 50,000
+// hits back and gets all of them, in order, without a gap notice, read
+// from the cluster's JetStream.
+func TestDeepResumeOnAFollowerReadsJetStream(t *testing.T) {
+	if testing.Short() {
+		t.Skip("stores 55,000 hits in JetStream")
+	}
+	sim := newSim(t, 10000)
+	ns := natstest.Start(t)
+	var roots []string
+	var reps []*running
+	for i := range 2 {
+		r := startReplica(t, sim, ns.URL(), fmt.Sprintf("r%d", i), "-buffer-hits", "2000", "-replay-rate", "0")
+		reps, roots = append(reps, r), append(roots, r.root)
+	}
+	waitFor(t, 30*time.Second, "one leader streaming", func() bool { return len(leaders(roots)) == 1 && sim.Active("demo") == 1 })
+	follower := 1 - leaders(roots)[0]
+	const back = 50_000
+	var ring struct{ OldestSeq, NewestSeq uint64 }
+	waitFor(t, 120*time.Second, "55,000 hits on the follower", func() bool {
+		var st struct {
+			Streams []struct {
+				Ring    struct{ OldestSeq, NewestSeq uint64 }
+				History struct{ FirstSeq, LastSeq uint64 }
+			}
+		}
+		if getJSON(roots[follower]+"/v1/status", &st) != nil || len(st.Streams) == 0 {
+			return false
+		}
+		h := st.Streams[0].History
+		ring = st.Streams[0].Ring
+		return h.LastSeq > h.FirstSeq && h.LastSeq-h.FirstSeq >= back+5000 && ring.NewestSeq >= h.FirstSeq+back+5000
+	})
+	if ring.NewestSeq-ring.OldestSeq >= 2000 {
+		t.Fatalf("the follower's ring holds %d..%d: more than 2,000", ring.OldestSeq, ring.NewestSeq)
+	}
+	from := ring.NewestSeq - back + 1
+	deep, _, err := websocket.DefaultDialer.Dial(strings.Replace(reps[follower].base, "http", "ws", 1)+"/ws?from="+strconv.FormatUint(from, 10), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer deep.Close()
+	start := time.Now()
+	for want := from; want < from+back; want++ {
+		deep.SetReadDeadline(time.Now().Add(20 * time.Second))
+		_, b, err := deep.ReadMessage()
+		if err != nil {
+			t.Fatalf("the deep resume after %d of %d hits: %v", want-from, back, err)
+		}
+		if seq, ok := frameSeq(b); !ok || seq != want {
+			t.Fatalf("after %d hits: %.200s; want hit %d", want-from, b, want)
+		}
+	}
+	t.Logf("cluster deep resume on a follower: %d hits from JetStream in %v, ring 2,000", back, time.Since(start).Round(time.Millisecond))
 }

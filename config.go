@@ -76,6 +76,13 @@ type config struct {
 	LogLevel  string
 	LogFormat string
 
+	DataDir             string
+	HistoryMaxAge       time.Duration
+	HistoryMaxBytes     int64
+	MaxReplays          int
+	ReplayRate          float64
+	HeartbeatInterval   time.Duration
+	StoreRetry          time.Duration
 	NATSURL             string
 	NATSCreds           string
 	NATSCA              string
@@ -146,6 +153,13 @@ func (c *config) flags(f *cli.FlagSet) {
 	f.String(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
 	f.String(&c.LogFormat, "log-format", "auto", "text, json, or auto (text on a terminal, json otherwise)")
 
+	f.String(&c.DataDir, "data-dir", "", "durable history: keep every hit on disk here (an embedded JetStream), so a resume older than the ring and a restart lose nothing; empty: memory only (a restart renumbers and forgets)")
+	f.Duration(&c.HistoryMaxAge, "history-max-age", 24*time.Hour, "durable history (data dir or cluster): hits older than this are dropped, oldest first")
+	f.Bytes(&c.HistoryMaxBytes, "history-max-bytes", 10<<30, "durable history: at most this many bytes of hits per stream, oldest dropped first (an hour of 1,000 hits/s is ~4.5 GB)")
+	f.Int(&c.MaxReplays, "max-replays", 8, "durable history: subscribers per stream reading history older than the ring at once; past it 503 with Retry-After")
+	f.Float(&c.ReplayRate, "replay-rate", 20000, "durable history: hits per second all replays of a stream may read between them, so catching up never takes the cores live subscribers need (50,000 back takes 2.5 s); 0: unlimited")
+	f.Duration(&c.HeartbeatInterval, "heartbeat-interval", 5*time.Second, "data dir: how often lsmux records that its upstream is connected, so a restart after a crash keeps the reconnect delay")
+	f.Duration(&c.StoreRetry, "store-retry", 10*time.Second, "data dir: while writing to the store fails (a full disk), how often it is tried again")
 	f.Secret(&c.NATSURL, "nats-url", "cluster mode: NATS server(s) with JetStream, comma-separated (nats://nats:4222); replicas then share one upstream. Empty: no cluster")
 	f.String(&c.NATSCreds, "nats-creds", "", "cluster mode: NATS credentials file (.creds); user:password may also go in the URL (never logged)")
 	f.String(&c.NATSCA, "nats-ca", "", "cluster mode: CA file for the NATS server's TLS certificate")
@@ -154,8 +168,8 @@ func (c *config) flags(f *cli.FlagSet) {
 	f.String(&c.ReplicaName, "replica-name", "", "cluster mode: this replica's name in status and logs (empty: the host name)")
 	f.Duration(&c.LeaseTTL, "lease-ttl", 10*time.Second, "cluster mode: leader lease; a leader that cannot renew closes its upstream after 3/4 of it, others take over after all of it plus LSMUX_RECONNECT_DELAY")
 	f.Duration(&c.NATSRetryWait, "nats-retry-wait", time.Second, "cluster mode: pause between NATS reconnect attempts")
-	f.Duration(&c.NATSMaxAge, "nats-max-age", time.Hour, "cluster mode: JetStream keeps hits this long")
-	f.Bytes(&c.NATSMaxBytes, "nats-max-bytes", 1<<30, "cluster mode: JetStream keeps at most this many bytes of hits per stream")
+	f.Duration(&c.NATSMaxAge, "nats-max-age", 0, "cluster mode: JetStream keeps hits this long; 0: LSMUX_HISTORY_MAX_AGE")
+	f.Bytes(&c.NATSMaxBytes, "nats-max-bytes", 0, "cluster mode: JetStream keeps at most this many bytes of hits per stream; 0: LSMUX_HISTORY_MAX_BYTES")
 	f.Duration(&c.NATSDuplicateWindow, "nats-duplicate-window", 5*time.Minute, "cluster mode: JetStream drops a hit id published again within this window (covers a failover's backfill)")
 	f.Int(&c.NATSReplicas, "nats-replicas", 1, "cluster mode: JetStream replicas of the hit stream and the lease (3 on a 3-node NATS cluster)")
 	f.Bytes(&c.NATSBufferBytes, "nats-buffer-bytes", 256<<20, "cluster mode: hits a leader holds while NATS is away; past it hits are dropped and counted")
@@ -219,12 +233,15 @@ func (c *config) check() error {
 	}
 	if c.NATSURL != "" {
 		errs = append(errs, positive(durationSetting{"LSMUX_LEASE_TTL", c.LeaseTTL}, durationSetting{"LSMUX_NATS_RETRY_WAIT", c.NATSRetryWait},
-			durationSetting{"LSMUX_NATS_MAX_AGE", c.NATSMaxAge}, durationSetting{"LSMUX_NATS_DUPLICATE_WINDOW", c.NATSDuplicateWindow})...)
+			durationSetting{"LSMUX_NATS_DUPLICATE_WINDOW", c.NATSDuplicateWindow})...)
+		if c.DataDir != "" {
+			errs = append(errs, errors.New("LSMUX_DATA_DIR and LSMUX_NATS_URL are both set: in cluster mode the cluster's JetStream keeps the history; unset LSMUX_DATA_DIR"))
+		}
 		if failover := c.LeaseTTL + c.LeaseTTL/4 + c.ReconnectDelay; c.NATSDuplicateWindow < failover {
 			errs = append(errs, fmt.Errorf("LSMUX_NATS_DUPLICATE_WINDOW=%v is shorter than a failover (1.25 × LSMUX_LEASE_TTL + LSMUX_RECONNECT_DELAY = %v): the new leader's backfill would be stored twice; raise it", c.NATSDuplicateWindow, failover))
 		}
-		if c.NATSDuplicateWindow > c.NATSMaxAge {
-			errs = append(errs, fmt.Errorf("LSMUX_NATS_DUPLICATE_WINDOW=%v is longer than LSMUX_NATS_MAX_AGE=%v (JetStream refuses that)", c.NATSDuplicateWindow, c.NATSMaxAge))
+		if c.NATSDuplicateWindow > c.historyMaxAge() {
+			errs = append(errs, fmt.Errorf("LSMUX_NATS_DUPLICATE_WINDOW=%v is longer than the history's age (LSMUX_NATS_MAX_AGE or LSMUX_HISTORY_MAX_AGE: %v; JetStream refuses that)", c.NATSDuplicateWindow, c.historyMaxAge()))
 		}
 		if c.NATSReplicas < 1 || c.NATSReplicas > 5 {
 			errs = append(errs, fmt.Errorf("LSMUX_NATS_REPLICAS=%d: JetStream allows 1 to 5", c.NATSReplicas))
@@ -245,6 +262,16 @@ func (c *config) check() error {
 	if c.FilterCostLimit < 10 || c.FilterBudget < 0 || c.FilterStrikes < 0 || c.CompileRate <= 0 {
 		errs = append(errs, fmt.Errorf("LSMUX_FILTER_COST_LIMIT=%d, LSMUX_FILTER_BUDGET=%d, LSMUX_FILTER_STRIKES=%d, LSMUX_COMPILE_RATE=%g: want at least 10, 0, 0 and more than 0",
 			c.FilterCostLimit, c.FilterBudget, c.FilterStrikes, c.CompileRate))
+	}
+	if c.DataDir != "" || c.NATSURL != "" {
+		errs = append(errs, positive(durationSetting{"LSMUX_HISTORY_MAX_AGE", c.historyMaxAge()}, durationSetting{"LSMUX_HEARTBEAT_INTERVAL", c.HeartbeatInterval},
+			durationSetting{"LSMUX_STORE_RETRY", c.StoreRetry})...)
+		if c.historyMaxBytes() < 64<<20 || c.MaxReplays < 1 || c.NATSMaxAge < 0 || c.NATSMaxBytes < 0 || c.ReplayRate < 0 {
+			errs = append(errs, fmt.Errorf("LSMUX_HISTORY_MAX_BYTES=%d (or LSMUX_NATS_MAX_BYTES), LSMUX_MAX_REPLAYS=%d: want at least 64MiB, such as 10GiB, and at least 1", c.historyMaxBytes(), c.MaxReplays))
+		}
+		if c.DataDir != "" && c.NATSDuplicateWindow > c.historyMaxAge() {
+			errs = append(errs, fmt.Errorf("LSMUX_NATS_DUPLICATE_WINDOW=%v is longer than LSMUX_HISTORY_MAX_AGE=%v (JetStream refuses that)", c.NATSDuplicateWindow, c.historyMaxAge()))
+		}
 	}
 	if c.FilterHold < 0 || c.MaxLag < 0 {
 		errs = append(errs, fmt.Errorf("LSMUX_FILTER_HOLD=%v, LSMUX_MAX_LAG=%v: want a duration such as 10s, or 0 (never)", c.FilterHold, c.MaxLag))
@@ -489,4 +516,20 @@ func parseCIDRs(text string) ([]netip.Prefix, error) {
 		out = append(out, netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()))
 	}
 	return out, nil
+}
+
+// historyMaxAge and historyMaxBytes size durable history: cluster mode's
+// older LSMUX_NATS_MAX_AGE and LSMUX_NATS_MAX_BYTES win where set.
+func (c *config) historyMaxAge() time.Duration {
+	if c.NATSMaxAge > 0 {
+		return c.NATSMaxAge
+	}
+	return c.HistoryMaxAge
+}
+
+func (c *config) historyMaxBytes() int64 {
+	if c.NATSMaxBytes > 0 {
+		return c.NATSMaxBytes
+	}
+	return c.HistoryMaxBytes
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -189,6 +190,28 @@ func TestDashboardShowsClusterRole(t *testing.T) {
 	d.poll("the cluster line to name the leader", `document.querySelector("#cluster").textContent.includes("replica r0 holds the upstream; this is r1")`)
 	d.poll("the connection row to say why it waits", `document.querySelector("#upstream").textContent.includes("follower: replica r0 holds the upstream")`)
 	d.poll("hits through JetStream to be counted", `parseInt(document.querySelector("#hits-total").textContent.replace(/\D/g, "")) > 20`)
+	if errs := d.consoleErrors(); len(errs) > 0 {
+		t.Fatalf("browser console errors: %q", errs)
+	}
+}
+
+// TestDashboardShowsHistory opens the dashboard of an lsmux with a data
+// dir: it names the dir and shows how many hits history holds, since when,
+// the bytes on disk and the replays running.
+func TestDashboardShowsHistory(t *testing.T) {
+	browser := chromiumOrSkip(t)
+	sim := newSim(t, 80)
+	dir := t.TempDir()
+	r := startApp(t, sim, "-data-dir", dir, "-heartbeat-interval", "200ms")
+	d := openBrowser(t, browser)
+	if err := chromedp.Do(d.step, chromedp.Navigate(r.root+"/")); err != nil {
+		t.Fatal(err)
+	}
+	d.poll("the history line to name the data dir", fmt.Sprintf(`document.querySelector("#history").textContent.includes(%q)`, "data dir "+dir))
+	d.poll("history to count stored hits, its oldest and its bytes",
+		`(() => { const t = document.querySelector("#history").textContent;
+		  const m = t.match(/: ([\d,.]+) hits/); return m && parseInt(m[1].replace(/\D/g, "")) > 20 &&
+		  t.includes("oldest hit held ") && /\d(\.\d)? (KiB|MiB) on disk of 10\.0 GiB/.test(t) && t.includes("replays running 0 of 8"); })()`)
 	if errs := d.consoleErrors(); len(errs) > 0 {
 		t.Fatalf("browser console errors: %q", errs)
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"strings"
 	"time"
 
@@ -30,6 +31,16 @@ func runDemo(ctx context.Context, args []string, env cli.Env, stdout, stderr io.
 		return err
 	}
 	defer sim.Close()
+	if cfg.DataDir == "" && cfg.NATSURL == "" {
+		// History on disk, as in production, in a directory of this run's
+		// own (the simulator starts over each run, and so does its store).
+		dir, err := os.MkdirTemp("", "lsmux-demo-")
+		if err != nil {
+			return fmt.Errorf("demo: a temporary data dir: %w (set LSMUX_DATA_DIR to a directory of your choice)", err)
+		}
+		defer os.RemoveAll(dir)
+		cfg.DataDir = dir
+	}
 	cfg.StreamURL, cfg.TokenURL = sim.StreamURL("demo"), sim.TokenURL()
 	cfg.ClientID, cfg.ClientSecret = sim.ClientID(), sim.ClientSecret()
 	tokens, err := cfg.tokenSource()
@@ -40,7 +51,7 @@ func runDemo(ctx context.Context, args []string, env cli.Env, stdout, stderr io.
 	if err != nil {
 		return err
 	}
-	printDemoBanner(stdout, sim.URL(), "http://"+reachable(a.addr()), cfg.AuthToken != "")
+	printDemoBanner(stdout, sim.URL(), "http://"+reachable(a.addr()), cfg.AuthToken != "", cfg.DataDir)
 	return a.run(ctx)
 }
 
@@ -61,7 +72,7 @@ func demoArgs(args []string, env cli.Env) []string {
 
 // printDemoBanner tells a newcomer what to open. With auth on, the token
 // itself is never printed: the commands name the variable that holds it.
-func printDemoBanner(out io.Writer, simURL, base string, auth bool) {
+func printDemoBanner(out io.Writer, simURL, base string, auth bool, dataDir string) {
 	page, curlAuth := base+"/", ""
 	if auth {
 		page = base + "/?access_token=<your LSMUX_AUTH_TOKEN>"
@@ -71,7 +82,7 @@ func printDemoBanner(out io.Writer, simURL, base string, auth bool) {
 	if auth {
 		ws += "?access_token=<token>"
 	}
-	fmt.Fprintf(out, "lsmux demo: a simulated Live Stream (%s) feeding lsmux.\n\n", simURL)
+	fmt.Fprintf(out, "lsmux demo: a simulated Live Stream (%s) feeding lsmux; history on disk in %s.\n\n", simURL, dataDir)
 	fmt.Fprintf(out, "  Open the dashboard:  %s\n", page)
 	fmt.Fprintf(out, "  Server-Sent Events:  curl -N%s %s/v1/streams/demo/sse\n", curlAuth, base)
 	fmt.Fprintf(out, "  WebSocket:           %s\n", ws)

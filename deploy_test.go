@@ -313,3 +313,30 @@ func TestKubernetesExampleIsLockedDown(t *testing.T) {
 		t.Fatalf("found %d lsmux containers", checked)
 	}
 }
+
+// TestImageKeepsHistoryOnAVolume: the image sets LSMUX_DATA_DIR=/data on
+// a declared volume owned by its nonroot user, and both examples mount a
+// volume there (a read-only root file system has nowhere else to write).
+func TestImageKeepsHistoryOnAVolume(t *testing.T) {
+	df, err := os.ReadFile("Dockerfile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := string(df)
+	for _, want := range []string{"LSMUX_DATA_DIR=/data", `VOLUME ["/data"]`, "COPY --from=build --chown=65532:65532 /out/data /data", "USER nonroot:nonroot"} {
+		if !strings.Contains(text, want) {
+			t.Errorf("the Dockerfile lacks %q", want)
+		}
+	}
+	if strings.Index(text, "--chown=65532:65532 /out/data /data") < strings.Index(text, "FROM gcr.io/distroless/static-debian12:nonroot") {
+		t.Error("/data is not made in the runtime image")
+	}
+	k8s, _ := os.ReadFile("deploy/kubernetes/lsmux-sidecar.yaml")
+	if !strings.Contains(string(k8s), "{name: lsmux-data, mountPath: /data}") || !strings.Contains(string(k8s), "fsGroup: 65532") {
+		t.Error("the Kubernetes example does not mount a writable volume at /data")
+	}
+	compose, _ := os.ReadFile("deploy/docker-compose.yml")
+	if !strings.Contains(string(compose), "- lsmux-data:/data") {
+		t.Error("the compose example does not keep /data on a volume")
+	}
+}

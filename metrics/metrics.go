@@ -39,6 +39,13 @@ type Feed interface {
 // are exported too.
 type clusterFeed interface {
 	ClusterStatus() cluster.Status
+	Clustered() bool
+}
+
+// historyFeed is a Feed with durable history (LSMUX_DATA_DIR, or cluster
+// mode's JetStream).
+type historyFeed interface {
+	HistoryStatus() cluster.HistoryStatus
 }
 
 var (
@@ -65,7 +72,8 @@ var Names = []string{
 	"lsmux_subscriber_disconnects_total", "lsmux_subscriptions_rejected_total", "lsmux_cluster_leader",
 	"lsmux_cluster_leader_changes_total", "lsmux_cluster_nats_connected", "lsmux_cluster_published_total",
 	"lsmux_cluster_publish_duplicates_total", "lsmux_cluster_publish_dropped_total", "lsmux_cluster_publish_buffered_bytes",
-	"lsmux_cluster_consumed_seq",
+	"lsmux_cluster_consumed_seq", "lsmux_history_hits", "lsmux_history_bytes", "lsmux_history_oldest_timestamp_seconds",
+	"lsmux_history_store_errors_total", "lsmux_history_store_failing", "lsmux_replays_running", "lsmux_replays_refused_total",
 }
 
 // New registers everything; each scrape reads the streams' current
@@ -156,6 +164,13 @@ var (
 	descPubDropped  = prometheus.NewDesc("lsmux_cluster_publish_dropped_total", "Hits lost before JetStream: the leader's buffer was full or a hit exceeded NATS max_payload.", []string{"stream"}, nil)
 	descPubBuffered = prometheus.NewDesc("lsmux_cluster_publish_buffered_bytes", "Bytes of hits the leader holds that JetStream has not acknowledged.", []string{"stream"}, nil)
 	descConsumed    = prometheus.NewDesc("lsmux_cluster_consumed_seq", "Last JetStream sequence this replica read into its hub.", []string{"stream"}, nil)
+	descHistHits    = prometheus.NewDesc("lsmux_history_hits", "Hits held in durable history (JetStream).", []string{"stream"}, nil)
+	descHistBytes   = prometheus.NewDesc("lsmux_history_bytes", "Bytes of durable history on disk.", []string{"stream"}, nil)
+	descHistOldest  = prometheus.NewDesc("lsmux_history_oldest_timestamp_seconds", "When the oldest hit in durable history was stored (Unix seconds).", []string{"stream"}, nil)
+	descHistErrors  = prometheus.NewDesc("lsmux_history_store_errors_total", "Writes to durable history that failed (a full disk, an I/O error).", []string{"stream"}, nil)
+	descHistFailing = prometheus.NewDesc("lsmux_history_store_failing", "1 while writes to durable history fail (live subscribers are served from memory).", []string{"stream"}, nil)
+	descReplays     = prometheus.NewDesc("lsmux_replays_running", "Subscribers reading history older than the ring.", []string{"stream"}, nil)
+	descReplaysRef  = prometheus.NewDesc("lsmux_replays_refused_total", "Resumes refused with 503 because LSMUX_MAX_REPLAYS replays were running.", []string{"stream"}, nil)
 )
 
 // snapshot reads what upstream and hubs count, at scrape time.
@@ -164,7 +179,8 @@ type snapshot struct{ streams []Stream }
 func (s *snapshot) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descState, descAttempts, descHits, descBytes, descDuplicates, descSkipped,
 		descRingHits, descRingBytes, descRingEvicted, descSubscribers, descLeader, descLeaderChg, descNATS, descPublished,
-		descPubDup, descPubDropped, descPubBuffered, descConsumed} {
+		descPubDup, descPubDropped, descPubBuffered, descConsumed, descHistHits, descHistBytes, descHistOldest, descHistErrors,
+		descHistFailing, descReplays, descReplaysRef} {
 		ch <- d
 	}
 }
@@ -199,7 +215,7 @@ func (s *snapshot) Collect(ch chan<- prometheus.Metric) {
 		for _, t := range transports {
 			ch <- prometheus.MustNewConstMetric(descSubscribers, prometheus.GaugeValue, float64(counts[t]), st.Name, t)
 		}
-		if cf, ok := st.Feed.(clusterFeed); ok {
+		if cf, ok := st.Feed.(clusterFeed); ok && cf.Clustered() {
 			cs := cf.ClusterStatus()
 			gauge := func(d *prometheus.Desc, v float64) {
 				ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, st.Name)
@@ -215,6 +231,21 @@ func (s *snapshot) Collect(ch chan<- prometheus.Metric) {
 			counter(descPublished, cs.Publish.Published)
 			counter(descPubDup, cs.Publish.Duplicates)
 			counter(descPubDropped, cs.Publish.Dropped)
+		}
+		if hf, ok := st.Feed.(historyFeed); ok {
+			hs := hf.HistoryStatus()
+			gauge := func(d *prometheus.Desc, v float64) {
+				ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, st.Name)
+			}
+			gauge(descHistHits, float64(hs.Hits))
+			gauge(descHistBytes, float64(hs.Bytes))
+			if !hs.Oldest.IsZero() {
+				gauge(descHistOldest, float64(hs.Oldest.UnixNano())/1e9)
+			}
+			gauge(descHistFailing, boolValue(hs.Failing))
+			gauge(descReplays, float64(hs.ReplaysRunning))
+			ch <- prometheus.MustNewConstMetric(descHistErrors, prometheus.CounterValue, float64(hs.StoreErrors), st.Name)
+			ch <- prometheus.MustNewConstMetric(descReplaysRef, prometheus.CounterValue, float64(hs.ReplaysRefused), st.Name)
 		}
 	}
 }

@@ -251,6 +251,14 @@ func (s *Server) openSubscription(w http.ResponseWriter, r *http.Request, transp
 		sel.Release()
 		return nil, nil, nil, false
 	}
-	sub = st.Hub.SubscribeWith(from, fanout.Info{Transport: transport, Remote: s.clientOf(r).addr}, sel, s.limits)
+	sub, err := st.Hub.Open(from, fanout.Info{Transport: transport, Remote: s.clientOf(r).addr}, sel, s.limits)
+	if err != nil { // ErrReplaysBusy
+		sel.Release()
+		release()
+		s.obs.Rejected("replays")
+		s.retryAfter(w)
+		writeError(w, http.StatusServiceUnavailable, fmt.Sprintf("%v (%d, LSMUX_MAX_REPLAYS): retry later, or resume from a number still in the ring (GET /v1/status: ring.oldestSeq)", err, st.Hub.ReplayStats().Max))
+		return nil, nil, nil, false
+	}
 	return st, sub, release, true
 }

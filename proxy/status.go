@@ -57,6 +57,9 @@ type streamStatus struct {
 	Disconnects map[string]uint64 `json:"disconnects"`
 	Throughput  throughput        `json:"throughput"`
 	Cluster     *cluster.Status   `json:"cluster,omitempty"` // cluster mode: role, leader, JetStream figures
+	// History is the stream's durable history (a data dir, or cluster
+	// mode's JetStream): what it holds, replays, store trouble.
+	History *cluster.HistoryStatus `json:"history,omitempty"`
 	// Subscribers lists subscribers, only when asked (?subscribers=1):
 	// at 10,000 subscribers a status page that lists them all is real
 	// load. NextAfter pages on (&after=NextAfter) when the list was cut.
@@ -122,9 +125,13 @@ func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) {
 		ss := streamStatus{Name: name, Upstream: st.conns(), Ring: st.Hub.Stats(), SubscriberCounts: st.Hub.SubscriberCounts(),
 			SubscriberSummary: st.Hub.SubscriberSummary(), Disconnects: st.disconnects.snapshot()}
 		ss.Throughput.Start, ss.Throughput.HitsIn, ss.Throughput.Delivered = st.Hub.Throughput(now, int(fanout.ThroughputWindow/time.Second))
-		if cf, ok := st.Feed.(clusterFeed); ok {
+		if cf, ok := st.Feed.(clusterFeed); ok && cf.Clustered() {
 			cs := cf.ClusterStatus()
 			ss.Cluster = &cs
+		}
+		if hf, ok := st.Feed.(historyFeed); ok {
+			hs := hf.HistoryStatus()
+			ss.History = &hs
 		}
 		if list {
 			var more bool

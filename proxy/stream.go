@@ -40,12 +40,20 @@ type Feed interface {
 // its view as the stream's "cluster" object.
 type clusterFeed interface {
 	ClusterStatus() cluster.Status
+	Clustered() bool // false for a single lsmux's own store
+}
+
+// historyFeed is a Feed with durable history (LSMUX_DATA_DIR, or cluster
+// mode's JetStream): /v1/status shows it as the stream's "history".
+type historyFeed interface {
+	HistoryStatus() cluster.HistoryStatus
 }
 
 var (
 	_ Feed        = (*upstream.Pool)(nil)
 	_ Feed        = (*cluster.Stream)(nil)
 	_ clusterFeed = (*cluster.Stream)(nil)
+	_ historyFeed = (*cluster.Stream)(nil)
 )
 
 // conns is a stream's connection slots (none without a feed).

@@ -78,6 +78,31 @@ function renderCluster(c) {
     (c.notReady ? " · not ready: " + c.notReady : "");
 }
 
+// renderHistory shows the durable history (a data dir, or the cluster's
+// JetStream): how far back a subscriber can resume, what it costs on disk,
+// and whether writing it is in trouble.
+function renderHistory(h) {
+  const p = $("#history");
+  p.hidden = !h;
+  if (!h) return;
+  const since = h.oldest ? "oldest hit held " + new Date(h.oldest).toLocaleString() : "no hits held yet";
+  p.textContent = "History (" + (h.store === "embedded" ? "data dir " + (h.dir || "") : "cluster JetStream") + "): " +
+    fmt.format(h.hits) + " hits · " + since + " · " + bytes(h.bytes) + " on disk of " + bytes(h.maxBytes) +
+    " · replays running " + h.replaysRunning + " of " + h.maxReplays +
+    (h.replaysRefused ? " (" + fmt.format(h.replaysRefused) + " refused)" : "") +
+    (h.failing ? " · NOT STORING: " + (h.lastError || "writes fail") + "; " + fmt.format(h.heldInMemory) + " hits held in memory" : "") +
+    (h.lostFromHistory ? " · " + fmt.format(h.lostFromHistory) + " hits lost from history" : "");
+  p.classList.toggle("failing", !!h.failing);
+}
+
+// bytes formats a byte count in binary units.
+function bytes(n) {
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let i = 0;
+  for (; n >= 1024 && i < units.length - 1; i++) n /= 1024;
+  return (i ? n.toFixed(1) : String(n)) + " " + units[i];
+}
+
 // renderThroughput uses the server's per-second counts of the last five
 // minutes, so the chart is full from the first poll.
 function renderThroughput(s) {
@@ -158,6 +183,7 @@ async function poll() {
     $("#lsmux-state").textContent = st.shuttingDown ? "lsmux is shutting down" : "live";
     renderUpstream(s.upstream);
     renderCluster(s.cluster);
+    renderHistory(s.history);
     renderThroughput(s);
   } catch (e) {
     $("#lsmux-state").textContent = "lsmux unreachable, retrying…";
