@@ -86,6 +86,11 @@ func printDemoBanner(out io.Writer, simURL, base string, auth bool, dataDir stri
 	fmt.Fprintf(out, "  Open the dashboard:  %s\n", page)
 	fmt.Fprintf(out, "  Server-Sent Events:  curl -N%s %s/v1/streams/demo/sse\n", curlAuth, base)
 	fmt.Fprintf(out, "  WebSocket:           %s\n", ws)
+	tailAuth := ""
+	if auth {
+		tailAuth = "LSMUX_TOKEN=$LSMUX_AUTH_TOKEN "
+	}
+	fmt.Fprintf(out, "  NDJSON for a pipe:   %sgo run . tail --server %s --from oldest demo | jq .pageName\n", tailAuth, base)
 	fmt.Fprintf(out, "  Status:              curl%s %s/v1/status\n\nCtrl-C stops it.\n", curlAuth, base)
 }
 

@@ -37,12 +37,14 @@ Usage:
   lsmux simulate [flags]  run only the Live Stream simulator (fake stream + IMS token endpoint)
   lsmux loadtest [flags]  measure deliveries/s, latency, CPU and memory with N subscribers
   lsmux healthcheck       exit 0 if the local instance is ready (container HEALTHCHECK)
+  lsmux tail STREAM       print a stream's hits as NDJSON, resuming after a checkpoint
   lsmux version           print the version
   lsmux help [command]    this text, or a command's settings
 
 Every flag has an LSMUX_* environment variable (flags win); 'lsmux <command> -h'
 lists them. Exit codes: 0 done, 1 failed while running, 2 bad command line or
-settings. Start with 'lsmux demo'.
+settings (lsmux tail also 3: a gap notice with --fail-on-gap). Start with
+'lsmux demo'.
 `
 
 // command is one sub-command.
@@ -59,6 +61,7 @@ var commands = map[string]command{
 	"simulate":    {runSimulate, func() *cli.FlagSet { return simulateFlags(&simulateSettings{}) }},
 	"loadtest":    {loadtest.Run, func() *cli.FlagSet { return loadtest.Flags(&loadtest.Settings{}) }},
 	"healthcheck": {runHealthcheck, func() *cli.FlagSet { return healthcheckFlags(&healthcheckSettings{}) }},
+	"tail":        {runTail, func() *cli.FlagSet { return tailFlags(&tailSettings{}) }},
 }
 
 // testSettings are LSMUX_* variables the test suite reads (README,
@@ -113,6 +116,10 @@ func run(ctx context.Context, args []string, env cli.Env, stdout, stderr io.Writ
 		var ue usageError
 		if errors.As(err, &ue) {
 			return 2
+		}
+		var ec exitCode
+		if errors.As(err, &ec) {
+			return ec.code
 		}
 		return 1
 	}

@@ -120,16 +120,42 @@ var ErrHelp = flag.ErrHelp
 // out and return ErrHelp. Every bad value is reported, each naming the
 // variable or flag and the form expected; a secret's value never appears.
 func (f *FlagSet) Parse(args []string, env Env, out io.Writer) error {
-	if err := f.FlagSet.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			f.PrintHelp(out)
-			return ErrHelp
+	rest, err := f.ParseArgs(args, env, out)
+	if err == nil && len(rest) > 0 {
+		return fmt.Errorf("unexpected argument %q (run '%s -h' for the settings)", rest[0], f.cmd)
+	}
+	return err
+}
+
+// ParseArgs is Parse for a command that takes arguments besides flags
+// (lsmux tail STREAM): they may come before, between or after the flags,
+// and are returned in order; "--" ends the flags.
+func (f *FlagSet) ParseArgs(args []string, env Env, out io.Writer) ([]string, error) {
+	var rest []string
+	for {
+		if err := f.FlagSet.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				f.PrintHelp(out)
+				return nil, ErrHelp
+			}
+			return nil, fmt.Errorf("%s (run '%s -h' for the settings)", f.hideSecrets(err.Error()), f.cmd)
 		}
-		return fmt.Errorf("%s (run '%s -h' for the settings)", f.hideSecrets(err.Error()), f.cmd)
+		left := f.Args()
+		if len(left) == 0 {
+			break
+		}
+		if consumed := len(args) - len(left); consumed > 0 && args[consumed-1] == "--" {
+			rest = append(rest, left...) // after "--", all are arguments
+			break
+		}
+		rest, args = append(rest, left[0]), left[1:]
 	}
-	if f.NArg() > 0 {
-		return fmt.Errorf("unexpected argument %q (run '%s -h' for the settings)", f.Arg(0), f.cmd)
-	}
+	return rest, f.fromEnv(env)
+}
+
+// fromEnv fills every flag not given on the command line from its
+// environment variable, and notes secrets given as flags.
+func (f *FlagSet) fromEnv(env Env) error {
 	given := map[string]bool{}
 	f.Visit(func(fl *flag.Flag) {
 		given[fl.Name] = true

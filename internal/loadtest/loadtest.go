@@ -28,6 +28,7 @@ import (
 	"time"
 
 	"lsmux/internal/cli"
+	"lsmux/internal/sse"
 	"lsmux/internal/procstat"
 	"lsmux/internal/wait"
 	"lsmux/upstream/simulator"
@@ -475,20 +476,19 @@ func readSSE(ctx context.Context, raw string, r *recorder) error {
 	if resp.StatusCode != http.StatusOK {
 		return fmt.Errorf("status %d", resp.StatusCode)
 	}
-	br := bufio.NewReaderSize(resp.Body, 64<<10)
-	var seq uint64
+	events := sse.NewReader(resp.Body, 0)
 	for {
-		line, err := br.ReadSlice('\n')
+		ev, err := events.Next()
 		if err != nil {
 			return err
 		}
-		switch {
-		case bytes.HasPrefix(line, []byte("id: ")):
-			seq, _ = parseUintAfter(line, []byte("id: "))
-		case bytes.HasPrefix(line, []byte("data: {\"lsmuxSentNs\":")):
-			stamp, _ := parseUintAfter(line, stampKey)
-			r.hit(seq, int64(stamp))
-		case bytes.HasPrefix(line, []byte("event: gap")):
+		switch string(ev.Type) {
+		case "hit":
+			seq, _ := parseUintAfter(ev.ID, nil)
+			if stamp, ok := parseUintAfter(ev.Data, stampKey); ok {
+				r.hit(seq, int64(stamp))
+			}
+		case "gap":
 			r.mu.Lock()
 			r.gaps++
 			r.mu.Unlock()

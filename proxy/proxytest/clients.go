@@ -4,11 +4,12 @@
 package proxytest
 
 import (
-	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"lsmux/internal/sse"
 	"net"
 	"net/http"
 	"strconv"
@@ -144,41 +145,32 @@ func DialSSEClient(client *http.Client, url string, header http.Header) (*SSECli
 	}
 	go func() {
 		defer close(msgs)
-		sc := bufio.NewScanner(resp.Body)
-		sc.Buffer(make([]byte, 64<<10), 8<<20)
-		var id, event, data string
-		for sc.Scan() {
-			line := sc.Text()
-			switch {
-			case line == "":
-				switch event {
-				case "hit":
-					seq, _ := strconv.ParseUint(id, 10, 64)
-					if !send(Msg{Type: "hit", Seq: seq, Hit: json.RawMessage(data), At: time.Now()}) {
-						return
-					}
-				case "gap":
-					var g struct{ From, To uint64 }
-					json.Unmarshal([]byte(data), &g)
-					if !send(Msg{Type: "gap", From: g.From, To: g.To, At: time.Now()}) {
-						return
-					}
-				case "close":
-					select {
-					case closed <- data:
-					default:
-					}
-				}
-				id, event, data = "", "", ""
-			case strings.HasPrefix(line, "id: "):
-				id = line[4:]
+		events := sse.NewReader(resp.Body, 0)
+		for {
+			ev, err := events.Next()
+			if err != nil {
+				return
+			}
+			switch string(ev.Type) {
+			case "hit":
+				seq, _ := strconv.ParseUint(string(ev.ID), 10, 64)
 				c.mu.Lock()
-				c.lastID = id
+				c.lastID = string(ev.ID)
 				c.mu.Unlock()
-			case strings.HasPrefix(line, "event: "):
-				event = line[7:]
-			case strings.HasPrefix(line, "data: "):
-				data = line[6:]
+				if !send(Msg{Type: "hit", Seq: seq, Hit: json.RawMessage(bytes.Clone(ev.Data)), At: time.Now()}) {
+					return
+				}
+			case "gap":
+				var g struct{ From, To uint64 }
+				json.Unmarshal(ev.Data, &g)
+				if !send(Msg{Type: "gap", From: g.From, To: g.To, At: time.Now()}) {
+					return
+				}
+			case "close":
+				select {
+				case closed <- string(ev.Data):
+				default:
+				}
 			}
 		}
 	}()

@@ -1,0 +1,303 @@
+// Package client subscribes to an lsmux stream over Server-Sent Events and
+// keeps the subscription going: it reconnects by itself with jittered
+// backoff and resumes after the last hit it handed over (Last-Event-ID),
+// so what a consumer sees is every hit once, in order, with a gap notice
+// where lsmux could not deliver. lsmux tail is built on it.
+package client
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"lsmux/internal/sse"
+)
+
+// Options say what to subscribe to and how to keep at it.
+type Options struct {
+	// Server is lsmux's base URL (http://127.0.0.1:8080).
+	Server string
+	Stream string
+	// Token is a subscriber token (LSMUX_AUTH_TOKEN), sent as a Bearer
+	// token.
+	Token string
+	// From is where the first connection starts: "live" (or ""),
+	// "oldest", or a sequence number (the first hit wanted). After picks
+	// up after a number instead (a checkpoint) and wins over From.
+	From  string
+	After uint64
+	// Filter, Fields and Sample are the subscription's parameters, as in
+	// the API (filter=, fields=, sample=).
+	Filter, Fields, Sample string
+	// HTTP is the client to use (its transport decides TLS); nil:
+	// http.DefaultClient.
+	HTTP *http.Client
+	// RetryMin and RetryMax bound the wait before a reconnect: it starts
+	// at RetryMin, doubles per failed attempt up to RetryMax, and is
+	// jittered (a random share of it, from half to all), so a fleet of
+	// consumers does not reconnect in step. A connection that delivered
+	// a hit resets it.
+	RetryMin, RetryMax time.Duration
+}
+
+// Kind is what an Event is.
+type Kind int
+
+const (
+	// Hit is a hit: Seq and Data (its bytes as lsmux sent them).
+	Hit Kind = iota
+	// Gap says hits From..To cannot be delivered.
+	Gap
+	// Idle says the connection has nothing more buffered: a good moment
+	// to flush what was written.
+	Idle
+	// Connected is a subscription that lsmux accepted.
+	Connected
+	// Disconnected is a connection that ended; Err says why, Wait how
+	// long until the next attempt.
+	Disconnected
+)
+
+// Event is one thing the subscription reports. Data is valid only until
+// the handler returns.
+type Event struct {
+	Kind     Kind
+	Seq      uint64
+	Data     []byte
+	From, To uint64
+	Err      error
+	Wait     time.Duration
+}
+
+// StatusError is a subscription lsmux refused with an answer retrying
+// cannot change (a bad parameter, a wrong token, an unknown stream), or an
+// end it asked for (its filter was too expensive). Message is lsmux's own
+// explanation.
+type StatusError struct {
+	Status  int
+	Message string
+}
+
+func (e *StatusError) Error() string {
+	if e.Status == 0 {
+		return e.Message
+	}
+	return fmt.Sprintf("%d %s: %s", e.Status, http.StatusText(e.Status), e.Message)
+}
+
+// permanent reports whether an answer is one retrying cannot change: 4xx
+// except 408 (timeout) and 429 (a limit that passes).
+func permanent(status int) bool {
+	return status >= 400 && status < 500 && status != http.StatusRequestTimeout && status != http.StatusTooManyRequests
+}
+
+// Subscription is one consumer's subscription.
+type Subscription struct {
+	opts Options
+	last uint64 // the last hit handed over (0: none yet)
+	rnd  *rand.Rand
+}
+
+// New checks the options and returns a subscription; Run starts it.
+func New(o Options) (*Subscription, error) {
+	if _, err := url.Parse(o.Server); err != nil || !strings.HasPrefix(o.Server, "http://") && !strings.HasPrefix(o.Server, "https://") {
+		return nil, fmt.Errorf("server %q: want an http:// or https:// URL, such as http://127.0.0.1:8080", o.Server)
+	}
+	if o.Stream == "" {
+		return nil, errors.New("no stream: name the stream to read (GET /v1/streams lists them)")
+	}
+	switch o.From {
+	case "", "live", "oldest":
+	default:
+		if _, err := strconv.ParseUint(o.From, 10, 64); err != nil {
+			return nil, fmt.Errorf("from %q: want oldest, live or a sequence number", o.From)
+		}
+	}
+	if o.HTTP == nil {
+		o.HTTP = http.DefaultClient
+	}
+	if o.RetryMin <= 0 {
+		o.RetryMin = time.Second
+	}
+	if o.RetryMax < o.RetryMin {
+		o.RetryMax = o.RetryMin
+	}
+	return &Subscription{opts: o, last: o.After, rnd: rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))}, nil
+}
+
+// Last is the number of the last hit handed over (0: none yet).
+func (s *Subscription) Last() uint64 { return s.last }
+
+// Run reads the stream until ctx ends (it then returns nil), the handler
+// returns an error (returned as it is), or lsmux refuses the subscription
+// for good (a *StatusError). Every other trouble is reported as a
+// Disconnected event and retried.
+func (s *Subscription) Run(ctx context.Context, handle func(Event) error) error {
+	wait := time.Duration(0)
+	for attempt := 0; ; attempt++ {
+		delivered, err := s.connect(ctx, handle)
+		if ctx.Err() != nil {
+			return nil
+		}
+		var se *StatusError
+		if errors.As(err, &se) && (se.Status == 0 || permanent(se.Status)) {
+			return err
+		}
+		var he handlerError
+		if errors.As(err, &he) {
+			return he.error
+		}
+		if delivered {
+			wait = 0
+		}
+		wait = s.next(wait)
+		if herr := handle(Event{Kind: Disconnected, Err: err, Wait: wait}); herr != nil {
+			return herr
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+// next is the wait after one more failed attempt: double the previous
+// (RetryMin the first time), at most RetryMax, jittered to half to all of
+// it.
+func (s *Subscription) next(prev time.Duration) time.Duration {
+	base := s.opts.RetryMin
+	if prev > 0 {
+		base = min(2*prev, s.opts.RetryMax)
+	}
+	return base/2 + time.Duration(s.rnd.Int64N(int64(base/2)+1))
+}
+
+// handlerError carries the handler's own error out of connect.
+type handlerError struct{ error }
+
+// URL is the subscription's address for its next connection.
+func (s *Subscription) URL() string {
+	q := url.Values{}
+	if s.last == 0 {
+		switch s.opts.From {
+		case "", "live":
+		default:
+			q.Set("from", s.opts.From)
+		}
+	}
+	for k, v := range map[string]string{"filter": s.opts.Filter, "fields": s.opts.Fields, "sample": s.opts.Sample} {
+		if v != "" {
+			q.Set(k, v)
+		}
+	}
+	u := strings.TrimSuffix(s.opts.Server, "/") + "/v1/streams/" + url.PathEscape(s.opts.Stream) + "/sse"
+	if len(q) > 0 {
+		u += "?" + q.Encode()
+	}
+	return u
+}
+
+// connect runs one connection; delivered says whether it handed over a
+// hit.
+func (s *Subscription) connect(ctx context.Context, handle func(Event) error) (delivered bool, err error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.URL(), nil)
+	if err != nil {
+		return false, &StatusError{Message: err.Error()}
+	}
+	req.Header.Set("Accept", "text/event-stream")
+	if s.last > 0 {
+		req.Header.Set("Last-Event-ID", strconv.FormatUint(s.last, 10))
+	}
+	if s.opts.Token != "" {
+		req.Header.Set("Authorization", "Bearer "+s.opts.Token)
+	}
+	resp, err := s.opts.HTTP.Do(req)
+	if err != nil {
+		return false, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return false, refusal(resp)
+	}
+	if err := handle(Event{Kind: Connected}); err != nil {
+		return false, handlerError{err}
+	}
+	r := sse.NewReader(resp.Body, 0)
+	for {
+		ev, err := r.Next()
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				err = errors.New("lsmux ended the stream")
+			}
+			return delivered, err
+		}
+		switch string(ev.Type) {
+		case "hit":
+			seq, perr := strconv.ParseUint(string(ev.ID), 10, 64)
+			if perr != nil {
+				return delivered, fmt.Errorf("a hit without a sequence number (id %q)", ev.ID)
+			}
+			if seq <= s.last {
+				continue // already handed over (cannot happen with lsmux; cheap to be sure)
+			}
+			if err := handle(Event{Kind: Hit, Seq: seq, Data: ev.Data}); err != nil {
+				return delivered, handlerError{err}
+			}
+			s.last, delivered = seq, true
+		case "gap":
+			var g struct{ From, To uint64 }
+			if err := json.Unmarshal(ev.Data, &g); err != nil {
+				return delivered, fmt.Errorf("a gap notice that is not JSON: %.100q", ev.Data)
+			}
+			// The resume point stays the last hit: a gap notice may name
+			// numbers above the hits that follow it (a resume from a
+			// number lsmux never gave).
+			if err := handle(Event{Kind: Gap, From: g.From, To: g.To}); err != nil {
+				return delivered, handlerError{err}
+			}
+		case "close":
+			var c struct{ Reason string }
+			json.Unmarshal(ev.Data, &c)
+			if c.Reason == "filter-cost" {
+				return delivered, &StatusError{Message: "lsmux ended the subscription: the filter costs more than the server allows (filter-cost); simplify it"}
+			}
+			return delivered, fmt.Errorf("lsmux closed the stream (%s)", c.Reason)
+		}
+		if !r.Buffered() {
+			if err := handle(Event{Kind: Idle}); err != nil {
+				return delivered, handlerError{err}
+			}
+		}
+	}
+}
+
+// refusal turns a non-200 answer into an error with lsmux's explanation
+// (its error bodies are {"error": "..."}).
+func refusal(resp *http.Response) error {
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	var e struct{ Error string }
+	msg := strings.TrimSpace(string(body))
+	if json.Unmarshal(body, &e) == nil && e.Error != "" {
+		msg = e.Error
+	}
+	if msg == "" {
+		msg = "no explanation given"
+	}
+	if ra := resp.Header.Get("Retry-After"); ra != "" {
+		msg += " (retry after " + ra + " s)"
+	}
+	return &StatusError{Status: resp.StatusCode, Message: msg}
+}
