@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -16,6 +17,7 @@ import (
 
 	"lsmux/cluster"
 	"lsmux/fanout"
+	"lsmux/internal/tlsfiles"
 	"lsmux/metrics"
 	"lsmux/proxy"
 	"lsmux/upstream"
@@ -36,6 +38,7 @@ type app struct {
 	ln      net.Listener
 	node    *cluster.Node     // cluster mode, or a data dir
 	store   *cluster.Embedded // a data dir only
+	tls     *tlsfiles.Pair    // LSMUX_TLS_CERT and LSMUX_TLS_KEY
 }
 
 // appStream is one stream's pieces.
@@ -153,12 +156,29 @@ func newApp(cfg *config, tokens upstream.TokenSource, log *logrus.Logger, demo h
 		MaxPerAddress:     cfg.MaxPerAddress,
 		ReadHeaderTimeout: cfg.HeaderTimeout,
 	})
+	if cfg.TLSCert != "" {
+		if a.tls, err = tlsfiles.Load(cfg.TLSCert, cfg.TLSKey, log); err != nil {
+			a.closeNode()
+			return nil, err
+		}
+	}
 	a.ln, err = net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		a.closeNode()
 		return nil, listenError(cfg.Listen, err)
 	}
+	if a.tls != nil {
+		a.ln = tls.NewListener(a.ln, a.tls.Config())
+	}
 	return a, nil
+}
+
+// scheme is how subscribers reach the listener: https with TLS.
+func (a *app) scheme() string {
+	if a.tls != nil {
+		return "https"
+	}
+	return "http"
 }
 
 // listenError says what to do about a listener that cannot be opened.
@@ -190,6 +210,13 @@ func (a *app) addr() string { return a.ln.Addr().String() }
 func (a *app) run(ctx context.Context) error {
 	upCtx, stopUpstream := context.WithCancel(context.Background())
 	defer stopUpstream()
+	if a.tls != nil {
+		var watcher sync.WaitGroup
+		defer watcher.Wait()
+		watchCtx, stopWatch := context.WithCancel(context.Background())
+		defer stopWatch()
+		watcher.Go(func() { a.tls.Watch(watchCtx, a.cfg.TLSRecheck) })
+	}
 	g, failed := errgroup.WithContext(context.Background())
 	var upstreams sync.WaitGroup
 	for _, st := range a.streams {
@@ -229,7 +256,7 @@ func (a *app) run(ctx context.Context) error {
 	for i, st := range a.streams {
 		names[i] = st.name
 	}
-	a.log.WithField("streams", strings.Join(names, ",")).WithField("listen", a.addr()).Info("lsmux serving")
+	a.log.WithField("streams", strings.Join(names, ",")).WithField("listen", a.addr()).WithField("scheme", a.scheme()).Info("lsmux serving")
 	return g.Wait()
 }
 

@@ -70,7 +70,7 @@ func startApp(t *testing.T, sim *simulator.Server, extra ...string) *running {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	r := &running{app: a, sim: sim, root: "http://" + a.addr(), base: "http://" + a.addr() + "/v1/streams/demo", stop: cancel, done: make(chan struct{}), logs: logs}
+	r := &running{app: a, sim: sim, root: a.scheme() + "://" + a.addr(), base: a.scheme() + "://" + a.addr() + "/v1/streams/demo", stop: cancel, done: make(chan struct{}), logs: logs}
 	go func() { r.err = a.run(ctx); close(r.done) }()
 	t.Cleanup(func() {
 		cancel()

@@ -56,6 +56,9 @@ type config struct {
 	ShutdownTimeout time.Duration
 	AuthToken       string
 	AuthTokenFile   string
+	TLSCert         string
+	TLSKey          string
+	TLSRecheck      time.Duration
 	ProtectHealth   bool
 	AllowedOrigins  string
 	AllowedHosts    string
@@ -135,6 +138,9 @@ func (c *config) flags(f *cli.FlagSet) {
 	f.Duration(&c.ShutdownTimeout, "shutdown-timeout", 10*time.Second, "how long a shutdown may drain subscribers before closing them hard")
 	f.Secret(&c.AuthToken, "auth-token", "bearer token(s) subscribers must present, comma-separated (empty: no auth; set it whenever other machines can reach the listener)")
 	f.String(&c.AuthTokenFile, "auth-token-file", "", "file of subscriber tokens instead, one per line (commas allowed), re-read when it changes")
+	f.String(&c.TLSCert, "tls-cert", "", "serve HTTPS (HTTP/2 and HTTP/1.1) with this PEM certificate (chain), re-read when it changes; with LSMUX_TLS_KEY")
+	f.String(&c.TLSKey, "tls-key", "", "the PEM private key of LSMUX_TLS_CERT")
+	f.Duration(&c.TLSRecheck, "tls-recheck", 5*time.Second, "how often the certificate files are read again for a rotation")
 	f.Bool(&c.ProtectHealth, "protect-health", false, "with LSMUX_AUTH_TOKEN, also require the token for /healthz, /readyz and /metrics")
 	f.String(&c.AllowedOrigins, "allowed-origins", "", "browser origins allowed besides same-origin, comma-separated (https://dash.example.com), or *")
 	f.String(&c.TrustedProxies, "trusted-proxies", "", "addresses of reverse proxies (CIDRs or IPs, comma-separated) whose X-Forwarded-For or Forwarded header names the client: per-address limits, the compile rate and status count that client")
@@ -206,6 +212,12 @@ type durationSetting struct {
 
 func (c *config) check() error {
 	var errs []error
+	if (c.TLSCert == "") != (c.TLSKey == "") {
+		errs = append(errs, errors.New("LSMUX_TLS_CERT and LSMUX_TLS_KEY go together: give both PEM files for HTTPS, or neither for plain HTTP"))
+	}
+	if c.TLSRecheck <= 0 {
+		errs = append(errs, fmt.Errorf("LSMUX_TLS_RECHECK=%v: want a duration above 0, such as 5s", c.TLSRecheck))
+	}
 	if err := checkListen("LSMUX_LISTEN", c.Listen); err != nil {
 		errs = append(errs, err)
 	}

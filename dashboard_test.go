@@ -115,7 +115,7 @@ type browserPage struct {
 	consoleErrors func() []string
 }
 
-func openBrowser(t *testing.T, browser string) *browserPage {
+func openBrowser(t *testing.T, browser string, extra ...chromedp.ExecAllocatorOption) *browserPage {
 	t.Helper()
 	opts := append(chromedp.DefaultExecAllocatorOptions[:],
 		chromedp.ExecPath(browser),
@@ -123,6 +123,7 @@ func openBrowser(t *testing.T, browser string) *browserPage {
 		chromedp.Flag("no-first-run", true), chromedp.Flag("disable-background-networking", true),
 		chromedp.Flag("disable-component-update", true), chromedp.Flag("disable-sync", true), chromedp.Flag("disable-quic", true),
 		chromedp.UserDataDir(t.TempDir()), chromedp.WindowSize(1280, 1000))
+	opts = append(opts, extra...)
 	allocCtx, allocCancel := chromedp.NewExecAllocator(context.Background(), opts...)
 	t.Cleanup(allocCancel)
 	ctx, cancel := chromedp.NewContext(allocCtx)

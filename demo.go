@@ -51,7 +51,7 @@ func runDemo(ctx context.Context, args []string, env cli.Env, stdout, stderr io.
 	if err != nil {
 		return err
 	}
-	printDemoBanner(stdout, sim.URL(), "http://"+reachable(a.addr()), cfg.AuthToken != "", cfg.DataDir)
+	printDemoBanner(stdout, sim.URL(), a.scheme()+"://"+reachable(a.addr()), cfg.AuthToken != "", cfg.DataDir)
 	return a.run(ctx)
 }
 

@@ -10,12 +10,14 @@ import (
 	"time"
 
 	"lsmux/internal/cli"
+	"lsmux/internal/tlsfiles"
 )
 
 type healthcheckSettings struct {
 	listen    string
 	authToken string
 	tokenFile string
+	tlsCert   string
 	strict    bool
 	timeout   time.Duration
 }
@@ -27,6 +29,7 @@ the same LSMUX_LISTEN and LSMUX_AUTH_TOKEN as the server it checks.`)
 	f.String(&s.listen, "listen", ":8080", "the instance's listen address (LSMUX_LISTEN), dialled on loopback")
 	f.Secret(&s.authToken, "auth-token", "the instance's token(s); the first is sent, for LSMUX_PROTECT_HEALTH=true")
 	f.String(&s.tokenFile, "auth-token-file", "", "the instance's token file; its first token is sent")
+	f.String(&s.tlsCert, "tls-cert", "", "the instance's certificate (LSMUX_TLS_CERT): ask over https and accept only this certificate")
 	f.Bool(&s.strict, "upstream", false, "also require every upstream connection to be streaming (/readyz?upstream=1)")
 	f.Duration(&s.timeout, "timeout", 3*time.Second, "how long to wait for the answer")
 	return f
@@ -63,7 +66,16 @@ func runHealthcheck(ctx context.Context, args []string, env cli.Env, stdout, std
 	if err := checkListen("LSMUX_LISTEN", s.listen); err != nil {
 		return usageError{err}
 	}
-	url := "http://" + reachable(s.listen) + "/readyz"
+	client, scheme := http.DefaultClient, "http://"
+	if s.tlsCert != "" {
+		cfg, err := tlsfiles.PinnedClient(s.tlsCert)
+		if err != nil {
+			return err
+		}
+		client = &http.Client{Transport: &http.Transport{TLSClientConfig: cfg, ForceAttemptHTTP2: true}}
+		scheme = "https://"
+	}
+	url := scheme + reachable(s.listen) + "/readyz"
 	if s.strict {
 		url += "?upstream=1"
 	}
@@ -78,7 +90,7 @@ func runHealthcheck(ctx context.Context, args []string, env cli.Env, stdout, std
 	} else if tok != "" {
 		req.Header.Set("Authorization", "Bearer "+tok)
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
 		return fmt.Errorf("not ready: %w", err)
 	}

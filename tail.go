@@ -21,6 +21,7 @@ import (
 	"lsmux/internal/checkpoint"
 	"lsmux/internal/cli"
 	"lsmux/internal/client"
+	"lsmux/internal/tlsfiles"
 )
 
 // tailSettings are lsmux tail's flags.
@@ -155,20 +156,22 @@ func (s *tailSettings) options(env cli.Env, stream string) (client.Options, erro
 	default:
 		return o, fmt.Errorf("--progress=%s: want auto, on or off", s.progress)
 	}
-	caFile := s.caFile
 	if o.Server == "" {
 		listen := env.Get("LSMUX_LISTEN")
 		if listen == "" {
 			listen = ":8080"
 		}
-		scheme := "http://"
-		if cert := env.Get("LSMUX_TLS_CERT"); cert != "" {
-			scheme = "https://"
-			if caFile == "" {
-				caFile = cert
+		o.Server = "http://" + reachable(listen)
+		// The local instance over TLS: its certificate names the
+		// service, not 127.0.0.1, so accept exactly that certificate.
+		if cert := env.Get("LSMUX_TLS_CERT"); cert != "" && s.caFile == "" {
+			cfg, err := tlsfiles.PinnedClient(cert)
+			if err != nil {
+				return o, err
 			}
+			o.Server = "https://" + reachable(listen)
+			o.HTTP = &http.Client{Transport: &http.Transport{TLSClientConfig: cfg, ForceAttemptHTTP2: true}}
 		}
-		o.Server = scheme + reachable(listen)
 	}
 	tok := s.token
 	if tok == "" && s.tokenFile != "" {
@@ -187,7 +190,7 @@ func (s *tailSettings) options(env cli.Env, stream string) (client.Options, erro
 		tok = t
 	}
 	o.Token = tok
-	if caFile != "" {
+	if caFile := s.caFile; caFile != "" {
 		pem, err := os.ReadFile(caFile)
 		if err != nil {
 			return o, fmt.Errorf("--ca-file: %w", err)
@@ -199,7 +202,7 @@ func (s *tailSettings) options(env cli.Env, stream string) (client.Options, erro
 		if !pool.AppendCertsFromPEM(pem) {
 			return o, fmt.Errorf("--ca-file %s: no PEM certificate in it", caFile)
 		}
-		tr := http.DefaultTransport.(*http.Transport).Clone()
+		tr := http.DefaultTransport.(*http.Transport).Clone() // HTTP/2 over TLS, as the default
 		tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
 		o.HTTP = &http.Client{Transport: tr}
 	}

@@ -7,6 +7,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"log"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -200,7 +201,7 @@ func New(streams []*Stream, opts Options) *Server {
 		ReadHeaderTimeout: opts.ReadHeaderTimeout,
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    64 << 10,
-		ErrorLog:          nil,
+		ErrorLog:          log.New(debugWriter{opts.Logger}, "", 0),
 	}
 	return s
 }
@@ -347,4 +348,14 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 func quote(s string) string {
 	b, _ := json.Marshal(truncate(s))
 	return string(b)
+}
+
+// debugWriter takes net/http's own complaints (TLS handshakes that failed,
+// mostly scanners and clients that do not trust the certificate) into the
+// log at debug level, instead of unstructured lines on stderr.
+type debugWriter struct{ log logrus.FieldLogger }
+
+func (w debugWriter) Write(p []byte) (int, error) {
+	w.log.Debug("http: " + strings.TrimSpace(strings.TrimPrefix(string(p), "http: ")))
+	return len(p), nil
 }

@@ -28,8 +28,8 @@ import (
 	"time"
 
 	"lsmux/internal/cli"
-	"lsmux/internal/sse"
 	"lsmux/internal/procstat"
+	"lsmux/internal/sse"
 	"lsmux/internal/wait"
 	"lsmux/upstream/simulator"
 )
