@@ -66,7 +66,7 @@ var commands = map[string]command{
 
 // testSettings are LSMUX_* variables the test suite reads (README,
 // Development): known, so they draw no warning.
-var testSettings = []string{"LSMUX_BROWSER_TESTS", "LSMUX_OPS_TESTS", "LSMUX_SOAK", "LSMUX_SOAK_CHURNERS", "LSMUX_SOAK_SUMMARY", "LSMUX_CLUSTER_CHAOS",
+var testSettings = []string{"LSMUX_BROWSER_TESTS", "LSMUX_OPS_TESTS", "LSMUX_SPEC_TESTS", "LSMUX_SOAK", "LSMUX_SOAK_CHURNERS", "LSMUX_SOAK_SUMMARY", "LSMUX_CLUSTER_CHAOS",
 	"LSMUX_UPDATE_SCREENSHOT", "LSMUX_CPUPROFILE"}
 
 func main() {

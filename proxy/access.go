@@ -159,6 +159,7 @@ func (s *Server) admit(w http.ResponseWriter, r *http.Request) (release func(), 
 	switch {
 	case s.ShuttingDown():
 		s.connsMu.Unlock()
+		s.retryAfter(w)
 		writeError(w, http.StatusServiceUnavailable, "lsmux is shutting down; reconnect to another instance")
 		return nil, false
 	case s.opts.MaxSubscribers > 0 && s.total >= s.opts.MaxSubscribers:

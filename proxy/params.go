@@ -141,6 +141,9 @@ func (s *Server) checkSelector(r *http.Request, allowNamed, compile bool) error 
 	if len(named) > 0 && !allowNamed {
 		return fmt.Errorf("named filters (filter.<name>=) are for SSE; use one filter= here")
 	}
+	if _, err := parseSample(q.Get("sample")); err != nil {
+		return err
+	}
 	if len(named) > maxNamedFilters {
 		return fmt.Errorf("%d named filters, the limit is %d", len(named), maxNamedFilters)
 	}

@@ -52,7 +52,7 @@ type Options struct {
 	// (defaults 5 and 20; negative: unlimited).
 	CompileRate  float64
 	CompileBurst int
-	Web          http.Handler // serves GET / (the dashboard); nil: none
+	Web          WebPage // serves GET / (the dashboard); nil: none
 	Metrics      http.Handler // serves GET /metrics; nil: none
 	Demo         http.Handler // serves /demo/* (fault injection, lsmux demo only); nil: none
 	Observer     Observer     // nil: none
@@ -244,12 +244,23 @@ func (s *Server) routes() chi.Router {
 			r.Mount("/demo", http.StripPrefix("/demo", s.opts.Demo))
 		})
 	}
-	if s.opts.Web != nil {
-		r.Handle("/*", s.opts.Web)
-	}
-	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
+	notFound := func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "no such endpoint: "+r.URL.Path)
-	})
+	}
+	if s.opts.Web != nil {
+		// The page and its assets: GET of a top-level file. The API's
+		// unknown paths and methods get the API's JSON error, not the
+		// file server's text.
+		web := s.opts.Web
+		r.Handle("/*", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if (r.Method != http.MethodGet && r.Method != http.MethodHead) || strings.Count(r.URL.Path, "/") > 1 || !web.Has(r.URL.Path) {
+				notFound(w, r)
+				return
+			}
+			web.ServeHTTP(w, r)
+		}))
+	}
+	r.NotFound(notFound)
 	return r
 }
 
@@ -348,6 +359,13 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 func quote(s string) string {
 	b, _ := json.Marshal(truncate(s))
 	return string(b)
+}
+
+// WebPage is what the server needs of the dashboard: its files, and
+// whether a path is one of them.
+type WebPage interface {
+	http.Handler
+	Has(path string) bool
 }
 
 // debugWriter takes net/http's own complaints (TLS handshakes that failed,

@@ -40,7 +40,7 @@ type slot struct {
 
 func newSlot(p *Pool, idx int) *slot {
 	now := time.Now()
-	return &slot{p: p, idx: idx, st: ConnStatus{Slot: idx, State: StateConnecting, Since: now, Results: map[string]uint64{}},
+	return &slot{p: p, idx: idx, st: ConnStatus{Slot: idx, State: StateConnecting, Since: now, Results: map[string]uint64{}, Events: []Event{}},
 		rate: persec.New(60, now)}
 }
 

@@ -6,21 +6,42 @@ import (
 	"embed"
 	"io/fs"
 	"net/http"
+	"strings"
 )
 
 //go:embed static
 var static embed.FS
 
-// Handler serves the page and its assets.
-func Handler() http.Handler {
+// Page serves the page and its assets.
+type Page struct {
+	files fs.FS
+	serve http.Handler
+}
+
+// Handler returns the page.
+func Handler() *Page {
 	sub, err := fs.Sub(static, "static")
 	if err != nil {
 		panic(err) // the embed pattern above guarantees the folder
 	}
-	files := http.FileServerFS(sub)
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Cache-Control", "no-cache")
-		w.Header().Set("Content-Security-Policy", "default-src 'self'; style-src 'self' 'unsafe-inline'")
-		files.ServeHTTP(w, r)
-	})
+	return &Page{files: sub, serve: http.FileServerFS(sub)}
+}
+
+// Has reports whether path is one of the page's files ("/" is the page).
+func (p *Page) Has(path string) bool {
+	name := strings.TrimPrefix(path, "/")
+	if name == "" {
+		name = "index.html"
+	}
+	if !fs.ValidPath(name) {
+		return false
+	}
+	fi, err := fs.Stat(p.files, name)
+	return err == nil && !fi.IsDir()
+}
+
+func (p *Page) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Cache-Control", "no-cache")
+	w.Header().Set("Content-Security-Policy", "default-src 'self'; style-src 'self' 'unsafe-inline'")
+	p.serve.ServeHTTP(w, r)
 }
