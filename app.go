@@ -111,7 +111,7 @@ func newApp(cfg *config, tokens upstream.TokenSource, log *logrus.Logger, demo h
 			a.closeNode()
 			return nil, fmt.Errorf("stream %s: %w", sp.Name, err)
 		}
-		hubOpts := fanout.Options{MaxHits: cfg.BufferHits, MaxBytes: cfg.BufferBytes}
+		hubOpts := fanout.Options{MaxHits: cfg.BufferHits, MaxBytes: cfg.BufferBytes, WakeDelay: cfg.WriteDelay}
 		st := &appStream{name: pool.Name()}
 		if a.node != nil {
 			cs := a.node.NewStream(st.name, hubOpts, pool)

@@ -59,6 +59,7 @@ type config struct {
 	TLSCert         string
 	TLSKey          string
 	TLSRecheck      time.Duration
+	WriteDelay      time.Duration
 	ProtectHealth   bool
 	AllowedOrigins  string
 	AllowedHosts    string
@@ -132,6 +133,7 @@ func (c *config) flags(f *cli.FlagSet) {
 	f.Int(&c.DedupWindow, "dedup-window", upstream.DefaultDedupWindow, "how many recent hit ids are remembered to drop duplicates")
 	f.Int(&c.BufferHits, "buffer-hits", 200_000, "hits kept in memory (the ring) for resume and slow subscribers")
 	f.Bytes(&c.BufferBytes, "buffer-bytes", 512<<20, "bytes the ring may hold; each hit counts about three times its size (its WebSocket, SSE and drop-in encodings)")
+	f.Duration(&c.WriteDelay, "write-delay", 0, "gather hits this long before waking the subscribers at the live edge: a subscriber writes at most once per delay whatever the hit rate (0: at every hit)")
 	f.Duration(&c.WriteTimeout, "write-timeout", 10*time.Second, "drop a subscriber whose socket write blocks this long")
 	f.String(&c.SlowPolicy, "slow-policy", "gap", "a subscriber that falls off the ring: gap (notice, continue) or disconnect")
 	f.Duration(&c.PingInterval, "ping-interval", 15*time.Second, "WebSocket ping and SSE comment interval (under load balancers' 60s idle timeout)")
@@ -214,6 +216,9 @@ func (c *config) check() error {
 	var errs []error
 	if (c.TLSCert == "") != (c.TLSKey == "") {
 		errs = append(errs, errors.New("LSMUX_TLS_CERT and LSMUX_TLS_KEY go together: give both PEM files for HTTPS, or neither for plain HTTP"))
+	}
+	if c.WriteDelay < 0 || c.WriteDelay > time.Second {
+		errs = append(errs, fmt.Errorf("LSMUX_WRITE_DELAY=%v: want 0 to 1s, such as 10ms", c.WriteDelay))
 	}
 	if c.TLSRecheck <= 0 {
 		errs = append(errs, fmt.Errorf("LSMUX_TLS_RECHECK=%v: want a duration above 0, such as 5s", c.TLSRecheck))

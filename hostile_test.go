@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -353,12 +354,12 @@ func TestNonReadingClientsKeepMemoryBounded(t *testing.T) {
 // sentStamp reads the simulator's send time from a stamped hit.
 func sentStamp(hit []byte) (time.Time, bool) {
 	const key = `"lsmuxSentNs":`
-	i := strings.Index(string(hit), key)
+	i := bytes.Index(hit, []byte(key))
 	if i < 0 {
 		return time.Time{}, false
 	}
 	var ns int64
-	for _, ch := range string(hit[i+len(key):]) {
+	for _, ch := range hit[i+len(key):] {
 		if ch < '0' || ch > '9' {
 			break
 		}

@@ -22,8 +22,9 @@ func TestLoadtestSmoke(t *testing.T) {
 	bin := lsmuxBinary(t)
 	for _, transport := range []string{"ws", "sse"} {
 		var out strings.Builder
+		// -tick 5ms at 200 hits/s: one hit per upstream flush.
 		err := loadtest.Run(context.Background(), []string{"-server-binary", bin, "-server-cpus", "", "-sim-listen", "127.0.0.1:0",
-			"-transport", transport, "-n", "20", "-rate", "200", "-duration", "1s", "-warmup", "500ms"}, cli.Env{}, &out, io.Discard)
+			"-transport", transport, "-n", "20", "-rate", "200", "-tick", "5ms", "-duration", "1s", "-warmup", "500ms"}, cli.Env{}, &out, io.Discard)
 		if err != nil {
 			t.Fatalf("%s: %v", transport, err)
 		}
@@ -38,6 +39,29 @@ func TestLoadtestSmoke(t *testing.T) {
 		}
 		if loss, _ := strconv.ParseFloat(m[1], 64); loss > 1 {
 			t.Fatalf("%s: loss %v%% over 1%%: %s", transport, loss, line)
+		}
+	}
+}
+
+// TestLoadtestStormSmoke runs the wake-storm mode briefly: idle
+// subscribers are let in (handshakes/s reported), then a burst reaches
+// every one of them.
+func TestLoadtestStormSmoke(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary")
+	}
+	bin := lsmuxBinary(t)
+	for _, transport := range []string{"ws", "sse"} {
+		var out strings.Builder
+		err := loadtest.Run(context.Background(), []string{"-server-binary", bin, "-server-cpus", "", "-sim-listen", "127.0.0.1:0",
+			"-transport", transport, "-n", "200", "-storm", "10"}, cli.Env{}, &out, io.Discard)
+		if err != nil {
+			t.Fatalf("%s: %v", transport, err)
+		}
+		line := out.String()
+		t.Log(strings.TrimSpace(line))
+		if !strings.Contains(line, "opened=200 failed=0") || !strings.Contains(line, "delivered=2000/2000") || !regexp.MustCompile(`handshakes=[1-9][0-9]*/s`).MatchString(line) {
+			t.Fatalf("%s: %s", transport, line)
 		}
 	}
 }

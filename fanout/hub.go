@@ -33,6 +33,13 @@ type Options struct {
 	// ahead to one behind must neither be told of a gap nor sent what it
 	// already has.
 	MaxAhead uint64
+	// WakeDelay (LSMUX_WRITE_DELAY) gathers hits before waking the
+	// subscribers waiting at the live edge: the first hit after a quiet
+	// moment wakes them WakeDelay later, with everything that arrived
+	// meanwhile. A subscriber then writes once per WakeDelay at most,
+	// whatever the hit rate and however the upstream flushes, for at most
+	// WakeDelay of latency. Zero wakes them at every hit.
+	WakeDelay time.Duration
 }
 
 // Defaults: a few minutes of a busy stream (1,000 hits/s of ~1.5 KB hits
@@ -67,6 +74,11 @@ type Hub struct {
 	maxHits  int
 	maxBytes int64
 	maxAhead uint64
+	// wakeDelay and wakeTimer gather wake-ups (Options.WakeDelay);
+	// wakeArmed is set while wakeTimer will fire.
+	wakeDelay time.Duration
+	wakeTimer *time.Timer
+	wakeArmed atomic.Bool
 
 	wmu   sync.Mutex // producers only
 	ring  []atomic.Pointer[Entry]
@@ -121,19 +133,24 @@ func NewHub(o Options) *Hub {
 		first = uint64(time.Now().UnixMicro())
 	}
 	h := &Hub{
-		maxHits:  o.MaxHits,
-		maxBytes: o.MaxBytes,
-		maxAhead: o.MaxAhead,
-		ring:     make([]atomic.Pointer[Entry], o.MaxHits),
-		closed:   make(chan struct{}),
-		subs:     registry{subs: map[uint64]*Subscriber{}},
-		in:       persec.New(int(ThroughputWindow/time.Second), time.Now()),
-		out:      persec.New(int(ThroughputWindow/time.Second), time.Now()),
+		maxHits:   o.MaxHits,
+		maxBytes:  o.MaxBytes,
+		maxAhead:  o.MaxAhead,
+		wakeDelay: o.WakeDelay,
+		ring:      make([]atomic.Pointer[Entry], o.MaxHits),
+		closed:    make(chan struct{}),
+		subs:      registry{subs: map[uint64]*Subscriber{}},
+		in:        persec.New(int(ThroughputWindow/time.Second), time.Now()),
+		out:       persec.New(int(ThroughputWindow/time.Second), time.Now()),
 	}
 	h.oldest.Store(first)
 	h.next.Store(first)
 	w := make(chan struct{})
 	h.wake.Store(&w)
+	if h.wakeDelay > 0 {
+		h.wakeTimer = time.AfterFunc(time.Hour, h.wakeNow)
+		h.wakeTimer.Stop()
+	}
 	return h
 }
 
@@ -251,6 +268,20 @@ func (h *Hub) storeLocked(e *Entry) {
 // published wakes the readers waiting for a new entry. Called after wmu
 // is released.
 func (h *Hub) published() {
+	if h.wakeDelay > 0 {
+		// One timer per hub, armed by the first hit after a wake-up: the
+		// waiting subscribers wake once for all hits of the window.
+		if h.waiting.Load() && !h.wakeArmed.Swap(true) {
+			h.wakeTimer.Reset(h.wakeDelay)
+		}
+		return
+	}
+	h.wakeNow()
+}
+
+// wakeNow wakes the readers waiting for a new entry.
+func (h *Hub) wakeNow() {
+	h.wakeArmed.Store(false)
 	if h.waiting.Swap(false) {
 		// Only replace the channel when a reader took it: at high rates
 		// most appends find nobody waiting and allocate nothing.
@@ -406,7 +437,14 @@ func (h *Hub) Throughput(now time.Time, seconds int) (start time.Time, in, out [
 }
 
 // Close tells every subscriber the hub is going away (shutdown).
-func (h *Hub) Close() { h.close1.Do(func() { close(h.closed) }) }
+func (h *Hub) Close() {
+	h.close1.Do(func() {
+		if h.wakeTimer != nil {
+			h.wakeTimer.Stop()
+		}
+		close(h.closed)
+	})
+}
 
 // Closed is closed by Close.
 func (h *Hub) Closed() <-chan struct{} { return h.closed }

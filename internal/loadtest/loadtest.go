@@ -39,8 +39,9 @@ type Settings struct {
 	Target, Transport, SimListen, ServerCPUs, ServerBinary string
 	N, PID                                                 int
 	Rate                                                   float64
-	Duration, Warmup                                       time.Duration
+	Duration, Warmup, Tick                                 time.Duration
 	Idle                                                   bool
+	Storm                                                  int
 }
 
 // Flags binds the load test's settings (LSMUX_LOADTEST_* variables).
@@ -59,7 +60,9 @@ names a running one (fed by this simulator, --sim-listen).`)
 	f.Int(&s.PID, "pid", 0, "pid of a running lsmux, for its CPU and memory (a spawned one is known)")
 	f.String(&s.ServerCPUs, "server-cpus", "0", "CPUs for a spawned lsmux (taskset -c), empty: not pinned")
 	f.String(&s.ServerBinary, "server-binary", "", "the lsmux binary to spawn (empty: this one)")
+	f.Duration(&s.Tick, "tick", 5*time.Millisecond, "how often the simulator flushes what is due: 1ms at 1000 hits/s sends one hit per upstream flush, the worst arrival pattern")
 	f.Bool(&s.Idle, "idle", false, "open n idle WebSocket subscribers and report memory per connection")
+	f.Int(&s.Storm, "storm", 0, "wake storm: open n idle subscribers (reporting handshakes/s), then send a burst of this many hits and report how long they take to reach all")
 	return f
 }
 
@@ -78,10 +81,10 @@ func Run(ctx context.Context, args []string, env cli.Env, stdout, stderr io.Writ
 		return fmt.Errorf("transport %q: want ws or sse", *transport)
 	}
 	simRate := *rate
-	if *idle {
+	if *idle || st.Storm > 0 {
 		simRate = 0.01 // a stream that exists but is quiet
 	}
-	sim, err := simulator.New(simulator.Options{Addr: *simListen, Rate: simRate, StampSent: true, Tick: 5 * time.Millisecond, EmptyEvery: -1})
+	sim, err := simulator.New(simulator.Options{Addr: *simListen, Rate: simRate, StampSent: true, Tick: st.Tick, EmptyEvery: -1})
 	if err != nil {
 		return err
 	}
@@ -103,6 +106,9 @@ func Run(ctx context.Context, args []string, env cli.Env, stdout, stderr io.Writ
 
 	if *idle {
 		return idleTest(ctx, subURL, *n, *pid, stdout)
+	}
+	if st.Storm > 0 {
+		return stormTest(ctx, sim, subURL, *transport, *n, st.Storm, *pid, stdout)
 	}
 	recs := make([]*recorder, *n)
 	ctx, cancel := context.WithCancel(ctx)
@@ -293,6 +299,74 @@ func idleTest(ctx context.Context, url string, n, pid int, stdout io.Writer) err
 	return nil
 }
 
+// stormTest opens n subscribers that wait at the live edge, reporting
+// how fast they were let in, then has the simulator send a burst of hits
+// and reports how long the burst took to reach every one of them.
+func stormTest(ctx context.Context, sim *simulator.Server, url, transport string, n, burst, pid int, stdout io.Writer) error {
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+	var opened, failed atomic.Int64
+	recs := make([]*recorder, n)
+	start := time.Now()
+	var lastOpen atomic.Int64
+	for i := range recs {
+		recs[i] = &recorder{onOpen: func() { opened.Add(1); lastOpen.Store(time.Now().UnixNano()) }}
+		wg.Go(func() {
+			var err error
+			if transport == "ws" {
+				err = readWS(ctx, url, recs[i])
+			} else {
+				err = readSSE(ctx, url, recs[i])
+			}
+			if err != nil && ctx.Err() == nil {
+				failed.Add(1)
+			}
+		})
+	}
+	deadline := time.Now().Add(120 * time.Second)
+	for opened.Load()+failed.Load() < int64(n) && time.Now().Before(deadline) {
+		wait.Sleep(ctx, 20*time.Millisecond)
+	}
+	connectTook := time.Duration(lastOpen.Load() - start.UnixNano())
+	wait.Sleep(ctx, 2*time.Second) // every subscriber is waiting at the live edge
+	rss := procstat.RSS(pid)
+	cpu0 := procstat.CPU(pid)
+	for _, r := range recs {
+		r.reset()
+	}
+	sent := time.Now()
+	for i := range burst {
+		sim.InjectRecord(fmt.Appendf(nil, `{"lsmuxSentNs":%d,"hitIdHigh":%d,"hitIdLow":%d,"pageName":"storm"}`, time.Now().UnixNano(), sent.UnixNano(), i+1))
+	}
+	want := uint64(burst) * uint64(opened.Load())
+	total := func() (t uint64) {
+		for _, r := range recs {
+			r.mu.Lock()
+			t += r.frames
+			r.mu.Unlock()
+		}
+		return t
+	}
+	deadline = time.Now().Add(60 * time.Second)
+	for total() < want && time.Now().Before(deadline) {
+		wait.Sleep(ctx, 5*time.Millisecond)
+	}
+	took := time.Since(sent)
+	var hist latencyHist
+	for _, r := range recs {
+		r.mu.Lock()
+		hist.merge(&r.hist)
+		r.mu.Unlock()
+	}
+	fmt.Fprintf(stdout, "loadtest storm %s n=%d opened=%d failed=%d handshakes=%.0f/s server-rss=%d MiB burst=%d delivered=%d/%d in %v "+
+		"latency p50=%v p99=%v max=%v server-cpu=%v\n",
+		transport, n, opened.Load(), failed.Load(), float64(opened.Load())/max(connectTook.Seconds(), 1e-9), rss>>20, burst, total(), want,
+		took.Round(time.Millisecond), hist.quantile(0.5), hist.quantile(0.99), hist.max(), (procstat.CPU(pid) - cpu0).Round(time.Millisecond))
+	return nil
+}
+
 // recorder is one subscriber's counts; only its reader writes them,
 // except reset and the final read.
 type recorder struct {
@@ -475,6 +549,9 @@ func readSSE(ctx context.Context, raw string, r *recorder) error {
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		return fmt.Errorf("status %d", resp.StatusCode)
+	}
+	if r.onOpen != nil {
+		r.onOpen()
 	}
 	events := sse.NewReader(resp.Body, 0)
 	for {
