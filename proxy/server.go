@@ -52,7 +52,7 @@ type Options struct {
 	// (defaults 5 and 20; negative: unlimited).
 	CompileRate  float64
 	CompileBurst int
-	Web          WebPage // serves GET / (the dashboard); nil: none
+	Web          WebPage      // serves GET / (the dashboard); nil: none
 	Metrics      http.Handler // serves GET /metrics; nil: none
 	Demo         http.Handler // serves /demo/* (fault injection, lsmux demo only); nil: none
 	Observer     Observer     // nil: none
