@@ -157,6 +157,10 @@ func TestTailFlags(t *testing.T) {
 			{[]string{"--server", server, "demo", "other"}, 2, "want one stream name"},
 			{[]string{"--server", server, "--from", "yesterday", "demo"}, 2, "want oldest, live or a sequence number"},
 			{[]string{"--server", server, "--count", "-1", "demo"}, 2, "want 0 or more"},
+			{[]string{"--server", server, "--checkpoint-sync", "-1s", "demo"}, 2, "want 0 or more"},
+			{[]string{"--server", server, "--retry-min", "0s", "demo"}, 2, "--retry-min more than 0"},
+			{[]string{"--server", server, "--retry-min", "2s", "--retry-max", "1s", "demo"}, 2, "--retry-max at least --retry-min"},
+			{[]string{"--server", server, "--duration", "yesterday", "demo"}, 2, "want a duration such as 60s"},
 			{[]string{"--server", "127.0.0.1:1", "demo"}, 2, "want an http:// or https:// URL"},
 			{[]string{"--server", server, "--progress", "sometimes", "demo"}, 2, "want auto, on or off"},
 		} {
