@@ -141,7 +141,7 @@ func (s *Subscription) Last() uint64 { return s.last }
 // for good (a *StatusError). Every other trouble is reported as a
 // Disconnected event and retried.
 func (s *Subscription) Run(ctx context.Context, handle func(Event) error) error {
-	wait := time.Duration(0)
+	var base time.Duration // the wait before jitter; 0: start at RetryMin
 	for attempt := 0; ; attempt++ {
 		delivered, err := s.connect(ctx, handle)
 		if ctx.Err() != nil {
@@ -156,9 +156,10 @@ func (s *Subscription) Run(ctx context.Context, handle func(Event) error) error 
 			return he.error
 		}
 		if delivered {
-			wait = 0
+			base = 0
 		}
-		wait = s.next(wait)
+		base = s.nextBase(base)
+		wait := base/2 + time.Duration(s.rnd.Int64N(int64(base/2)+1))
 		if herr := handle(Event{Kind: Disconnected, Err: err, Wait: wait}); herr != nil {
 			return herr
 		}
@@ -172,15 +173,14 @@ func (s *Subscription) Run(ctx context.Context, handle func(Event) error) error 
 	}
 }
 
-// next is the wait after one more failed attempt: double the previous
-// (RetryMin the first time), at most RetryMax, jittered to half to all of
-// it.
-func (s *Subscription) next(prev time.Duration) time.Duration {
-	base := s.opts.RetryMin
-	if prev > 0 {
-		base = min(2*prev, s.opts.RetryMax)
+// nextBase is the wait after one more failed attempt, before jitter:
+// RetryMin the first time, then double the previous, at most RetryMax.
+// The wait itself is a random half to all of it.
+func (s *Subscription) nextBase(prev time.Duration) time.Duration {
+	if prev <= 0 {
+		return s.opts.RetryMin
 	}
-	return base/2 + time.Duration(s.rnd.Int64N(int64(base/2)+1))
+	return min(2*prev, s.opts.RetryMax)
 }
 
 // handlerError carries the handler's own error out of connect.
