@@ -59,6 +59,22 @@ func readyStatus(root string) int {
 }
 
 // leaders returns the indexes of the replicas that say they lead.
+// oneLeader waits until exactly one replica says it leads and returns
+// it, from that same look (asking again could meet a replica too busy to
+// answer in time).
+func oneLeader(t *testing.T, roots []string) int {
+	t.Helper()
+	leader := -1
+	waitFor(t, 30*time.Second, "one leader", func() bool {
+		if l := leaders(roots); len(l) == 1 {
+			leader = l[0]
+			return true
+		}
+		return false
+	})
+	return leader
+}
+
 func leaders(roots []string) []int {
 	var out []int
 	for i, r := range roots {

@@ -82,7 +82,7 @@ func TestClusterLeaderKilled(t *testing.T) {
 		}
 		return len(leaders(roots)) == 1 && sim.Active("demo") == 1
 	})
-	leader := leaders(roots)[0]
+	leader := oneLeader(t, roots)
 	var followers []int
 	for i := range reps {
 		if i != leader {
@@ -157,7 +157,7 @@ func TestClusterLeaderKilled(t *testing.T) {
 	if first := again.hits()[0]; first.Type != "hit" || first.Seq != last+1 {
 		t.Errorf("resumed on another replica after seq %d, first message %+v; want the hit at %d", last, first, last+1)
 	}
-	v, err := clusterStatus(followerRoots[leaders(followerRoots)[0]])
+	v, err := clusterStatus(followerRoots[oneLeader(t, followerRoots)])
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -183,7 +183,7 @@ func TestClusterSurvivesNATSRestartAndPartition(t *testing.T) {
 	})
 
 	// NATS restarts.
-	leader := leaders(roots)[0]
+	leader := oneLeader(t, roots)
 	opensBefore := len(upstreamOpens(sim))
 	away := ns.Restart()
 	before := sim.SentHits("demo")
@@ -269,8 +269,9 @@ func TestClusterSurvivesNATSRestartAndPartition(t *testing.T) {
 	checkSameStream(t, snapshot())
 	checkNoOverlap(t, sim)
 
-	// The leader shuts down and releases the lease.
-	second := leaders(roots)[0]
+	// The leader shuts down and releases the lease. (Status is asked of
+	// every replica; on a busy machine one may be slow to answer.)
+	second := oneLeader(t, roots)
 	// Hits in flight when it closes, as above; lsmux's reader can be
 	// seconds behind on a busy machine under -race, so 500 (2.5 s).
 	sim.BackfillDuplicates(500)
@@ -337,7 +338,7 @@ func TestDeepResumeOnAFollowerReadsJetStream(t *testing.T) {
 		reps, roots = append(reps, r), append(roots, r.root)
 	}
 	waitFor(t, 30*time.Second, "one leader streaming", func() bool { return len(leaders(roots)) == 1 && sim.Active("demo") == 1 })
-	follower := 1 - leaders(roots)[0]
+	follower := 1 - oneLeader(t, roots)
 	const back = 50_000
 	var ring struct{ OldestSeq, NewestSeq uint64 }
 	waitFor(t, 120*time.Second, "55,000 hits on the follower", func() bool {
