@@ -189,10 +189,10 @@ func (s *Stream) setup(ctx context.Context) bool {
 			s.cc = cc
 			return true
 		}
-		msg := "cluster: " + err.Error()
+		msg := s.logPrefix() + err.Error()
 		s.setupErr.Store(&msg)
 		if s.logs.allow("setup") {
-			s.log.WithField("attempt", attempt).Warnf("cluster: cannot set up the JetStream stream yet (not serving until it is): %v", err)
+			s.log.WithField("attempt", attempt).Warnf("%scannot set up the JetStream stream yet (not serving until it is): %v", s.logPrefix(), err)
 		}
 		select {
 		case <-ctx.Done():
@@ -348,7 +348,7 @@ func (s *Stream) trySetup(ctx context.Context) (jetstream.ConsumeContext, error)
 	if kv != nil {
 		s.kv.Store(&kv)
 	}
-	s.log.WithField("jetstream_stream", s.names.Stream).WithField("from_seq", start).WithField("last_seq", last).Info("cluster: reading hits from JetStream")
+	s.log.WithField("jetstream_stream", s.names.Stream).WithField("from_seq", start).WithField("last_seq", last).Info(s.logPrefix() + "reading hits from JetStream")
 	return cc, nil
 }
 
@@ -524,4 +524,13 @@ func (s *Stream) ClusterStatus() Status {
 		st.Ready = true
 	}
 	return st
+}
+
+// logPrefix names what a message is about: a single lsmux's durable
+// history (a data dir) or cluster mode.
+func (s *Stream) logPrefix() string {
+	if s.solo != nil {
+		return "history: "
+	}
+	return "cluster: "
 }
