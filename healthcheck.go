@@ -35,22 +35,23 @@ the same LSMUX_LISTEN and LSMUX_AUTH_TOKEN as the server it checks.`)
 	return f
 }
 
-// token is the first token the instance accepts, from the list or the
-// file ("" when auth is off).
-func (s *healthcheckSettings) token() (string, error) {
-	if s.tokenFile != "" {
-		b, err := os.ReadFile(s.tokenFile)
+// firstToken is the first of an instance's tokens (LSMUX_AUTH_TOKEN, a
+// comma-separated list) or of its token file (LSMUX_AUTH_TOKEN_FILE, which
+// wins): what a client on this machine sends to it.
+func firstToken(tokens, tokenFile string) (string, error) {
+	if tokenFile != "" {
+		b, err := os.ReadFile(tokenFile)
 		if err != nil {
 			return "", fmt.Errorf("read LSMUX_AUTH_TOKEN_FILE: %w", err)
 		}
 		for _, line := range strings.Split(string(b), "\n") {
-			if line = strings.TrimSpace(line); line != "" {
-				return line, nil
+			if tokens := list(line); len(tokens) > 0 { // commas allowed, as the server reads it
+				return tokens[0], nil
 			}
 		}
 		return "", nil
 	}
-	if tokens := list(s.authToken); len(tokens) > 0 {
+	if tokens := list(tokens); len(tokens) > 0 {
 		return tokens[0], nil
 	}
 	return "", nil
@@ -68,11 +69,10 @@ func runHealthcheck(ctx context.Context, args []string, env cli.Env, stdout, std
 	}
 	client, scheme := http.DefaultClient, "http://"
 	if s.tlsCert != "" {
-		cfg, err := tlsfiles.PinnedClient(s.tlsCert)
-		if err != nil {
+		var err error
+		if client, err = tlsfiles.PinnedHTTP(s.tlsCert); err != nil {
 			return err
 		}
-		client = &http.Client{Transport: &http.Transport{TLSClientConfig: cfg, ForceAttemptHTTP2: true}}
 		scheme = "https://"
 	}
 	url := scheme + reachable(s.listen) + "/readyz"
@@ -85,7 +85,7 @@ func runHealthcheck(ctx context.Context, args []string, env cli.Env, stdout, std
 	if err != nil {
 		return err
 	}
-	if tok, err := s.token(); err != nil {
+	if tok, err := firstToken(s.authToken, s.tokenFile); err != nil {
 		return err
 	} else if tok != "" {
 		req.Header.Set("Authorization", "Bearer "+tok)

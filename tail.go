@@ -165,12 +165,11 @@ func (s *tailSettings) options(env cli.Env, stream string) (client.Options, erro
 		// The local instance over TLS: its certificate names the
 		// service, not 127.0.0.1, so accept exactly that certificate.
 		if cert := env.Get("LSMUX_TLS_CERT"); cert != "" && s.caFile == "" {
-			cfg, err := tlsfiles.PinnedClient(cert)
+			client, err := tlsfiles.PinnedHTTP(cert)
 			if err != nil {
 				return o, err
 			}
-			o.Server = "https://" + reachable(listen)
-			o.HTTP = &http.Client{Transport: &http.Transport{TLSClientConfig: cfg, ForceAttemptHTTP2: true}}
+			o.Server, o.HTTP = "https://"+reachable(listen), client
 		}
 	}
 	tok := s.token
@@ -182,8 +181,7 @@ func (s *tailSettings) options(env cli.Env, stream string) (client.Options, erro
 		tok = strings.TrimSpace(string(b))
 	}
 	if tok == "" && s.server == "" {
-		hs := healthcheckSettings{authToken: env.Get("LSMUX_AUTH_TOKEN"), tokenFile: env.Get("LSMUX_AUTH_TOKEN_FILE")}
-		t, err := hs.token()
+		t, err := firstToken(env.Get("LSMUX_AUTH_TOKEN"), env.Get("LSMUX_AUTH_TOKEN_FILE"))
 		if err != nil {
 			return o, err
 		}

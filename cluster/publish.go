@@ -137,17 +137,9 @@ func (p *publisher) remove(n int) {
 func (p *publisher) run(ctx context.Context, drain *atomic.Bool) {
 	wait := p.retry / 4
 	for ctx.Err() == nil {
-		batch := p.peek(publishBatch)
-		if len(batch) == 0 {
-			if drain.Load() {
-				return
-			}
-			select {
-			case <-ctx.Done():
-				return
-			case <-p.wake:
-			}
-			continue
+		batch, stop := p.next(ctx, drain)
+		if stop {
+			return
 		}
 		var err error
 		if p.connected() {
@@ -176,6 +168,24 @@ func (p *publisher) run(ctx context.Context, drain *atomic.Bool) {
 		case <-time.After(wait):
 		}
 		wait = min(wait*2, 4*p.retry)
+	}
+}
+
+// next waits for hits to publish and returns the next batch, or stop when
+// ctx ended or, with drain set, the queue is empty.
+func (p *publisher) next(ctx context.Context, drain *atomic.Bool) (batch []outMsg, stop bool) {
+	for {
+		if batch = p.peek(publishBatch); len(batch) > 0 {
+			return batch, false
+		}
+		if drain.Load() {
+			return nil, true
+		}
+		select {
+		case <-ctx.Done():
+			return nil, true
+		case <-p.wake:
+		}
 	}
 }
 

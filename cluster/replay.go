@@ -9,6 +9,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"lsmux/fanout"
+	"lsmux/internal/wait"
 )
 
 // A stream's JetStream stream is its durable history (DESIGN.md §7): a
@@ -217,16 +218,9 @@ const historyRefresh = 5 * time.Second
 // watchHistory keeps the JetStream stream's size and first number fresh
 // until ctx ends.
 func (s *Stream) watchHistory(ctx context.Context) {
-	t := time.NewTicker(historyRefresh)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	wait.Every(ctx, historyRefresh, func() {
 		if !s.node.Connected() {
-			continue
+			return
 		}
 		ictx, cancel := context.WithTimeout(ctx, historyRefresh)
 		st, err := s.node.js.Stream(ictx, s.names.Stream)
@@ -234,7 +228,7 @@ func (s *Stream) watchHistory(ctx context.Context) {
 		if err == nil {
 			s.noteInfo(st.CachedInfo(), false)
 		}
-	}
+	})
 }
 
 // HistoryStatus is the stream's durable history for status and metrics.

@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"lsmux/internal/wait"
 	"lsmux/upstream"
 )
 
@@ -167,10 +168,8 @@ func (s *Stream) runSolo(ctx context.Context) {
 // and while the store fails, how far numbers have gone.
 func (s *Stream) heartbeat(ctx context.Context) {
 	so := s.solo
-	t := time.NewTicker(s.node.opts.StateInterval)
-	defer t.Stop()
 	var lastNewest uint64
-	for {
+	beat := func() {
 		newest := s.hub.Stats().Newest
 		so.mu.Lock()
 		if s.upstreamActive() {
@@ -189,12 +188,9 @@ func (s *Stream) heartbeat(ctx context.Context) {
 		if err := so.state.write(st); err != nil && s.logs.allow("state") {
 			s.log.Warnf("history: cannot record the upstream's state in the data dir: %v", err)
 		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
 	}
+	beat()
+	wait.Every(ctx, s.node.opts.StateInterval, beat)
 }
 
 // upstreamActive reports whether any upstream slot is connecting or
@@ -246,17 +242,9 @@ func (s *Stream) soloPublish(ctx context.Context, drain *atomic.Bool) {
 			}
 			continue
 		}
-		batch := p.peek(publishBatch)
-		if len(batch) == 0 {
-			if drain.Load() {
-				return
-			}
-			select {
-			case <-ctx.Done():
-				return
-			case <-p.wake:
-			}
-			continue
+		batch, stop := p.next(ctx, drain)
+		if stop {
+			return
 		}
 		done, err := p.publish(ctx, batch)
 		p.remove(done)

@@ -13,6 +13,8 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"lsmux/internal/wait"
+	"net/http"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -103,16 +105,7 @@ func (p *Pair) Reloads() int64 { return p.reloaded.Load() }
 // Watch reads the files every interval until ctx ends, and takes a
 // changed pair into use when it is a good one.
 func (p *Pair) Watch(ctx context.Context, interval time.Duration) {
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			p.check()
-		}
-	}
+	wait.Every(ctx, interval, p.check)
 }
 
 // check reads the files once and acts on a change.
@@ -162,6 +155,16 @@ func names(c *tls.Certificate) string {
 		return fmt.Sprint(c.Leaf.DNSNames)
 	}
 	return c.Leaf.Subject.CommonName
+}
+
+// PinnedHTTP is an HTTP client (HTTP/2 where offered) whose TLS is
+// PinnedClient's.
+func PinnedHTTP(certFile string) (*http.Client, error) {
+	cfg, err := PinnedClient(certFile)
+	if err != nil {
+		return nil, err
+	}
+	return &http.Client{Transport: &http.Transport{TLSClientConfig: cfg, ForceAttemptHTTP2: true}}, nil
 }
 
 // PinnedClient is a client TLS configuration that accepts exactly the
