@@ -1031,10 +1031,6 @@ func TestAPISpecUnreadyAndLimits(t *testing.T) {
 	}
 }
 
-// specToolsRequired makes a missing asyncapi or redocly a failure (CI
-// installs them) instead of a skip.
-func specToolsRequired() bool { return os.Getenv("LSMUX_SPEC_TESTS") == "1" }
-
 // TestSpecsValidateWithOfficialTools runs the specs' own validators:
 // asyncapi validate (AsyncAPI's parser and governance rules) and redocly
 // lint (with redocly.yaml), failing on warnings too. Telemetry and update
@@ -1055,13 +1051,7 @@ func TestSpecsValidateWithOfficialTools(t *testing.T) {
 		{"redocly", []string{"lint", "docs/openapi.yaml"}, regexp.MustCompile(`\b[1-9]\d* (errors?|warnings?)\b`)},
 	} {
 		t.Run(tool.name, func(t *testing.T) {
-			bin, err := exec.LookPath(tool.name)
-			if err != nil {
-				if specToolsRequired() {
-					t.Fatalf("%s is not installed but LSMUX_SPEC_TESTS=1 (.ci/run installs it with npm)", tool.name)
-				}
-				t.Skipf("%s not installed (npm install -g @asyncapi/cli @redocly/cli), or set LSMUX_SPEC_TESTS=1 to make this a failure", tool.name)
-			}
+			bin := testTool(t, tool.name, "LSMUX_SPEC_TESTS", "npm install -g @asyncapi/cli @redocly/cli")
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 			defer cancel()
 			cmd := exec.CommandContext(ctx, bin, tool.args...)

@@ -60,12 +60,12 @@ func readyStatus(root string) int {
 }
 
 // leaders returns the indexes of the replicas that say they lead.
-// checkNoOverlapSeenByReplicas is checkNoOverlap where the simulator may
-// be late: it notes a connection's end when its handler gets to run, which
-// on a busy machine can be after the next attempt arrived, and refuses
-// that attempt as one too many. Such a refusal is the simulator's, not
-// lsmux's, when a replica's own log closed the previous connection before
-// the attempt started.
+// checkNoOverlapSeenByReplicas is checkNoOverlap with the replicas' own
+// close times (nil: none). The simulator notes a connection's end when its
+// handler gets to run, which on a busy machine can be after the next
+// attempt arrived, and refuses that attempt as one too many. Such a
+// refusal is the simulator's, not lsmux's, when a replica's own log
+// closed the previous connection before the attempt started.
 func checkNoOverlapSeenByReplicas(t *testing.T, sim *simulator.Server, closes []time.Time) {
 	t.Helper()
 	if peak := sim.PeakActive("demo"); peak != 1 {

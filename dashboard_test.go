@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"go/build"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -98,14 +99,25 @@ func TestDashboardInChromium(t *testing.T) {
 
 func chromiumOrSkip(t *testing.T) string {
 	t.Helper()
-	browser, err := exec.LookPath("chromium")
-	if err != nil {
-		if os.Getenv("LSMUX_BROWSER_TESTS") == "1" {
-			t.Fatal("chromium is not installed but LSMUX_BROWSER_TESTS=1 (.ci/run installs Debian's chromium)")
-		}
-		t.Skip("chromium not installed: apt-get install chromium, or set LSMUX_BROWSER_TESTS=1 to make this a failure")
+	return testTool(t, "chromium", "LSMUX_BROWSER_TESTS", "apt-get install chromium")
+}
+
+// testTool finds a program a test drives, on PATH or where go install
+// puts it. Without it the test skips, unless required (the variable .ci/run
+// sets to 1) says it must run: then the test fails.
+func testTool(t *testing.T, name, required, install string) string {
+	t.Helper()
+	if p, err := exec.LookPath(name); err == nil {
+		return p
 	}
-	return browser
+	if p := filepath.Join(build.Default.GOPATH, "bin", name); fileExists(p) {
+		return p
+	}
+	if os.Getenv(required) == "1" {
+		t.Fatalf("%s is not installed but %s=1 (.ci/run installs it: %s)", name, required, install)
+	}
+	t.Skipf("%s not installed (%s), or set %s=1 to make this a failure", name, install, required)
+	return ""
 }
 
 // browserPage is a headless Chromium tab with its console watched.

@@ -41,6 +41,25 @@ func waitReady(t *testing.T, c *child) {
 	})
 }
 
+// takeBoth reads two subscribers into their records until each holds n
+// hits.
+func takeBoth(t *testing.T, timeout time.Duration, what string, a, b <-chan proxytest.Msg, gotA, gotB *received, n int) {
+	t.Helper()
+	waitFor(t, timeout, what, func() bool {
+		for len(gotA.hits) < n || len(gotB.hits) < n {
+			select {
+			case m := <-a:
+				gotA.take(m)
+			case m := <-b:
+				gotB.take(m)
+			case <-time.After(100 * time.Millisecond):
+				return false
+			}
+		}
+		return true
+	})
+}
+
 // received is what one subscriber got, in order: numbers and hits, and
 // the gap notices.
 type received struct {
@@ -140,19 +159,7 @@ func TestKill9LosesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	var gotWS, gotSSE received
-	waitFor(t, 30*time.Second, "3,000 hits on both subscribers", func() bool {
-		for len(gotWS.seqs) < 3000 || len(gotSSE.seqs) < 3000 {
-			select {
-			case m := <-ws.Msgs:
-				gotWS.take(m)
-			case m := <-sse.Msgs:
-				gotSSE.take(m)
-			case <-time.After(100 * time.Millisecond):
-				return false
-			}
-		}
-		return true
-	})
+	takeBoth(t, 30*time.Second, "3,000 hits on both subscribers", ws.Msgs, sse.Msgs, &gotWS, &gotSSE, 3000)
 
 	sim.BackfillDuplicates(3000) // the next connection repeats the last 3 s
 	killedAt := time.Now()
@@ -196,19 +203,7 @@ func TestKill9LosesNothing(t *testing.T) {
 	})
 	sim.Stall(time.Hour)
 	sent := sim.SentHits("demo")
-	waitFor(t, 60*time.Second, "every hit on both resumed subscribers", func() bool {
-		for len(gotWS.hits) < len(sent) || len(gotSSE.hits) < len(sent) {
-			select {
-			case m := <-ws2.Msgs:
-				gotWS.take(m)
-			case m := <-sse2.Msgs:
-				gotSSE.take(m)
-			case <-time.After(100 * time.Millisecond):
-				return false
-			}
-		}
-		return true
-	})
+	takeBoth(t, 60*time.Second, "every hit on both resumed subscribers", ws2.Msgs, sse2.Msgs, &gotWS, &gotSSE, len(sent))
 	checkExactlyOnce(t, "ws", &gotWS, sent)
 	checkExactlyOnce(t, "sse", &gotSSE, sent)
 

@@ -21,15 +21,8 @@ func TestLoadtestSmoke(t *testing.T) {
 	}
 	bin := lsmuxBinary(t)
 	for _, transport := range []string{"ws", "sse"} {
-		var out strings.Builder
 		// -tick 5ms at 200 hits/s: one hit per upstream flush.
-		err := loadtest.Run(context.Background(), []string{"-server-binary", bin, "-server-cpus", "", "-sim-listen", "127.0.0.1:0",
-			"-transport", transport, "-n", "20", "-rate", "200", "-tick", "5ms", "-duration", "1s", "-warmup", "500ms"}, cli.Env{}, &out, io.Discard)
-		if err != nil {
-			t.Fatalf("%s: %v", transport, err)
-		}
-		line := out.String()
-		t.Log(strings.TrimSpace(line))
+		line := runLoadtest(t, bin, transport, "-n", "20", "-rate", "200", "-tick", "5ms", "-duration", "1s", "-warmup", "500ms")
 		// Loss counts hits still in flight when the window closes, so a
 		// little is expected; a hole in a subscriber's sequence is not.
 		m := regexp.MustCompile(`loss=([0-9.]+)%`).FindStringSubmatch(line)
@@ -52,16 +45,24 @@ func TestLoadtestStormSmoke(t *testing.T) {
 	}
 	bin := lsmuxBinary(t)
 	for _, transport := range []string{"ws", "sse"} {
-		var out strings.Builder
-		err := loadtest.Run(context.Background(), []string{"-server-binary", bin, "-server-cpus", "", "-sim-listen", "127.0.0.1:0",
-			"-transport", transport, "-n", "200", "-storm", "10"}, cli.Env{}, &out, io.Discard)
-		if err != nil {
-			t.Fatalf("%s: %v", transport, err)
-		}
-		line := out.String()
-		t.Log(strings.TrimSpace(line))
+		line := runLoadtest(t, bin, transport, "-n", "200", "-storm", "10")
 		if !strings.Contains(line, "opened=200 failed=0") || !strings.Contains(line, "delivered=2000/2000") || !regexp.MustCompile(`handshakes=[1-9][0-9]*/s`).MatchString(line) {
 			t.Fatalf("%s: %s", transport, line)
 		}
 	}
+}
+
+// runLoadtest runs the load tool as a user would, spawning bin on a port of
+// its own, and returns (and logs) its report.
+func runLoadtest(t *testing.T, bin, transport string, args ...string) string {
+	t.Helper()
+	var out strings.Builder
+	err := loadtest.Run(context.Background(), append([]string{"-server-binary", bin, "-server-cpus", "", "-sim-listen", "127.0.0.1:0",
+		"-transport", transport}, args...), cli.Env{}, &out, io.Discard)
+	if err != nil {
+		t.Fatalf("%s: %v", transport, err)
+	}
+	line := out.String()
+	t.Log(strings.TrimSpace(line))
+	return line
 }

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"go/build"
 	"io"
 	"net/http/httptest"
 	"os"
@@ -50,20 +49,10 @@ const (
 	kubeVersion = "1.31.0"
 )
 
-// opsTool finds a tool on PATH or where go install puts it.
+// opsTool finds a tool the ops tests drive.
 func opsTool(t *testing.T, name, install string) string {
 	t.Helper()
-	if p, err := exec.LookPath(name); err == nil {
-		return p
-	}
-	if p := filepath.Join(build.Default.GOPATH, "bin", name); fileExists(p) {
-		return p
-	}
-	if os.Getenv("LSMUX_OPS_TESTS") == "1" {
-		t.Fatalf("%s is not installed but LSMUX_OPS_TESTS=1 (.ci/run installs it: %s)", name, install)
-	}
-	t.Skipf("%s not installed (%s), or set LSMUX_OPS_TESTS=1 to make this a failure", name, install)
-	return ""
+	return testTool(t, name, "LSMUX_OPS_TESTS", install)
 }
 
 func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }

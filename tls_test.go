@@ -425,12 +425,5 @@ req.end();
 
 func nodeOrSkip(t *testing.T) string {
 	t.Helper()
-	node, err := exec.LookPath("node")
-	if err != nil {
-		if os.Getenv("LSMUX_BROWSER_TESTS") == "1" {
-			t.Fatal("node is not installed but LSMUX_BROWSER_TESTS=1 (.ci/run installs Debian's nodejs)")
-		}
-		t.Skip("node not installed: apt-get install nodejs, or set LSMUX_BROWSER_TESTS=1 to make this a failure")
-	}
-	return node
+	return testTool(t, "node", "LSMUX_BROWSER_TESTS", "apt-get install nodejs")
 }

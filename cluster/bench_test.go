@@ -2,13 +2,11 @@ package cluster
 
 import (
 	"context"
-	"fmt"
 	"testing"
 	"time"
 
 	"lsmux/cluster/natstest"
 	"lsmux/fanout"
-	"lsmux/upstream"
 )
 
 // BenchmarkLeaderToHub measures cluster mode's extra hop: hits handed to
@@ -25,7 +23,6 @@ func BenchmarkLeaderToHub(b *testing.B) {
 	defer node.Close()
 	pool := &fakePool{name: "bench", log: &upstreamLog{}}
 	s := node.NewStream("bench", fanout.Options{}, pool)
-	hub := s.Hub()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { s.Run(ctx); close(done) }()
@@ -37,25 +34,5 @@ func BenchmarkLeaderToHub(b *testing.B) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	pad := make([]byte, 1400)
-	for i := range pad {
-		pad[i] = 'x'
-	}
-	start := hub.Stats().Appended
-	b.SetBytes(int64(len(pad) + 60))
-	b.ResetTimer()
-	i := uint64(0)
-	for b.Loop() {
-		i++
-		raw := fmt.Appendf(nil, `{"hitIdHigh":7,"hitIdLow":%d,"pad":"%s"}`, i, pad)
-		s.Deliver(upstream.Hit{Raw: raw, ID: upstream.HitID{High: 7, Low: i}, HasID: true})
-	}
-	for hub.Stats().Appended-start < i {
-		if time.Now().After(deadline.Add(time.Minute)) {
-			b.Fatalf("only %d of %d hits reached the hub", hub.Stats().Appended-start, i)
-		}
-		time.Sleep(time.Millisecond)
-	}
-	b.StopTimer()
-	b.ReportMetric(float64(i)/b.Elapsed().Seconds(), "hits/s")
+	offerHits(b, s, time.Minute)
 }
