@@ -70,6 +70,8 @@ type Gap struct{ From, To uint64 }
 //     selectors, never together with wmu.
 //   - subs.mu (subscriber.go): the registry, never together with the
 //     others.
+//   - parking.wakeMu, then parking.pmu (park.go): the parked subscribers,
+//     never together with the others.
 type Hub struct {
 	maxHits  int
 	maxBytes int64
@@ -92,6 +94,7 @@ type Hub struct {
 
 	wake    atomic.Pointer[chan struct{}] // closed by Append when someone waits
 	waiting atomic.Bool
+	parking parking // subscribers waiting without a goroutine (park.go)
 	closed  chan struct{}
 	close1  sync.Once
 
@@ -287,6 +290,7 @@ func (h *Hub) wakeNow() {
 		// most appends find nobody waiting and allocate nothing.
 		w := make(chan struct{})
 		close(*h.wake.Swap(&w))
+		h.parking.notifyAll()
 	}
 }
 

@@ -46,6 +46,10 @@ type Subscriber struct {
 	replay     Replay
 	recs       []Record
 	replaySlot bool
+	// While parked (park.go): what to call at the next wake-up, and
+	// 1 + the subscriber's index in the hub's parked list (0: not parked).
+	notify  func()
+	parkIdx int
 }
 
 // MaxBatch caps the entries one Poll hands out, so one writer's batch
@@ -74,7 +78,7 @@ func (h *Hub) SubscribeWith(from uint64, info Info, sel *Selector, lim Limits) *
 	if sel != nil && info.Filter == "" {
 		info.Filter = sel.Describe()
 	}
-	s := &Subscriber{Info: info, Since: time.Now(), hub: h, buf: make([]*Entry, 0, MaxBatch), sel: sel, lim: lim, liveFrom: h.next.Load()}
+	s := &Subscriber{Info: info, Since: time.Now(), hub: h, sel: sel, lim: lim, liveFrom: h.next.Load()}
 	if sel != nil {
 		if sel.Filter != nil || len(sel.Named) > 0 {
 			s.meter = newCostMeter(lim)
@@ -96,6 +100,7 @@ func (s *Subscriber) Close() {
 	}
 	s.closed = true
 	s.hub.subs.remove(s)
+	s.hub.parking.unpark(s)
 	s.endEvaluation()
 	s.endReplay()
 	if s.sel != nil {
@@ -125,6 +130,7 @@ func (s *Subscriber) Poll(ctx context.Context, size func(*Entry) int, maxBytes i
 		}
 		defer s.endEvaluation()
 	}
+	s.takeBatch()
 	entries, next, gap, wake := s.read(s.cursor.Load(), maxBytes, size)
 	if late := s.late(entries); late != nil {
 		gap, next = late, late.To+1

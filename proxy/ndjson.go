@@ -29,7 +29,7 @@ func (s *Server) handleNDJSON(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-cache")
 	w.Header().Set("X-Accel-Buffering", "no")
-	p := &httpPeer{mem: s.batchMem, w: w, rc: http.NewResponseController(w), done: r.Context().Done()}
+	p := &httpPeer{mem: s.batchMem, w: w, rc: http.NewResponseController(w), ctx: r.Context()}
 	if acceptsGzip(r.Header.Get("Accept-Encoding")) {
 		w.Header().Set("Content-Encoding", "gzip")
 		w.Header().Add("Vary", "Accept-Encoding")
@@ -41,7 +41,7 @@ func (s *Server) handleNDJSON(w http.ResponseWriter, r *http.Request) {
 	if p.write(nil, time.Now().Add(s.opts.WriteTimeout)) != nil {
 		return
 	}
-	s.newSession(r.Context(), st, "ndjson", sub, ndjsonEncoder{}, p).run()
+	<-s.startSession(r.Context(), st, "ndjson", sub, ndjsonEncoder{}, p, nil).done
 }
 
 // acceptsGzip reads Accept-Encoding: gzip is wanted unless its q is 0.

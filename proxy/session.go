@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"io"
+	"math/rand/v2"
 	"net/http"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -20,6 +22,14 @@ import (
 // and ends it with the right goodbye. The transports differ only in their
 // encoder (encode.go) and their peer: how bytes reach the client and how
 // the client's leaving is noticed (ws.go, sse.go, ndjson.go).
+//
+// A session keeps no goroutine while it has nothing to write. Everything
+// that can give it work kicks it: the hub's next hit (the subscriber is
+// parked, fanout.Subscriber.Park), its ping timer, the client (a ping to
+// answer, or leaving) and shutdown. A kick starts a writer goroutine if
+// none runs; the writer works until there is nothing left, then parks the
+// session and ends. An idle WebSocket subscriber is therefore one reader
+// goroutine and a few small structs (docs/performance.md).
 
 // peer is a session's client connection.
 type peer interface {
@@ -28,12 +38,15 @@ type peer interface {
 	send(b *batch, deadline time.Time) error
 	// gone is closed when the client went away.
 	gone() <-chan struct{}
+	// watch calls kick when the client asks for an answer (a ping) and
+	// left when it leaves; stop ends the watch.
+	watch(kick, left func()) (stop func())
 	// left says, once gone is closed, why the client went and what to
 	// answer (the echo of a WebSocket close frame; nil: nothing).
 	left() (reason string, reply []byte)
-	// control yields frames the client asked for (WebSocket pongs); nil
-	// for transports without any.
-	control() <-chan []byte
+	// control returns a frame the client asked for (a WebSocket pong),
+	// nil when none is due.
+	control() []byte
 	// awaitClose waits, until deadline at most, for the client to
 	// acknowledge a goodbye (the WebSocket close handshake).
 	awaitClose(deadline time.Time)
@@ -45,6 +58,7 @@ type session struct {
 	// subscriber waits for inside Poll (its filter budget, an evaluation
 	// slot) stops waiting.
 	ctx       context.Context
+	cancel    context.CancelFunc
 	st        *Stream
 	stream    string
 	transport string
@@ -52,105 +66,173 @@ type session struct {
 	sub       *fanout.Subscriber
 	enc       encoder
 	peer      peer
-	log       logrus.FieldLogger
 	// liveFrom is the first number appended after the subscription began:
 	// hits before it are a resume's backlog and say nothing about
 	// delivery lag.
 	liveFrom uint64
 	b        batch
+
+	// kicks counts wake-ups no writer has seen yet; a writer goroutine
+	// runs while it is above zero, and at most one.
+	kicks     atomic.Int64
+	ping      *time.Timer // sets pingDue every PingInterval
+	pingDue   atomic.Bool
+	bye       *time.Timer // the shutdown spread: sets byeDue
+	byeDue    atomic.Bool
+	stopBase  func() bool
+	stopWatch func()
+	// after is the transport's cleanup, run when the session has ended;
+	// done is closed after it.
+	after func()
+	done  chan struct{}
 }
 
-func (s *Server) newSession(ctx context.Context, st *Stream, transport string, sub *fanout.Subscriber, enc encoder, p peer) *session {
-	return &session{srv: s, ctx: ctx, st: st, stream: st.Name, transport: transport, hub: st.Hub, sub: sub, enc: enc, peer: p,
-		log: s.log.WithField("stream", st.Name).WithField("subscriber", sub.ID).WithField("transport", transport), liveFrom: st.Hub.Start(fanout.Live)}
+// startSession starts serving sub on p and returns at once; done is
+// closed when the session has ended and after has run.
+func (s *Server) startSession(ctx context.Context, st *Stream, transport string, sub *fanout.Subscriber, enc encoder, p peer, after func()) *session {
+	ss := &session{srv: s, st: st, stream: st.Name, transport: transport, hub: st.Hub, sub: sub, enc: enc, peer: p,
+		liveFrom: st.Hub.Start(fanout.Live), after: after, done: make(chan struct{})}
+	// The first writer starts at the end: a kick meanwhile (the client
+	// left already) waits for it.
+	ss.kicks.Store(1)
+	ss.ctx, ss.cancel = context.WithCancel(ctx)
+	ss.stopBase = context.AfterFunc(s.base, func() { ss.cancel(); ss.kick() })
+	ss.stopWatch = p.watch(ss.kick, func() { ss.cancel(); ss.kick() })
+	// The first ping comes at a random point of the first interval, so
+	// thousands of clients that connected together are not pinged in
+	// lockstep ever after.
+	ss.ping = time.AfterFunc(s.opts.PingInterval/2+rand.N(s.opts.PingInterval/2+1), func() { ss.pingDue.Store(true); ss.kick() })
+	go ss.work()
+	return ss
 }
 
-// run serves the subscriber until it leaves, falls behind under the
-// disconnect policy, a write fails, or lsmux shuts down. It returns the
-// reason (disconnect.go).
-func (ss *session) run() (reason string) {
-	opts := ss.srv.opts
-	ctx, cancel := context.WithCancel(ss.ctx)
-	defer cancel()
-	defer context.AfterFunc(ss.srv.base, cancel)()
-	ping := time.NewTicker(opts.PingInterval)
-	defer ping.Stop()
-	defer func() {
-		ss.b.reset()
-		ss.srv.obs.Disconnected(ss.stream, ss.transport, reason)
-		ss.st.disconnects.add(reason)
-		ss.log.WithField("reason", reason).Debug("subscriber left")
-	}()
+func (ss *session) log() logrus.FieldLogger {
+	return ss.srv.log.WithFields(logrus.Fields{"stream": ss.stream, "subscriber": ss.sub.ID, "transport": ss.transport})
+}
+
+// kick gives the session work: it starts a writer unless one runs.
+func (ss *session) kick() {
+	if ss.kicks.Add(1) == 1 {
+		go ss.work()
+	}
+}
+
+// work is the writer: it steps until the session is idle (and no kick
+// came meanwhile) or over.
+func (ss *session) work() {
 	for {
-		// The client and shutdown come first, before every batch: a
-		// subscriber reading a backlog must still notice both.
-		select {
-		case <-ss.peer.gone():
-			return ss.clientLeft()
-		case <-ss.srv.closing:
-			return ss.shutdown(ping.C)
-		default:
+		seen := ss.kicks.Load()
+		reason, over, idle := ss.step()
+		if over {
+			ss.finish(reason) // kicks stays above zero: no writer starts again
+			return
 		}
-		// Control frames next, even when hits keep the writer busy:
-		// without pings a busy but healthy WebSocket would hit its read
-		// deadline.
-		select {
-		case <-ping.C:
-			ss.enc.ping(&ss.b)
-		case f := <-ss.peer.control():
-			ss.b.addOwn(f)
-		default:
-		}
-		entries, gap, wake, err := ss.sub.Poll(ctx, ss.enc.size, opts.BatchBytes)
-		if errors.Is(err, fanout.ErrFilterCost) {
-			ss.log.WithField("reason", reasonFilterCost).Warnf("subscriber dropped: %v", err)
-			return ss.end(reasonFilterCost)
-		}
-		if err != nil {
-			continue // the client left or shutdown began: the checks above say which
-		}
-		if gap != nil {
-			ss.srv.obs.Gap(ss.stream, ss.transport)
-			if opts.SlowDisconnect {
-				if !ss.enc.gap(&batch{}, gap) {
-					ss.log.WithField("reason", reasonSlow).Warn("drop-in subscriber fell behind the ring; disconnected")
-				}
-				return ss.end(reasonSlow)
-			}
-			if !ss.enc.gap(&ss.b, gap) {
-				ss.log.WithField("from", gap.From).WithField("to", gap.To).Warn("drop-in subscriber missed hits (its format cannot carry a gap notice)")
-			}
-		}
-		for _, e := range entries {
-			ss.enc.hit(&ss.b, e)
-			if ss.b.lagFrom.IsZero() && e.Seq >= ss.liveFrom {
-				ss.b.lagFrom = e.Received
-			}
-		}
-		ss.b.hits = len(entries)
-		if err := ss.flush(); err != nil {
-			select {
-			case <-ss.peer.gone(): // the write ended because the client left
-				return ss.clientLeft()
-			default:
-				return writeFailed(err)
-			}
-		}
-		if len(entries) > 0 || gap != nil || wake == nil {
-			continue // more to read (Poll bounds its work per call)
-		}
-		select {
-		case <-wake:
-		case <-ping.C:
-			ss.enc.ping(&ss.b)
-		case f := <-ss.peer.control():
-			ss.b.addOwn(f)
-		case <-ss.peer.gone():
-			return ss.clientLeft()
-		case <-ss.srv.closing:
-			return ss.shutdown(ping.C)
+		if idle && ss.kicks.CompareAndSwap(seen, 0) {
+			return
 		}
 	}
+}
+
+// step is one round: the client and shutdown first, then keepalives, then
+// one batch of hits. over is set, with the reason, when the session
+// ended: the subscriber left, fell behind under the disconnect policy, a
+// write failed, or lsmux shut down (disconnect.go). idle is set when
+// nothing is left to do until the next kick.
+func (ss *session) step() (reason string, over, idle bool) {
+	opts := ss.srv.opts
+	// The client and shutdown come first, before every batch: a
+	// subscriber reading a backlog must still notice both.
+	select {
+	case <-ss.peer.gone():
+		return ss.clientLeft(), true, false
+	default:
+	}
+	if ss.srv.ShuttingDown() {
+		return ss.shuttingDown()
+	}
+	// Keepalives next, even when hits keep the writer busy: without pings
+	// a busy but healthy WebSocket would hit its read deadline.
+	ss.keepalive()
+	entries, gap, wake, err := ss.sub.Poll(ss.ctx, ss.enc.size, opts.BatchBytes)
+	if errors.Is(err, fanout.ErrFilterCost) {
+		ss.log().WithField("reason", reasonFilterCost).Warnf("subscriber dropped: %v", err)
+		return ss.end(reasonFilterCost), true, false
+	}
+	if err != nil {
+		return "", false, false // the client left or shutdown began: the checks above say which
+	}
+	if gap != nil {
+		ss.srv.obs.Gap(ss.stream, ss.transport)
+		if opts.SlowDisconnect {
+			if !ss.enc.gap(&batch{}, gap) {
+				ss.log().WithField("reason", reasonSlow).Warn("drop-in subscriber fell behind the ring; disconnected")
+			}
+			return ss.end(reasonSlow), true, false
+		}
+		if !ss.enc.gap(&ss.b, gap) {
+			ss.log().WithField("from", gap.From).WithField("to", gap.To).Warn("drop-in subscriber missed hits (its format cannot carry a gap notice)")
+		}
+	}
+	for _, e := range entries {
+		ss.enc.hit(&ss.b, e)
+		if ss.b.lagFrom.IsZero() && e.Seq >= ss.liveFrom {
+			ss.b.lagFrom = e.Received
+		}
+	}
+	ss.b.hits = len(entries)
+	if err := ss.flush(); err != nil {
+		select {
+		case <-ss.peer.gone(): // the write ended because the client left
+			return ss.clientLeft(), true, false
+		default:
+			return writeFailed(err), true, false
+		}
+	}
+	if len(entries) > 0 || gap != nil || wake == nil {
+		return "", false, false // more to read (Poll bounds its work per call)
+	}
+	if ss.sub.Park(wake, ss.kick) {
+		return "", false, true
+	}
+	// Not the hub's wake-up: one that came already, or a replay waiting
+	// for its share of the replay rate (a few milliseconds).
+	select {
+	case <-wake:
+	case <-ss.peer.gone():
+	case <-ss.srv.closing:
+	}
+	return "", false, false
+}
+
+// keepalive adds a ping when one is due and what the client asked for.
+func (ss *session) keepalive() {
+	if ss.pingDue.Swap(false) {
+		ss.enc.ping(&ss.b)
+		ss.ping.Reset(ss.srv.opts.PingInterval)
+	}
+	if f := ss.peer.control(); f != nil {
+		ss.b.addOwn(f)
+	}
+}
+
+// finish runs once the session is over.
+func (ss *session) finish(reason string) {
+	ss.ping.Stop()
+	if ss.bye != nil {
+		ss.bye.Stop()
+	}
+	ss.stopBase()
+	ss.stopWatch()
+	ss.cancel()
+	ss.b.reset()
+	ss.sub.Close()
+	ss.srv.obs.Disconnected(ss.stream, ss.transport, reason)
+	ss.st.disconnects.add(reason)
+	ss.log().WithField("reason", reason).Debug("subscriber left")
+	if ss.after != nil {
+		ss.after()
+	}
+	close(ss.done)
 }
 
 // flush sends the batch, if there is anything in it, within the write
@@ -189,29 +271,23 @@ func (ss *session) clientLeft() string {
 	return reason
 }
 
-// shutdown waits this subscriber's turn in the drain spread, so thousands
-// of clients do not all reconnect elsewhere in the same instant, then says
-// goodbye. Meanwhile the connection is kept alive (pings, and pongs to the
-// client's pings): a spread longer than the read deadline must not turn
-// into ping timeouts.
-func (ss *session) shutdown(ping <-chan time.Time) string {
-	t := time.NewTimer(ss.srv.closeDelay())
-	defer t.Stop()
-	for {
-		select {
-		case <-t.C:
-			return ss.end(reasonShutdown)
-		case <-ss.peer.gone():
-			return ss.clientLeft()
-		case <-ping:
-			ss.enc.ping(&ss.b)
-		case f := <-ss.peer.control():
-			ss.b.addOwn(f)
-		}
-		if err := ss.flush(); err != nil {
-			return writeFailed(err)
-		}
+// shuttingDown waits this subscriber's turn in the drain spread, so
+// thousands of clients do not all reconnect elsewhere in the same instant,
+// then says goodbye. Meanwhile the connection is kept alive (pings, and
+// pongs to the client's pings): a spread longer than the read deadline
+// must not turn into ping timeouts.
+func (ss *session) shuttingDown() (reason string, over, idle bool) {
+	if ss.bye == nil {
+		ss.bye = time.AfterFunc(ss.srv.closeDelay(), func() { ss.byeDue.Store(true); ss.kick() })
 	}
+	if ss.byeDue.Load() {
+		return ss.end(reasonShutdown), true, false
+	}
+	ss.keepalive()
+	if err := ss.flush(); err != nil {
+		return writeFailed(err), true, false
+	}
+	return "", false, true
 }
 
 // end closes the subscription for reason with the transport's goodbye,
@@ -246,7 +322,7 @@ type httpPeer struct {
 	w       io.Writer           // the response, or a gzip layer over it
 	rc      *http.ResponseController
 	flusher func() error    // flushes a layer between w and the response (gzip); nil: none
-	done    <-chan struct{} // the request's context
+	ctx     context.Context // the request's
 }
 
 // batchPools hold the buffers httpPeer fills for one write, by size
@@ -335,7 +411,12 @@ func (p *httpPeer) write(out []byte, deadline time.Time) error {
 	return err
 }
 
-func (p *httpPeer) gone() <-chan struct{}  { return p.done }
+func (p *httpPeer) gone() <-chan struct{}  { return p.ctx.Done() }
 func (p *httpPeer) left() (string, []byte) { return reasonClient, nil }
-func (p *httpPeer) control() <-chan []byte { return nil }
+func (p *httpPeer) control() []byte        { return nil }
 func (p *httpPeer) awaitClose(time.Time)   {}
+
+func (p *httpPeer) watch(_, left func()) func() {
+	stop := context.AfterFunc(p.ctx, left)
+	return func() { stop() }
+}

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -29,8 +30,10 @@ import (
 // so frames never interleave.
 
 var wsUpgrader = websocket.Upgrader{
-	ReadBufferSize:   512, // clients send only control frames
-	WriteBufferSize:  256, // used by gorilla only for its own close frames
+	ReadBufferSize:  512, // clients send only control frames
+	WriteBufferSize: 256, // used by gorilla only for its own close frames,
+	// from a pool: an idle connection holds none.
+	WriteBufferPool:  &sync.Pool{},
 	HandshakeTimeout: 10 * time.Second,
 	// checkOrigin (access.go) has already refused origins that are not
 	// allowed, and allows some cross-origin pages gorilla's default would
@@ -50,11 +53,82 @@ func (c *lockedConn) Write(p []byte) (int, error) {
 	return c.Conn.Write(p)
 }
 
-// writeBuffers sends all of bufs with one writev on a TCP connection.
+// writeBuffers sends all of bufs: with one writev on a TCP connection,
+// copied into one pooled buffer and one Write on others (TLS), which
+// would otherwise make a record and a system call of every piece.
 func (c *lockedConn) writeBuffers(bufs *net.Buffers) (int64, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return bufs.WriteTo(c.Conn)
+	if _, ok := c.Conn.(*net.TCPConn); ok {
+		return bufs.WriteTo(c.Conn)
+	}
+	n := 0
+	for _, b := range *bufs {
+		n += len(b)
+	}
+	pool, size := batchPool(n)
+	buf, _ := pool.Get().(*[]byte)
+	if buf == nil {
+		s := make([]byte, 0, size)
+		buf = &s
+	}
+	out := (*buf)[:0]
+	for _, b := range *bufs {
+		out = append(out, b...)
+	}
+	*bufs = (*bufs)[:0]
+	written, err := c.Conn.Write(out)
+	if cap(out) <= size {
+		*buf = out[:0]
+		pool.Put(buf)
+	}
+	return int64(written), err
+}
+
+// connWriter writes batches to a hijacked connection (WebSocket, and SSE
+// over HTTP/1.1), each in one write, for the session's writer.
+type connWriter struct {
+	lc       *lockedConn
+	bufs     net.Buffers
+	readDone chan struct{} // closed when the client left
+	// broken is set after a write failed: it may have stopped inside a
+	// frame or chunk, and any byte after that would be read as part of
+	// it, so nothing more is written.
+	broken bool
+}
+
+// errBroken answers writes after a failed one.
+var errBroken = errors.New("an earlier write failed part way; nothing more can be framed")
+
+// writev sends head, pieces and tail in one write, giving up at
+// deadline, or within goodbyeWait when the client has left.
+func (w *connWriter) writev(head []byte, pieces [][]byte, tail []byte, deadline time.Time) error {
+	if w.broken {
+		return errBroken
+	}
+	w.lc.SetWriteDeadline(deadline)
+	select {
+	case <-w.readDone: // the client left: do not wait long for it to read
+		if short := time.Now().Add(goodbyeWait); short.Before(deadline) {
+			w.lc.SetWriteDeadline(short)
+		}
+	default: // if it leaves during the write, the reader ends the write
+	}
+	w.bufs = w.bufs[:0]
+	if len(head) > 0 {
+		w.bufs = append(w.bufs, head)
+	}
+	w.bufs = append(w.bufs, pieces...) // WriteTo consumes the slice header, not the backing array
+	if len(tail) > 0 {
+		w.bufs = append(w.bufs, tail)
+	}
+	_, err := w.lc.writeBuffers(&w.bufs)
+	clear(w.bufs[:cap(w.bufs)]) // drop references to entries the ring may evict
+	w.bufs = w.bufs[:0]
+	if err != nil {
+		w.broken = true
+	}
+	return err
 }
 
 // hijackWriter hands gorilla a lockedConn instead of the raw connection.
@@ -74,83 +148,88 @@ func (h *hijackWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 
 func (h *hijackWriter) Unwrap() http.ResponseWriter { return h.ResponseWriter }
 
+// handleWS returns as soon as the connection is upgraded: net/http's
+// buffers, the request and this goroutine's stack are freed, and the
+// session (a reader goroutine, and a writer while there is something to
+// write) serves the connection from here on. The subscription's admission
+// is released when the session ends, so Shutdown still waits for it.
 func (s *Server) handleWS(w http.ResponseWriter, r *http.Request) {
 	st, sub, release, ok := s.openSubscription(w, r, "ws", false)
 	if !ok {
 		return
 	}
-	defer release()
-	defer sub.Close()
 	hw := &hijackWriter{ResponseWriter: w}
 	conn, err := wsUpgrader.Upgrade(hw, r, nil)
 	if err != nil {
+		sub.Close()
+		release()
 		return // gorilla has answered the client
 	}
-	s.track(hw.conn.Conn, true)
-	defer s.track(hw.conn.Conn, false)
-	defer conn.Close()
-
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	p := &wsPeer{conn: conn, lc: hw.conn, pongs: make(chan []byte, 1), readDone: make(chan struct{}), cancel: cancel}
-	p.start(s.opts.PingInterval+s.opts.PongWait, s.opts.MaxMessageSize)
-	defer p.stop()
-	s.newSession(ctx, st, "ws", sub, wsEncoder{}, p).run()
+	raw := hw.conn.Conn
+	s.track(raw, true)
+	p := &wsPeer{conn: conn, connWriter: connWriter{lc: hw.conn, readDone: make(chan struct{})}}
+	p.configure(s.opts.PingInterval+s.opts.PongWait, s.opts.MaxMessageSize)
+	// Not the request's context: net/http ends that when this handler
+	// returns. The reader ends the session's when the client goes.
+	s.startSession(context.Background(), st, "ws", sub, wsEncoder{}, p, func() {
+		p.stop()
+		s.track(raw, false)
+		release()
+	})
 }
 
 // wsPeer is a WebSocket client: a reader goroutine that handles what the
 // client sends (pongs, pings, close, and any message, which is discarded)
 // and a connection the session writes whole batches to with one writev.
 type wsPeer struct {
-	conn     *websocket.Conn
-	lc       *lockedConn
-	bufs     net.Buffers
-	pongs    chan []byte        // pong frames answering the client's pings
-	readDone chan struct{}      // closed when the reader stops
-	readErr  error              // why it stopped; read after readDone
-	cancel   context.CancelFunc // ends the session's context when the reader stops
-	// broken is set (by the session) after a write failed: it may have
-	// stopped inside a frame, and any byte after that would be read as
-	// that frame's payload, so nothing more is written.
-	broken bool
+	connWriter
+	conn    *websocket.Conn
+	pong    atomic.Pointer[[]byte] // a pong frame answering the client's last ping
+	kick    func()                 // tells the session the client wants an answer
+	leave   func()                 // tells the session the client left
+	readErr error                  // why the reader stopped; read after readDone
 }
 
-// errBroken answers writes after a failed one.
-var errBroken = errors.New("websocket: an earlier write failed part way; nothing more can be framed")
-
-// start begins reading. Every frame from the client, a pong above all,
-// moves the read deadline: a client silent past a ping interval plus the
-// pong wait is gone.
-func (p *wsPeer) start(deadline time.Duration, maxMessage int64) {
+// configure sets up reading. Every frame from the client, a pong above
+// all, moves the read deadline: a client silent past a ping interval plus
+// the pong wait is gone.
+func (p *wsPeer) configure(deadline time.Duration, maxMessage int64) {
 	extend := func() { p.conn.SetReadDeadline(time.Now().Add(deadline)) }
 	extend()
 	p.conn.SetReadLimit(maxMessage)
 	p.conn.SetPongHandler(func(string) error { extend(); return nil })
 	p.conn.SetPingHandler(func(data string) error {
 		extend()
-		select {
-		case p.pongs <- fanout.WSFrame(fanout.OpPong, []byte(data)):
-		default: // a pong is already due; one answers both
-		}
+		f := fanout.WSFrame(fanout.OpPong, []byte(data))
+		p.pong.Store(&f) // a pong already due is replaced: one answers both
+		p.kick()
 		return nil
 	})
 	p.conn.SetCloseHandler(func(int, string) error { return nil }) // answered by the session
-	go func() {
-		for {
-			if _, _, err := p.conn.NextReader(); err != nil {
-				p.readErr = err
-				close(p.readDone)
-				p.cancel()
-				// The client is gone or said goodbye: a batch write
-				// blocked on its full socket ends now, not at the write
-				// timeout (the session answers within goodbyeWait). After
-				// readDone, so a write that sets its deadline later sees
-				// readDone closed (send).
-				p.lc.SetWriteDeadline(time.Now())
-				return
-			}
+}
+
+// watch starts the reader: the connection's one goroutine while idle.
+func (p *wsPeer) watch(kick, left func()) func() {
+	p.kick, p.leave = kick, left
+	go p.read()
+	return func() {}
+}
+
+func (p *wsPeer) read() {
+	for {
+		if _, _, err := p.conn.NextReader(); err != nil {
+			p.readErr = err
+			close(p.readDone)
+			// The client is gone or said goodbye: a batch write blocked
+			// on its full socket ends now, not at the write timeout (the
+			// session answers within goodbyeWait). After readDone, so a
+			// write that sets its deadline later sees readDone closed
+			// (send).
+			p.lc.SetWriteDeadline(time.Now())
+			p.leave()
+			return
 		}
-	}()
+	}
 }
 
 // stop closes the connection and waits for the reader.
@@ -160,30 +239,17 @@ func (p *wsPeer) stop() {
 }
 
 func (p *wsPeer) send(b *batch, deadline time.Time) error {
-	if p.broken {
-		return errBroken
-	}
-	p.lc.SetWriteDeadline(deadline)
-	select {
-	case <-p.readDone: // the client left: do not wait long for it to read
-		if short := time.Now().Add(goodbyeWait); short.Before(deadline) {
-			p.lc.SetWriteDeadline(short)
-		}
-	default: // if it leaves during the write, the reader ends the write
-	}
-	p.bufs = append(p.bufs[:0], b.bufs...) // WriteTo consumes the slice header, not the backing array
-	_, err := p.lc.writeBuffers(&p.bufs)
-	clear(p.bufs[:cap(p.bufs)]) // drop references to entries the ring may evict
-	p.bufs = p.bufs[:0]
-	if err != nil {
-		p.broken = true
-	}
-	return err
+	return p.writev(nil, b.bufs, nil, deadline)
 }
 
 func (p *wsPeer) gone() <-chan struct{} { return p.readDone }
 
-func (p *wsPeer) control() <-chan []byte { return p.pongs }
+func (p *wsPeer) control() []byte {
+	if f := p.pong.Swap(nil); f != nil {
+		return *f
+	}
+	return nil
+}
 
 // left reads why the reader stopped: a close frame is echoed (without a
 // code that may not be sent: RFC 6455 forbids 1005 and 1006 on the wire,

@@ -35,7 +35,7 @@ func (c *cutConn) SetWriteDeadline(time.Time) error { return nil }
 // payload.
 func TestWebSocketWritesNothingAfterACutFrame(t *testing.T) {
 	conn := &cutConn{n: 5}
-	p := &wsPeer{lc: &lockedConn{Conn: conn}, readDone: make(chan struct{})}
+	p := &wsPeer{connWriter: connWriter{lc: &lockedConn{Conn: conn}, readDone: make(chan struct{})}}
 	var b batch
 	b.addOwn(fanout.WSFrame(fanout.OpText, []byte(`{"type":"hit","seq":1,"hit":{}}`)))
 	if err := p.send(&b, time.Now().Add(time.Second)); err == nil {

@@ -1,0 +1,112 @@
+package proxy_test
+
+import (
+	"bytes"
+	"io"
+	"runtime/pprof"
+	"strings"
+	"testing"
+	"time"
+
+	"lsmux/fanout"
+	"lsmux/proxy"
+)
+
+// serverGoroutines counts the goroutines running lsmux's proxy code by
+// the function that identifies them.
+func serverGoroutines() map[string]int {
+	var buf bytes.Buffer
+	pprof.Lookup("goroutine").WriteTo(&buf, 2)
+	counts := map[string]int{}
+	for _, g := range strings.Split(buf.String(), "\n\n") {
+		for _, fn := range []string{"(*wsPeer).read", "(*ssePeer).watch", "(*session).work", "(*Server).handleWS", "(*Server).handleSSE"} {
+			if strings.Contains(g, "lsmux/proxy."+fn) {
+				counts[fn]++
+			}
+		}
+	}
+	return counts
+}
+
+// TestIdleSubscribersKeepOneGoroutineEach: an idle WebSocket or SSE
+// subscriber (HTTP/1.1) is its reader goroutine and nothing else: no
+// handler waiting, no writer. A hit starts a writer for each, every one
+// gets it, and the writers end again. This is what keeps an idle
+// subscriber under 10 KB (docs/performance.md).
+func TestIdleSubscribersKeepOneGoroutineEach(t *testing.T) {
+	const n = 40
+	r := serve(t, fanout.Options{}, proxy.Options{PingInterval: time.Hour})
+	var chans []<-chan msg
+	for range n {
+		chans = append(chans, mustWS(t, r.base+"/ws").Msgs, mustSSE(t, r.base+"/sse", nil).Msgs)
+	}
+	waitFor(t, 10*time.Second, "all subscribed", func() bool {
+		c := r.hub.SubscriberCounts()
+		return c["ws"] == n && c["sse"] == n
+	})
+	idle := func(when string) {
+		t.Helper()
+		var got map[string]int
+		waitFor(t, 10*time.Second, "idle subscribers "+when+" down to their readers", func() bool {
+			got = serverGoroutines()
+			return got["(*session).work"] == 0
+		})
+		if got["(*wsPeer).read"] != n || got["(*ssePeer).watch"] != n || got["(*Server).handleWS"] != 0 || got["(*Server).handleSSE"] != 0 {
+			t.Fatalf("%s: goroutines %v; want %d readers per transport and nothing else", when, got, n)
+		}
+	}
+	idle("before any hit")
+	r.appendN(0, 1)
+	for i, ch := range chans {
+		if m := next(t, ch, 10*time.Second); m.Type != "hit" || !bytes.Equal(m.Hit, hitN(0)) {
+			t.Fatalf("subscriber %d got %+v, want hit 0", i, m)
+		}
+	}
+	idle("after a hit")
+}
+
+// TestFirstPingsAreSpreadOut: clients that connect together are not
+// pinged together; the first ping comes at a random point of the first
+// interval (from half of it on), so 19,000 connections do not ping in
+// lockstep ever after.
+func TestFirstPingsAreSpreadOut(t *testing.T) {
+	const n, interval = 30, 400 * time.Millisecond
+	r := serve(t, fanout.Options{}, proxy.Options{PingInterval: interval, PongWait: 10 * time.Second})
+	firsts := make(chan time.Duration, n)
+	for range n {
+		c := dialRawWS(t, r.base+"/ws")
+		start := time.Now()
+		go func() {
+			c.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+			var hdr [2]byte
+			for {
+				if _, err := io.ReadFull(c.br, hdr[:]); err != nil || hdr[1] >= 126 {
+					firsts <- -1 // no ping: the read failed, or a frame this test does not expect
+					return
+				}
+				if _, err := c.br.Discard(int(hdr[1])); err != nil {
+					firsts <- -1
+					return
+				}
+				if hdr[0]&0x0f == 0x9 {
+					firsts <- time.Since(start)
+					return
+				}
+			}
+		}()
+	}
+	lo, hi := time.Hour, time.Duration(0)
+	for range n {
+		d := <-firsts
+		if d < 0 {
+			t.Fatal("a client got no ping")
+		}
+		lo, hi = min(lo, d), max(hi, d)
+	}
+	if lo < interval/2-20*time.Millisecond {
+		t.Errorf("a first ping came %v after connecting, before half the interval (%v)", lo, interval/2)
+	}
+	if hi-lo < interval/5 {
+		t.Errorf("first pings of %d clients all within %v (%v..%v): not spread over the interval", n, hi-lo, lo, hi)
+	}
+}
