@@ -132,7 +132,7 @@ func (c *config) flags(f *cli.FlagSet) {
 	f.Bytes(&c.MaxRecordSize, "max-record-size", upstream.DefaultMaxRecordSize, "largest hit accepted from upstream; larger ones are skipped and counted")
 	f.Int(&c.DedupWindow, "dedup-window", upstream.DefaultDedupWindow, "how many recent hit ids are remembered to drop duplicates")
 	f.Int(&c.BufferHits, "buffer-hits", 200_000, "hits kept in memory (the ring) for resume and slow subscribers")
-	f.Bytes(&c.BufferBytes, "buffer-bytes", 512<<20, "bytes the ring may hold; each hit counts about three times its size (its WebSocket, SSE and drop-in encodings)")
+	f.Bytes(&c.BufferBytes, "buffer-bytes", 512<<20, "bytes the ring may hold; each hit counts about 1.2 times its size (one copy, inside its WebSocket frame, and the SSE header)")
 	f.Duration(&c.WriteDelay, "write-delay", 0, "gather hits this long before waking the subscribers at the live edge: a subscriber writes at most once per delay whatever the hit rate (0: at every hit)")
 	f.Duration(&c.WriteTimeout, "write-timeout", 10*time.Second, "drop a subscriber whose socket write blocks this long")
 	f.String(&c.SlowPolicy, "slow-policy", "gap", "a subscriber that falls off the ring: gap (notice, continue) or disconnect")

@@ -2,23 +2,27 @@ package fanout
 
 import (
 	"bytes"
+	"slices"
 	"strconv"
 	"sync/atomic"
 	"time"
 )
 
-// Entry is one hit in the ring, with every wire encoding built once at
-// append time and shared by all subscribers. Its bytes are never modified
-// after Append returns; only ext changes, atomically: what subscribers with
-// selectors derived from the hit (select.go), attached and dropped as the
-// derived window moves.
+// Entry is one hit in the ring. It holds the hit's bytes once, inside its
+// WebSocket frame, and the small headers of the other encodings: each
+// wire format is a few pieces of the same allocation (and constant
+// suffixes), shared by all subscribers and written with one writev. Its
+// bytes are never modified after Append returns; only ext changes,
+// atomically: what subscribers with selectors derived from the hit
+// (select.go), attached and dropped as the derived window moves.
 type Entry struct {
 	Seq      uint64
 	Received time.Time // when the upstream reader got it (for lag)
-	buf      []byte    // [ws frame | sse event | ndjson line], one allocation
-	wsEnd    int
-	sseEnd   int
-	rawStart int // offset of the raw hit inside the ndjson part
+	// buf is [sse header | ws frame header, {"type":"hit","seq":N,"hit": | raw | }]
+	buf      []byte
+	wsStart  int    // where the WebSocket frame starts (the SSE header ends)
+	rawStart int    // where the raw hit starts
+	sseData  []byte // the raw hit with CR replaced, only when it has one (appendSSEData)
 
 	ext atomic.Pointer[derived] // filter/projection data, only when a subscriber asked
 	// replayed marks an entry read from history for one subscriber: its
@@ -27,52 +31,73 @@ type Entry struct {
 	replayed bool
 }
 
+// Constant ends of the encodings, shared by every entry.
+var (
+	sseEnd = []byte("\n\n")
+	crlf   = []byte("\r\n")
+)
+
 // Raw is the hit exactly as Live Stream sent it.
-func (e *Entry) Raw() []byte { return e.buf[e.rawStart : len(e.buf)-2] }
+func (e *Entry) Raw() []byte {
+	end := len(e.buf) - 1
+	return e.buf[e.rawStart:end:end]
+}
 
 // WSFrame is the complete WebSocket text frame (header included) carrying
 // {"type":"hit","seq":N,"hit":<raw>}. Server frames are not masked, so the
 // bytes are the same for every subscriber.
-func (e *Entry) WSFrame() []byte { return e.buf[:e.wsEnd] }
+func (e *Entry) WSFrame() []byte { return e.buf[e.wsStart:] }
 
-// SSEEvent is "id: N\nevent: hit\ndata: <raw>\n\n".
-func (e *Entry) SSEEvent() []byte { return e.buf[e.wsEnd:e.sseEnd] }
+// SSEEvent is "id: N\nevent: hit\ndata: <raw>\n\n", in three pieces.
+func (e *Entry) SSEEvent() (header, data, end []byte) {
+	data = e.sseData
+	if data == nil {
+		data = e.Raw()
+	}
+	return e.buf[:e.wsStart:e.wsStart], data, sseEnd
+}
 
-// NDJSON is the raw hit plus CRLF, the upstream's own record format.
-func (e *Entry) NDJSON() []byte { return e.buf[e.sseEnd:] }
+// SSELen is the length of the SSE event.
+func (e *Entry) SSELen() int { return e.wsStart + len(e.buf) - 1 - e.rawStart + len(sseEnd) }
+
+// NDJSON is the raw hit and CRLF, the upstream's own record format, in two
+// pieces.
+func (e *Entry) NDJSON() (raw, end []byte) { return e.Raw(), crlf }
+
+// NDJSONLen is the length of the NDJSON record.
+func (e *Entry) NDJSONLen() int { return len(e.buf) - 1 - e.rawStart + len(crlf) }
 
 // Size is what the entry costs the ring's byte budget.
-func (e *Entry) Size() int { return cap(e.buf) + entryOverhead }
+func (e *Entry) Size() int { return cap(e.buf) + cap(e.sseData) + entryOverhead }
 
-const entryOverhead = 96 // the Entry struct and its slot, roughly
+const entryOverhead = 112 // the Entry struct and its slot, roughly
 
 func newEntry(seq uint64, raw []byte, received time.Time) *Entry {
 	var seqBuf [20]byte
 	s := strconv.AppendUint(seqBuf[:0], seq, 10)
 	msgLen := len(`{"type":"hit","seq":`) + len(s) + len(`,"hit":`) + len(raw) + 1
-	hdr := wsHeaderLen(msgLen)
-	sseLen := len("id: ") + len(s) + len("\nevent: hit\ndata: ") + len(raw) + 2
-	buf := make([]byte, 0, hdr+msgLen+sseLen+len(raw)+2)
+	sseLen := len("id: ") + len(s) + len("\nevent: hit\ndata: ")
+	// Grown by append, so the capacity is the allocator's size class and
+	// Size counts what the hit really holds.
+	buf := slices.Grow([]byte(nil), sseLen+wsHeaderLen(msgLen)+msgLen)
+
+	buf = append(buf, "id: "...)
+	buf = append(buf, s...)
+	buf = append(buf, "\nevent: hit\ndata: "...)
+	wsStart := len(buf)
 
 	buf = appendWSHeader(buf, OpText, msgLen)
 	buf = append(buf, `{"type":"hit","seq":`...)
 	buf = append(buf, s...)
 	buf = append(buf, `,"hit":`...)
-	buf = append(buf, raw...)
-	buf = append(buf, '}')
-	wsEnd := len(buf)
-
-	buf = append(buf, "id: "...)
-	buf = append(buf, s...)
-	buf = append(buf, "\nevent: hit\ndata: "...)
-	buf = appendSSEData(buf, raw)
-	buf = append(buf, '\n', '\n')
-	sseEnd := len(buf)
-
 	rawStart := len(buf)
 	buf = append(buf, raw...)
-	buf = append(buf, '\r', '\n')
-	return &Entry{Seq: seq, Received: received, buf: buf, wsEnd: wsEnd, sseEnd: sseEnd, rawStart: rawStart}
+	buf = append(buf, '}')
+	e := &Entry{Seq: seq, Received: received, buf: buf, wsStart: wsStart, rawStart: rawStart}
+	if bytes.IndexByte(raw, '\r') >= 0 {
+		e.sseData = appendSSEData(nil, raw)
+	}
+	return e
 }
 
 // appendSSEData appends raw as one SSE data line. A hit is one JSON object

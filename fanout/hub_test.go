@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -75,8 +76,34 @@ func TestRingIsBoundedByCountAndBytes(t *testing.T) {
 			t.Fatalf("ring holds %d bytes over its 100000 bound", b)
 		}
 	}
-	if n := hb.Stats().Hits; n < 2 || n > 4 {
-		t.Fatalf("ring of 100 KB holds %d hits of ~30 KB encoded", n)
+	if n := hb.Stats().Hits; n != 9 {
+		t.Fatalf("ring of 100 KB holds %d hits of 10 KB, want 9 (a hit is held once)", n)
+	}
+}
+
+// TestRingHoldsAHitOnce: what a hit costs in memory, measured as the
+// bytes allocated for its entry (struct and buffer: every encoding is a
+// piece of one copy), is at most 1.3 times the hit's own size for a
+// typical 1.25 KB hit, and the ring's byte budget counts at least that.
+func TestRingHoldsAHitOnce(t *testing.T) {
+	raw := []byte(`{"hitIdHigh":1,"hitIdLow":2,"pageName":"` + strings.Repeat("p", 1180) + `"}`)
+	const n = 2000
+	entries := make([]*Entry, n)
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	for i := range entries {
+		entries[i] = newEntry(uint64(1_000_000_000_000+i), raw, time.Now())
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	perHit := float64(after.HeapAlloc-before.HeapAlloc) / n
+	runtime.KeepAlive(entries)
+	if ratio := perHit / float64(len(raw)); ratio > 1.3 {
+		t.Errorf("a %d-byte hit allocates %.0f bytes in the ring (%.2f×), want at most 1.3×", len(raw), perHit, ratio)
+	}
+	if counted := entries[0].Size(); float64(counted) < perHit {
+		t.Errorf("the ring's budget counts %d bytes per hit, less than the %.0f it allocates", counted, perHit)
 	}
 }
 
@@ -184,17 +211,17 @@ func TestEncodingsAreTheHitBytesUnchanged(t *testing.T) {
 		if err := json.Unmarshal(payload, &msg); err != nil || msg.Type != "hit" || msg.Seq != 42 || !bytes.Equal(msg.Hit, raw) {
 			t.Fatalf("size %d: ws message %q (%v)", size, payload[:min(len(payload), 80)], err)
 		}
-		if want := "id: 42\nevent: hit\ndata: " + string(raw) + "\n\n"; string(e.SSEEvent()) != want {
-			t.Fatalf("sse event %q", e.SSEEvent()[:60])
+		if want := "id: 42\nevent: hit\ndata: " + string(raw) + "\n\n"; sseEvent(e) != want || e.SSELen() != len(want) {
+			t.Fatalf("sse event %q (length %d)", sseEvent(e)[:60], e.SSELen())
 		}
-		if string(e.NDJSON()) != string(raw)+"\r\n" || !bytes.Equal(e.Raw(), raw) {
+		if ndjson(e) != string(raw)+"\r\n" || e.NDJSONLen() != len(raw)+2 || !bytes.Equal(e.Raw(), raw) {
 			t.Fatal("ndjson line or raw differ from the hit")
 		}
 	}
 	// A bare CR is JSON whitespace but an SSE line end.
 	e := newEntry(1, []byte("{\"a\":\r1}"), time.Now())
-	if bytes.Contains(e.SSEEvent(), []byte("\r")) || !bytes.Equal(e.Raw(), []byte("{\"a\":\r1}")) {
-		t.Fatalf("CR handling: sse %q raw %q", e.SSEEvent(), e.Raw())
+	if strings.Contains(sseEvent(e), "\r") || !bytes.Equal(e.Raw(), []byte("{\"a\":\r1}")) || e.SSELen() != len(sseEvent(e)) {
+		t.Fatalf("CR handling: sse %q raw %q", sseEvent(e), e.Raw())
 	}
 }
 
@@ -329,4 +356,14 @@ func TestCursorAheadWaitsWithinMaxAhead(t *testing.T) {
 	if _, gap := poll(behind); gap == nil || gap.From != 150 {
 		t.Fatalf("after the numbering started over, a cursor at 150: gap %v, want a notice", gap)
 	}
+}
+
+func sseEvent(e *Entry) string {
+	h, d, end := e.SSEEvent()
+	return string(h) + string(d) + string(end)
+}
+
+func ndjson(e *Entry) string {
+	raw, end := e.NDJSON()
+	return string(raw) + string(end)
 }

@@ -118,8 +118,13 @@ func closeFrame(code int, text string) []byte {
 // final close event.
 type sseEncoder struct{}
 
-func (sseEncoder) size(e *fanout.Entry) int      { return len(e.SSEEvent()) }
-func (sseEncoder) hit(b *batch, e *fanout.Entry) { b.add(e.SSEEvent()) }
+func (sseEncoder) size(e *fanout.Entry) int { return e.SSELen() }
+func (sseEncoder) hit(b *batch, e *fanout.Entry) {
+	header, data, end := e.SSEEvent()
+	b.add(header)
+	b.add(data)
+	b.add(end)
+}
 func (sseEncoder) gap(b *batch, g *fanout.Gap) bool {
 	b.addOwn([]byte("event: gap\ndata: {"), appendGapFields(nil, g), []byte("}\n\n"))
 	return true
@@ -135,9 +140,13 @@ func (sseEncoder) goodbye(b *batch, reason string) {
 // has no way to say a gap or why it ends.
 type ndjsonEncoder struct{}
 
-func (ndjsonEncoder) size(e *fanout.Entry) int      { return len(e.NDJSON()) }
-func (ndjsonEncoder) hit(b *batch, e *fanout.Entry) { b.add(e.NDJSON()) }
-func (ndjsonEncoder) gap(*batch, *fanout.Gap) bool  { return false }
+func (ndjsonEncoder) size(e *fanout.Entry) int { return e.NDJSONLen() }
+func (ndjsonEncoder) hit(b *batch, e *fanout.Entry) {
+	raw, end := e.NDJSON()
+	b.add(raw)
+	b.add(end)
+}
+func (ndjsonEncoder) gap(*batch, *fanout.Gap) bool { return false }
 
 // ping is an empty record: Live Stream sends them too, clients skip them,
 // and it keeps idle-timeout proxies from cutting in.
