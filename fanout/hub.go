@@ -70,8 +70,8 @@ type Gap struct{ From, To uint64 }
 //     selectors, never together with wmu.
 //   - subs.mu (subscriber.go): the registry, never together with the
 //     others.
-//   - parking.wakeMu, then parking.pmu (park.go): the parked subscribers,
-//     never together with the others.
+//   - parking.pmu (park.go): the parked subscribers, never together with
+//     the others.
 type Hub struct {
 	maxHits  int
 	maxBytes int64

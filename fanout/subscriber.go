@@ -130,7 +130,7 @@ func (s *Subscriber) Poll(ctx context.Context, size func(*Entry) int, maxBytes i
 		}
 		defer s.endEvaluation()
 	}
-	s.takeBatch()
+	s.takeBatch(s.cursor.Load())
 	entries, next, gap, wake := s.read(s.cursor.Load(), maxBytes, size)
 	if late := s.late(entries); late != nil {
 		gap, next = late, late.To+1

@@ -1,8 +1,13 @@
 package proxy_test
 
 import (
+	"bufio"
 	"bytes"
+	"fmt"
 	"io"
+	"maps"
+	"net"
+	"net/http"
 	"runtime/pprof"
 	"strings"
 	"testing"
@@ -46,13 +51,14 @@ func TestIdleSubscribersKeepOneGoroutineEach(t *testing.T) {
 	})
 	idle := func(when string) {
 		t.Helper()
+		want := map[string]int{"(*wsPeer).read": n, "(*ssePeer).watch": n}
 		var got map[string]int
-		waitFor(t, 10*time.Second, "idle subscribers "+when+" down to their readers", func() bool {
-			got = serverGoroutines()
-			return got["(*session).work"] == 0
-		})
-		if got["(*wsPeer).read"] != n || got["(*ssePeer).watch"] != n || got["(*Server).handleWS"] != 0 || got["(*Server).handleSSE"] != 0 {
-			t.Fatalf("%s: goroutines %v; want %d readers per transport and nothing else", when, got, n)
+		deadline := time.Now().Add(10 * time.Second)
+		for got = serverGoroutines(); !maps.Equal(got, want); got = serverGoroutines() {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: goroutines %v; want %d readers per transport and nothing else", when, got, n)
+			}
+			time.Sleep(10 * time.Millisecond) // polling a condition, with the deadline above
 		}
 	}
 	idle("before any hit")
@@ -108,5 +114,52 @@ func TestFirstPingsAreSpreadOut(t *testing.T) {
 	}
 	if hi-lo < interval/5 {
 		t.Errorf("first pings of %d clients all within %v (%v..%v): not spread over the interval", n, hi-lo, lo, hi)
+	}
+}
+
+// TestClientThatStopsReadingGetsEverythingIntact: a burst far beyond the
+// socket buffers, sent while the clients read nothing, fills their
+// sockets part way through a frame or chunk; the rest is kept and
+// written first when they read again, so WebSocket frames and SSE's
+// chunked response arrive whole and in order.
+func TestClientThatStopsReadingGetsEverythingIntact(t *testing.T) {
+	r := serve(t, fanout.Options{MaxHits: 10000, MaxBytes: 64 << 20}, proxy.Options{PingInterval: time.Hour})
+	ws := dialRawWS(t, r.base+"/ws")
+	sseConn, err := net.Dial("tcp", strings.TrimPrefix(r.root, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sseConn.Close()
+	fmt.Fprintf(sseConn, "GET /v1/streams/s/sse HTTP/1.1\r\nHost: %s\r\n\r\n", strings.TrimPrefix(r.root, "http://"))
+	waitFor(t, 5*time.Second, "both subscribed", func() bool { return len(r.hub.Subscribers()) == 2 })
+	const n = 4000
+	pad := strings.Repeat("x", 2000)
+	for i := range n { // 8 MB while nobody reads: more than loopback's socket buffers
+		r.hub.Append(fmt.Appendf(nil, `{"hitIdHigh":1,"hitIdLow":%d,"pad":"%s"}`, i, pad), time.Now())
+	}
+	for i := range n {
+		op, payload := ws.frame(t)
+		if want := fmt.Sprintf(`"hitIdLow":%d,`, i); op != 0x1 || !strings.Contains(string(payload), want) {
+			t.Fatalf("websocket message %d: opcode %d %.60q, want hit %d", i, op, payload, i)
+		}
+	}
+	sseConn.SetReadDeadline(time.Now().Add(20 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(sseConn), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	events := bufio.NewScanner(resp.Body) // net/http undoes the chunking: a broken chunk is an error
+	events.Buffer(nil, 1<<20)
+	got := 0
+	for got < n && events.Scan() {
+		if line := events.Text(); strings.HasPrefix(line, "data: ") {
+			if want := fmt.Sprintf(`"hitIdLow":%d,`, got); !strings.Contains(line, want) {
+				t.Fatalf("sse event %d: %.60q", got, line)
+			}
+			got++
+		}
+	}
+	if got != n {
+		t.Fatalf("sse: %d of %d events, then %v", got, n, events.Err())
 	}
 }

@@ -27,12 +27,17 @@ import (
 
 // Options configure a Server. Zero values take the defaults noted.
 type Options struct {
-	PingInterval   time.Duration // WebSocket ping and SSE comment, default 15s
-	PongWait       time.Duration // how long past a ping a pong may take, default 10s
-	WriteTimeout   time.Duration // a stuck socket write drops the subscriber, default 10s
-	SlowDisconnect bool          // a subscriber that falls off the ring is disconnected instead of told of the gap
-	MaxMessageSize int64         // largest WebSocket message a client may send, default 4 KiB
-	BatchBytes     int           // bytes one write may carry, default 256 KiB
+	PingInterval time.Duration // WebSocket ping and SSE comment, default 15s
+	PongWait     time.Duration // how long past a ping a pong may take, default 10s
+	WriteTimeout time.Duration // a stuck socket write drops the subscriber, default 10s
+	// WriterLinger is how long a session's writer goroutine waits for
+	// more work before it ends, default 1s: on a stream with hits the
+	// writer stays (a wake-up is a hand-off, not a new goroutine whose
+	// stack must grow again), an idle subscriber keeps only its reader.
+	WriterLinger   time.Duration
+	SlowDisconnect bool  // a subscriber that falls off the ring is disconnected instead of told of the gap
+	MaxMessageSize int64 // largest WebSocket message a client may send, default 4 KiB
+	BatchBytes     int   // bytes one write may carry, default 256 KiB
 	// BatchMemory bounds the bytes all subscribers' write batches hold at
 	// once (SSE and the drop-in copy each batch into a buffer; WebSocket
 	// writes the ring's frames as they are). A subscriber
@@ -103,6 +108,7 @@ type Server struct {
 	// ending for its own reason may read it while Shutdown sets it.
 	hardDeadline atomic.Int64
 	handlers     sync.WaitGroup
+	lingers      lingerClock // ends lingering writers (session.go)
 	connsMu      sync.Mutex
 	conns        map[net.Conn]struct{} // hijacked WebSocket connections
 	total        int                   // subscribers, guarded by connsMu
@@ -113,6 +119,9 @@ type Server struct {
 func New(streams []*Stream, opts Options) *Server {
 	if opts.PingInterval <= 0 {
 		opts.PingInterval = 15 * time.Second
+	}
+	if opts.WriterLinger <= 0 {
+		opts.WriterLinger = time.Second
 	}
 	if opts.PongWait <= 0 {
 		opts.PongWait = 10 * time.Second
@@ -164,6 +173,7 @@ func New(streams []*Stream, opts Options) *Server {
 	}
 	s := &Server{
 		opts:     opts,
+		lingers:  lingerClock{period: opts.WriterLinger / 2},
 		compiler: opts.Compiler,
 		compiles: newCompileRate(opts.CompileRate, opts.CompileBurst),
 		batchMem: semaphore.NewWeighted(max(opts.BatchMemory, int64(opts.BatchBytes))),

@@ -72,9 +72,19 @@ type session struct {
 	liveFrom uint64
 	b        batch
 
-	// kicks counts wake-ups no writer has seen yet; a writer goroutine
-	// runs while it is above zero, and at most one.
-	kicks     atomic.Int64
+	// mu guards pending and writer: whether a kick came since the writer
+	// last looked, and whether a writer goroutine runs, lingers (waits
+	// WriterLinger for more work) or there is none. There is at most one
+	// writer. mu is a leaf: kick runs under the hub's parking locks and
+	// takes nothing else.
+	mu      sync.Mutex
+	pending bool
+	writer  writerState
+	resume  chan struct{} // hands a kick to the lingering writer (capacity 1)
+	// fast: the hub's notifier may serve this session itself (hubKick);
+	// tw is how it writes. Its writers then end without lingering.
+	fast bool
+	tw   tryWriter
 	ping      *time.Timer // sets pingDue every PingInterval
 	pingDue   atomic.Bool
 	bye       *time.Timer // the shutdown spread: sets byeDue
@@ -91,11 +101,14 @@ type session struct {
 // closed when the session has ended and after has run.
 func (s *Server) startSession(ctx context.Context, st *Stream, transport string, sub *fanout.Subscriber, enc encoder, p peer, after func()) *session {
 	ss := &session{srv: s, st: st, stream: st.Name, transport: transport, hub: st.Hub, sub: sub, enc: enc, peer: p,
-		liveFrom: st.Hub.Start(fanout.Live), after: after, done: make(chan struct{})}
+		liveFrom: st.Hub.Start(fanout.Live), after: after, done: make(chan struct{}), resume: make(chan struct{}, 1)}
 	// The first writer starts at the end: a kick meanwhile (the client
 	// left already) waits for it.
-	ss.kicks.Store(1)
+	ss.writer = writerRunning
 	ss.ctx, ss.cancel = context.WithCancel(ctx)
+	if tw, ok := p.(tryWriter); ok && tw.canTry() && !s.opts.SlowDisconnect {
+		ss.fast, ss.tw = true, tw
+	}
 	ss.stopBase = context.AfterFunc(s.base, func() { ss.cancel(); ss.kick() })
 	ss.stopWatch = p.watch(ss.kick, func() { ss.cancel(); ss.kick() })
 	// The first ping comes at a random point of the first interval, so
@@ -110,27 +123,151 @@ func (ss *session) log() logrus.FieldLogger {
 	return ss.srv.log.WithFields(logrus.Fields{"stream": ss.stream, "subscriber": ss.sub.ID, "transport": ss.transport})
 }
 
-// kick gives the session work: it starts a writer unless one runs.
+// lingerClock ticks every WriterLinger/2 while writers linger: one timer
+// for all of them, instead of one each (thousands of lingering writers
+// would each add and remove a timer at every wake-up).
+type lingerClock struct {
+	period  time.Duration
+	mu      sync.Mutex
+	ch      chan struct{} // closed at the next tick
+	waiting int           // lingering writers
+	timer   *time.Timer
+	armed   bool // timer will fire
+}
+
+// enter counts a lingering writer until leave; the clock runs while
+// there are any.
+func (c *lingerClock) enter() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.ch == nil {
+		c.ch = make(chan struct{})
+		c.timer = time.AfterFunc(time.Hour, c.fire)
+	}
+	c.waiting++
+	if !c.armed {
+		c.armed = true
+		c.timer.Reset(c.period)
+	}
+}
+
+func (c *lingerClock) leave() {
+	c.mu.Lock()
+	c.waiting--
+	c.mu.Unlock()
+}
+
+// tick returns a channel closed at the next tick.
+func (c *lingerClock) tick() <-chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.ch
+}
+
+func (c *lingerClock) fire() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	close(c.ch)
+	c.ch = make(chan struct{})
+	c.armed = c.waiting > 0
+	if c.armed {
+		c.timer.Reset(c.period)
+	}
+}
+
+// writerState is whether a session has a writer goroutine.
+type writerState uint8
+
+const (
+	writerNone      writerState = iota
+	writerRunning               // also after the session ended: no writer starts again
+	writerLingering             // waiting on resume
+)
+
+// kick gives the session work: it wakes the lingering writer, or starts
+// one, unless one runs (which then looks again before it stops).
 func (ss *session) kick() {
-	if ss.kicks.Add(1) == 1 {
+	ss.mu.Lock()
+	ss.pending = true
+	was := ss.writer
+	ss.writer = writerRunning
+	ss.mu.Unlock()
+	switch was {
+	case writerNone:
 		go ss.work()
+	case writerLingering:
+		ss.resume <- struct{}{} // never blocks: one send per lingering
 	}
 }
 
 // work is the writer: it steps until the session is idle (and no kick
-// came meanwhile) or over.
+// came meanwhile) or over, then lingers for more work before it ends.
 func (ss *session) work() {
+	growStack()
 	for {
-		seen := ss.kicks.Load()
+		ss.mu.Lock()
+		ss.pending = false
+		ss.mu.Unlock()
 		reason, over, idle := ss.step()
 		if over {
-			ss.finish(reason) // kicks stays above zero: no writer starts again
+			ss.finish(reason)
 			return
 		}
-		if idle && ss.kicks.CompareAndSwap(seen, 0) {
+		if !idle {
+			continue
+		}
+		ss.mu.Lock()
+		if ss.pending {
+			ss.mu.Unlock()
+			continue
+		}
+		if ss.fast { // the hub's notifier serves the next wake-up
+			ss.writer = writerNone
+			ss.mu.Unlock()
+			return
+		}
+		ss.writer = writerLingering
+		ss.mu.Unlock()
+		if !ss.lingered() {
 			return
 		}
 	}
+}
+
+// growStack grows a new writer's stack to what a write needs in one step
+// while it holds a single frame: grown page by page on the way down a
+// writev, it would be copied twice with every frame on it, which costs a
+// waking writer more than its write (measured in the wake storm,
+// docs/performance.md).
+//
+//go:noinline
+func growStack() byte {
+	var pad [3 << 10]byte
+	return pad[len(pad)/2]
+}
+
+// lingered waits up to WriterLinger for a kick: true when one came,
+// false when the writer ends.
+func (ss *session) lingered() bool {
+	clock := &ss.srv.lingers
+	clock.enter()
+	defer clock.leave()
+	for range 2 { // the current tick and the next: WriterLinger/2 to WriterLinger
+		select {
+		case <-ss.resume:
+			return true
+		case <-clock.tick():
+		}
+	}
+	ss.mu.Lock()
+	if ss.writer == writerRunning { // a kick came as the timer fired: its hand-off is on the way
+		ss.mu.Unlock()
+		<-ss.resume
+		return true
+	}
+	ss.writer = writerNone
+	ss.mu.Unlock()
+	return false
 }
 
 // step is one round: the client and shutdown first, then keepalives, then
@@ -161,25 +298,14 @@ func (ss *session) step() (reason string, over, idle bool) {
 	if err != nil {
 		return "", false, false // the client left or shutdown began: the checks above say which
 	}
-	if gap != nil {
+	if gap != nil && opts.SlowDisconnect {
 		ss.srv.obs.Gap(ss.stream, ss.transport)
-		if opts.SlowDisconnect {
-			if !ss.enc.gap(&batch{}, gap) {
-				ss.log().WithField("reason", reasonSlow).Warn("drop-in subscriber fell behind the ring; disconnected")
-			}
-			return ss.end(reasonSlow), true, false
+		if !ss.enc.gap(&batch{}, gap) {
+			ss.log().WithField("reason", reasonSlow).Warn("drop-in subscriber fell behind the ring; disconnected")
 		}
-		if !ss.enc.gap(&ss.b, gap) {
-			ss.log().WithField("from", gap.From).WithField("to", gap.To).Warn("drop-in subscriber missed hits (its format cannot carry a gap notice)")
-		}
+		return ss.end(reasonSlow), true, false
 	}
-	for _, e := range entries {
-		ss.enc.hit(&ss.b, e)
-		if ss.b.lagFrom.IsZero() && e.Seq >= ss.liveFrom {
-			ss.b.lagFrom = e.Received
-		}
-	}
-	ss.b.hits = len(entries)
+	ss.add(entries, gap)
 	if err := ss.flush(); err != nil {
 		select {
 		case <-ss.peer.gone(): // the write ended because the client left
@@ -191,7 +317,7 @@ func (ss *session) step() (reason string, over, idle bool) {
 	if len(entries) > 0 || gap != nil || wake == nil {
 		return "", false, false // more to read (Poll bounds its work per call)
 	}
-	if ss.sub.Park(wake, ss.kick) {
+	if ss.sub.Park(wake, ss.hubKick) {
 		return "", false, true
 	}
 	// Not the hub's wake-up: one that came already, or a replay waiting
@@ -202,6 +328,103 @@ func (ss *session) step() (reason string, over, idle bool) {
 	case <-ss.srv.closing:
 	}
 	return "", false, false
+}
+
+// add encodes a gap notice (unless the disconnect policy applies) and
+// entries into the batch.
+func (ss *session) add(entries []*fanout.Entry, gap *fanout.Gap) {
+	if gap != nil {
+		ss.srv.obs.Gap(ss.stream, ss.transport)
+		if !ss.enc.gap(&ss.b, gap) {
+			ss.log().WithField("from", gap.From).WithField("to", gap.To).Warn("drop-in subscriber missed hits (its format cannot carry a gap notice)")
+		}
+	}
+	for _, e := range entries {
+		ss.enc.hit(&ss.b, e)
+		if ss.b.lagFrom.IsZero() && e.Seq >= ss.liveFrom {
+			ss.b.lagFrom = e.Received
+		}
+	}
+	ss.b.hits += len(entries)
+}
+
+// hubKick is what a parked subscriber's hub calls at the next hit. When
+// no writer runs and nothing can make the session wait, it serves the
+// hits right here, on the hub's notifier goroutine, with writes that do
+// not wait (fastStep): a wake-up then costs a Poll and a writev, not a
+// goroutine whose stack must be allocated and grown. Otherwise, or when
+// the socket is full, a writer goroutine takes over.
+func (ss *session) hubKick() {
+	ss.mu.Lock()
+	if ss.writer != writerNone || !ss.fast {
+		ss.mu.Unlock()
+		ss.kick()
+		return
+	}
+	ss.writer = writerRunning
+	ss.pending = false
+	ss.mu.Unlock()
+	if ss.fastStep() {
+		ss.mu.Lock()
+		if !ss.pending {
+			ss.writer = writerNone
+			ss.mu.Unlock()
+			return
+		}
+		ss.mu.Unlock()
+	}
+	go ss.work()
+}
+
+// fastSteps bounds the rounds fastStep serves before a subscriber that
+// keeps finding more gets a writer of its own.
+const fastSteps = 4
+
+// fastStep serves the session without waiting for anything: true when it
+// wrote everything and the subscriber is parked again; false when a
+// writer must go on (what is left to write stays in the batch).
+func (ss *session) fastStep() bool {
+	for range fastSteps {
+		if !ss.b.empty() || ss.pingDue.Load() || ss.srv.ShuttingDown() || !ss.sub.PollNeverWaits() {
+			return false
+		}
+		select {
+		case <-ss.peer.gone():
+			return false
+		default:
+		}
+		entries, gap, wake, err := ss.sub.Poll(ss.ctx, ss.enc.size, ss.srv.opts.BatchBytes)
+		if err != nil {
+			return false
+		}
+		ss.add(entries, gap)
+		if !ss.b.empty() {
+			done := ss.tw.tryWrite(&ss.b) // takes the batch: what it did not write, it keeps
+			if ss.b.hits > 0 {
+				ss.srv.obs.Delivered(ss.stream, ss.transport, ss.b.hits, ss.b.lagFrom)
+			}
+			ss.b.reset()
+			if !done {
+				return false
+			}
+		}
+		if len(entries) == 0 && gap == nil && wake != nil {
+			return ss.sub.Park(wake, ss.hubKick)
+		}
+	}
+	return false
+}
+
+// tryWriter writes without waiting (peers on a TCP connection).
+type tryWriter interface {
+	// tryWrite writes b with one write that does not wait, done when the
+	// socket took all of it. What it did not take the peer keeps and
+	// sends first at the next send.
+	tryWrite(b *batch) (done bool)
+	// canTry says whether tryWrite can write at all; pending whether it
+	// left something to send.
+	canTry() bool
+	pending() bool
 }
 
 // keepalive adds a ping when one is due and what the client asked for.
@@ -242,7 +465,7 @@ func (ss *session) flush() error {
 }
 
 func (ss *session) flushBy(deadline time.Time) error {
-	if ss.b.empty() {
+	if ss.b.empty() && (ss.tw == nil || !ss.tw.pending()) {
 		return nil
 	}
 	err := ss.peer.send(&ss.b, deadline)

@@ -53,7 +53,7 @@ func (s *Server) serveSSEHijacked(w http.ResponseWriter, st *Stream, sub *fanout
 		return false
 	}
 	s.track(conn, true)
-	p := &ssePeer{connWriter: connWriter{lc: &lockedConn{Conn: conn}, readDone: make(chan struct{})}}
+	p := &ssePeer{connWriter: newConnWriter(&lockedConn{Conn: conn})}
 	var head bytes.Buffer
 	head.WriteString("HTTP/1.1 200 OK\r\n")
 	w.Header().Write(&head)
@@ -84,8 +84,16 @@ type ssePeer struct {
 var crlf = []byte("\r\n")
 
 func (p *ssePeer) send(b *batch, deadline time.Time) error {
-	head := strconv.AppendInt(p.chunk[:0], int64(b.size()), 16)
-	return p.writev(append(head, '\r', '\n'), b.bufs, crlf, deadline)
+	if b.empty() { // what tryWrite left, nothing new: no chunk (an empty one ends the response)
+		return p.writev(nil, nil, nil, deadline)
+	}
+	return p.writev(p.chunkHeader(b), b.bufs, crlf, deadline)
+}
+
+func (p *ssePeer) tryWrite(b *batch) bool { return p.tryWritev(p.chunkHeader(b), b.bufs, crlf) }
+
+func (p *ssePeer) chunkHeader(b *batch) []byte {
+	return append(strconv.AppendInt(p.chunk[:0], int64(b.size()), 16), '\r', '\n')
 }
 
 // watch starts the reader: it discards what the client sends (nothing,

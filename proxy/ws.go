@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -89,12 +90,95 @@ func (c *lockedConn) writeBuffers(bufs *net.Buffers) (int64, error) {
 // over HTTP/1.1), each in one write, for the session's writer.
 type connWriter struct {
 	lc       *lockedConn
+	raw      syscall.RawConn // for tryWritev; nil when the connection is not TCP
+	rest     []byte          // what tryWritev could not write; the next writev sends it first
 	bufs     net.Buffers
 	readDone chan struct{} // closed when the client left
 	// broken is set after a write failed: it may have stopped inside a
 	// frame or chunk, and any byte after that would be read as part of
 	// it, so nothing more is written.
 	broken bool
+}
+
+// newConnWriter writes to c (the hijacked connection, lc's).
+func newConnWriter(lc *lockedConn) connWriter {
+	w := connWriter{lc: lc, readDone: make(chan struct{})}
+	if tc, ok := lc.Conn.(*net.TCPConn); ok {
+		w.raw, _ = tc.SyscallConn()
+	}
+	return w
+}
+
+func (w *connWriter) canTry() bool { return w.raw != nil && maxIovecs > 0 }
+
+func (w *connWriter) pending() bool { return len(w.rest) > 0 }
+
+// tryWritev writes head, pieces and tail with one writev that does not
+// wait. What the socket does not take now is copied into rest, which the
+// next writev sends first: false then, and a writer must go on.
+func (w *connWriter) tryWritev(head []byte, pieces [][]byte, tail []byte) bool {
+	w.gather(head, pieces, tail)
+	defer w.release()
+	if w.broken || w.raw == nil || len(w.rest) > 0 || len(w.bufs) > maxIovecs {
+		w.keep(0)
+		return false
+	}
+	w.lc.mu.Lock()
+	var n int
+	var werr error
+	err := w.raw.Write(func(fd uintptr) bool {
+		n, werr = writevNow(fd, w.bufs)
+		return true // do not wait for the socket: a writer does
+	})
+	w.lc.mu.Unlock()
+	if err != nil || werr != nil {
+		w.keep(0) // the writer's writev reports the error
+		return false
+	}
+	total := 0
+	for _, b := range w.bufs {
+		total += len(b)
+	}
+	if n < total {
+		w.keep(n)
+		return false
+	}
+	return true
+}
+
+// gather puts rest, head, pieces and tail in bufs, in that order.
+func (w *connWriter) gather(head []byte, pieces [][]byte, tail []byte) {
+	w.bufs = w.bufs[:0]
+	for _, b := range [][]byte{w.rest, head} {
+		if len(b) > 0 {
+			w.bufs = append(w.bufs, b)
+		}
+	}
+	w.bufs = append(w.bufs, pieces...)
+	if len(tail) > 0 {
+		w.bufs = append(w.bufs, tail)
+	}
+}
+
+// release drops bufs' references to entries the ring may evict.
+func (w *connWriter) release() {
+	clear(w.bufs[:cap(w.bufs)])
+	w.bufs = w.bufs[:0]
+}
+
+// keep copies what bufs holds after its first skip bytes into rest: the
+// batch it came from is reused at once.
+func (w *connWriter) keep(skip int) {
+	var rest []byte
+	for _, b := range w.bufs {
+		if skip >= len(b) {
+			skip -= len(b)
+			continue
+		}
+		rest = append(rest, b[skip:]...)
+		skip = 0
+	}
+	w.rest = rest
 }
 
 // errBroken answers writes after a failed one.
@@ -114,17 +198,10 @@ func (w *connWriter) writev(head []byte, pieces [][]byte, tail []byte, deadline 
 		}
 	default: // if it leaves during the write, the reader ends the write
 	}
-	w.bufs = w.bufs[:0]
-	if len(head) > 0 {
-		w.bufs = append(w.bufs, head)
-	}
-	w.bufs = append(w.bufs, pieces...) // WriteTo consumes the slice header, not the backing array
-	if len(tail) > 0 {
-		w.bufs = append(w.bufs, tail)
-	}
+	w.gather(head, pieces, tail) // WriteTo consumes the slice header, not the backing array
 	_, err := w.lc.writeBuffers(&w.bufs)
-	clear(w.bufs[:cap(w.bufs)]) // drop references to entries the ring may evict
-	w.bufs = w.bufs[:0]
+	w.release()
+	w.rest = nil
 	if err != nil {
 		w.broken = true
 	}
@@ -167,7 +244,7 @@ func (s *Server) handleWS(w http.ResponseWriter, r *http.Request) {
 	}
 	raw := hw.conn.Conn
 	s.track(raw, true)
-	p := &wsPeer{conn: conn, connWriter: connWriter{lc: hw.conn, readDone: make(chan struct{})}}
+	p := &wsPeer{conn: conn, connWriter: newConnWriter(hw.conn)}
 	p.configure(s.opts.PingInterval+s.opts.PongWait, s.opts.MaxMessageSize)
 	// Not the request's context: net/http ends that when this handler
 	// returns. The reader ends the session's when the client goes.
@@ -241,6 +318,8 @@ func (p *wsPeer) stop() {
 func (p *wsPeer) send(b *batch, deadline time.Time) error {
 	return p.writev(nil, b.bufs, nil, deadline)
 }
+
+func (p *wsPeer) tryWrite(b *batch) bool { return p.tryWritev(nil, b.bufs, nil) }
 
 func (p *wsPeer) gone() <-chan struct{} { return p.readDone }
 
