@@ -28,7 +28,6 @@ type parking struct {
 // parkedLists recycles the lists notifyAll hands to its goroutine.
 var parkedLists sync.Pool
 
-
 // Park registers notify to be called once at the hub's next wake-up, wake
 // being the channel Poll just returned. It returns false, and registers
 // nothing, when wake is not the hub's current wake-up channel: it was

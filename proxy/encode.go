@@ -34,7 +34,6 @@ func (b *batch) addOwn(p ...[]byte) {
 
 func (b *batch) empty() bool { return len(b.bufs) == 0 }
 
-
 // reset empties the batch and drops its references to entries, so the
 // ring can free what it evicts.
 func (b *batch) reset() {

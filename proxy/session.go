@@ -83,8 +83,8 @@ type session struct {
 	resume  chan struct{} // hands a kick to the lingering writer (capacity 1)
 	// fast: the hub's notifier may serve this session itself (hubKick);
 	// tw is how it writes. Its writers then end without lingering.
-	fast bool
-	tw   tryWriter
+	fast      bool
+	tw        tryWriter
 	ping      *time.Timer // sets pingDue every PingInterval
 	pingDue   atomic.Bool
 	bye       *time.Timer // the shutdown spread: sets byeDue

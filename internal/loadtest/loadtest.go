@@ -37,7 +37,7 @@ import (
 // Settings are the load test's flags.
 type Settings struct {
 	Target, Transport, SimListen, ServerCPUs, ServerBinary string
-	N, PID                                                 int
+	N, PID, InFlight                                       int
 	Rate                                                   float64
 	Duration, Warmup, Tick                                 time.Duration
 	Idle                                                   bool
@@ -61,7 +61,8 @@ names a running one (fed by this simulator, --sim-listen).`)
 	f.String(&s.ServerCPUs, "server-cpus", "0", "CPUs for a spawned lsmux (taskset -c), empty: not pinned")
 	f.String(&s.ServerBinary, "server-binary", "", "the lsmux binary to spawn (empty: this one)")
 	f.Duration(&s.Tick, "tick", 5*time.Millisecond, "how often the simulator flushes what is due: 1ms at 1000 hits/s sends one hit per upstream flush, the worst arrival pattern")
-	f.Bool(&s.Idle, "idle", false, "open n idle WebSocket subscribers and report memory per connection")
+	f.Bool(&s.Idle, "idle", false, "open n idle subscribers (of -transport) and report memory per connection")
+	f.Int(&s.InFlight, "in-flight", 200, "handshakes under way at once while -idle and -storm connect their subscribers")
 	f.Int(&s.Storm, "storm", 0, "wake storm: open n idle subscribers (reporting handshakes/s), then send a burst of this many hits and report how long they take to reach all")
 	return f
 }
@@ -105,10 +106,10 @@ func Run(ctx context.Context, args []string, env cli.Env, stdout, stderr io.Writ
 	subURL := base + "/v1/streams/demo/" + *transport
 
 	if *idle {
-		return idleTest(ctx, subURL, *n, *pid, stdout)
+		return idleTest(ctx, subURL, *transport, *n, st.InFlight, *pid, stdout)
 	}
 	if st.Storm > 0 {
-		return stormTest(ctx, sim, subURL, *transport, *n, st.Storm, *pid, stdout)
+		return stormTest(ctx, sim, subURL, *transport, *n, st.InFlight, st.Storm, *pid, stdout)
 	}
 	recs := make([]*recorder, *n)
 	ctx, cancel := context.WithCancel(ctx)
@@ -268,9 +269,9 @@ func simSent(sim *simulator.Server) uint64 {
 	return n
 }
 
-// idleTest opens n WebSocket subscribers that receive nothing and reports
-// the server's resident memory per connection.
-func idleTest(ctx context.Context, url string, n, pid int, stdout io.Writer) error {
+// idleTest opens n subscribers that receive nothing and reports the
+// server's resident memory per connection.
+func idleTest(ctx context.Context, url, transport string, n, inFlight, pid int, stdout io.Writer) error {
 	if pid == 0 {
 		return errors.New("idle mode needs the server's pid (spawned, or -pid)")
 	}
@@ -279,57 +280,31 @@ func idleTest(ctx context.Context, url string, n, pid int, stdout io.Writer) err
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	defer cancel() // runs first: the readers stop, then Wait returns
-	var opened, failed atomic.Int64
-	for range n {
-		wg.Go(func() {
-			r := &recorder{onOpen: func() { opened.Add(1) }}
-			if err := readWS(ctx, url, r); err != nil && ctx.Err() == nil {
-				failed.Add(1)
-			}
-		})
+	recs := make([]*recorder, n)
+	for i := range recs {
+		recs[i] = &recorder{}
 	}
-	deadline := time.Now().Add(60 * time.Second)
-	for opened.Load()+failed.Load() < int64(n) && time.Now().Before(deadline) {
-		wait.Sleep(ctx, 50*time.Millisecond)
-	}
+	opened, failed, _ := connectAll(ctx, &wg, url, transport, recs, inFlight)
 	wait.Sleep(ctx, 3*time.Second) // let the server settle (GC, buffers)
 	after := procstat.RSS(pid)
-	fmt.Fprintf(stdout, "loadtest idle ws n=%d opened=%d failed=%d server-rss %d MiB -> %d MiB: %.1f KB per connection\n",
-		n, opened.Load(), failed.Load(), before>>20, after>>20, float64(after-before)/1024/float64(max(1, opened.Load())))
+	fmt.Fprintf(stdout, "loadtest idle %s n=%d opened=%d failed=%d server-rss %d MiB -> %d MiB: %.1f KB per connection\n",
+		transport, n, opened, failed, before>>20, after>>20, float64(after-before)/1024/float64(max(1, opened)))
 	return nil
 }
 
 // stormTest opens n subscribers that wait at the live edge, reporting
 // how fast they were let in, then has the simulator send a burst of hits
 // and reports how long the burst took to reach every one of them.
-func stormTest(ctx context.Context, sim *simulator.Server, url, transport string, n, burst, pid int, stdout io.Writer) error {
+func stormTest(ctx context.Context, sim *simulator.Server, url, transport string, n, inFlight, burst, pid int, stdout io.Writer) error {
 	ctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	defer cancel()
-	var opened, failed atomic.Int64
 	recs := make([]*recorder, n)
-	start := time.Now()
-	var lastOpen atomic.Int64
 	for i := range recs {
-		recs[i] = &recorder{onOpen: func() { opened.Add(1); lastOpen.Store(time.Now().UnixNano()) }}
-		wg.Go(func() {
-			var err error
-			if transport == "ws" {
-				err = readWS(ctx, url, recs[i])
-			} else {
-				err = readSSE(ctx, url, recs[i])
-			}
-			if err != nil && ctx.Err() == nil {
-				failed.Add(1)
-			}
-		})
+		recs[i] = &recorder{}
 	}
-	deadline := time.Now().Add(120 * time.Second)
-	for opened.Load()+failed.Load() < int64(n) && time.Now().Before(deadline) {
-		wait.Sleep(ctx, 20*time.Millisecond)
-	}
-	connectTook := time.Duration(lastOpen.Load() - start.UnixNano())
+	opened, failed, connectTook := connectAll(ctx, &wg, url, transport, recs, inFlight)
 	wait.Sleep(ctx, 2*time.Second) // every subscriber is waiting at the live edge
 	rss := procstat.RSS(pid)
 	cpu0 := procstat.CPU(pid)
@@ -340,7 +315,7 @@ func stormTest(ctx context.Context, sim *simulator.Server, url, transport string
 	for i := range burst {
 		sim.InjectRecord(fmt.Appendf(nil, `{"lsmuxSentNs":%d,"hitIdHigh":%d,"hitIdLow":%d,"pageName":"storm"}`, time.Now().UnixNano(), sent.UnixNano(), i+1))
 	}
-	want := uint64(burst) * uint64(opened.Load())
+	want := uint64(burst) * uint64(opened)
 	total := func() (t uint64) {
 		for _, r := range recs {
 			r.mu.Lock()
@@ -349,7 +324,7 @@ func stormTest(ctx context.Context, sim *simulator.Server, url, transport string
 		}
 		return t
 	}
-	deadline = time.Now().Add(60 * time.Second)
+	deadline := time.Now().Add(60 * time.Second)
 	for total() < want && time.Now().Before(deadline) {
 		wait.Sleep(ctx, 5*time.Millisecond)
 	}
@@ -362,9 +337,46 @@ func stormTest(ctx context.Context, sim *simulator.Server, url, transport string
 	}
 	fmt.Fprintf(stdout, "loadtest storm %s n=%d opened=%d failed=%d handshakes=%.0f/s server-rss=%d MiB burst=%d delivered=%d/%d in %v "+
 		"latency p50=%v p99=%v max=%v server-cpu=%v\n",
-		transport, n, opened.Load(), failed.Load(), float64(opened.Load())/max(connectTook.Seconds(), 1e-9), rss>>20, burst, total(), want,
+		transport, n, opened, failed, float64(opened)/max(connectTook.Seconds(), 1e-9), rss>>20, burst, total(), want,
 		took.Round(time.Millisecond), hist.quantile(0.5), hist.quantile(0.99), hist.max(), (procstat.CPU(pid) - cpu0).Round(time.Millisecond))
 	return nil
+}
+
+// connectAll opens a subscriber for each recorder, with at most inFlight
+// handshakes under way at a time, and returns when all are open or have
+// failed (or after two minutes): how many, and how long until the last
+// one was open. A real fleet reconnects spread out; all at once would
+// measure the kernel's accept queue (4,096 here) and the clients' SYN
+// retries, not lsmux.
+func connectAll(ctx context.Context, wg *sync.WaitGroup, url, transport string, recs []*recorder, inFlight int) (opened, failed int64, took time.Duration) {
+	read := readWS
+	if transport == "sse" {
+		read = readSSE
+	}
+	var nOpen, nFailed, lastOpen atomic.Int64
+	slots := make(chan struct{}, max(inFlight, 1))
+	start := time.Now()
+	for _, r := range recs {
+		var once sync.Once
+		release := func() { once.Do(func() { <-slots }) }
+		r.onOpen = func() { nOpen.Add(1); lastOpen.Store(time.Now().UnixNano()); release() }
+		select {
+		case slots <- struct{}{}:
+		case <-ctx.Done():
+			return nOpen.Load(), nFailed.Load(), 0
+		}
+		wg.Go(func() {
+			if err := read(ctx, url, r); err != nil && ctx.Err() == nil {
+				nFailed.Add(1)
+			}
+			release()
+		})
+	}
+	deadline := time.Now().Add(120 * time.Second)
+	for nOpen.Load()+nFailed.Load() < int64(len(recs)) && time.Now().Before(deadline) {
+		wait.Sleep(ctx, 20*time.Millisecond)
+	}
+	return nOpen.Load(), nFailed.Load(), time.Duration(lastOpen.Load() - start.UnixNano())
 }
 
 // recorder is one subscriber's counts; only its reader writes them,
