@@ -38,7 +38,7 @@ func TestLoadtestSmoke(t *testing.T) {
 
 // TestLoadtestStormSmoke runs the wake-storm mode briefly: idle
 // subscribers are let in (handshakes/s reported), then a burst reaches
-// every one of them.
+// every one of them. The idle mode reports memory per connection.
 func TestLoadtestStormSmoke(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the binary")
@@ -48,6 +48,10 @@ func TestLoadtestStormSmoke(t *testing.T) {
 		line := runLoadtest(t, bin, transport, "-n", "200", "-storm", "10")
 		if !strings.Contains(line, "opened=200 failed=0") || !strings.Contains(line, "delivered=2000/2000") || !regexp.MustCompile(`handshakes=[1-9][0-9]*/s`).MatchString(line) {
 			t.Fatalf("%s: %s", transport, line)
+		}
+		line = runLoadtest(t, bin, transport, "-n", "200", "-idle")
+		if !strings.Contains(line, "opened=200 failed=0") || !regexp.MustCompile(`: [0-9.]+ KB per connection`).MatchString(line) {
+			t.Fatalf("%s idle: %s", transport, line)
 		}
 	}
 }

@@ -8,6 +8,7 @@ package loadtest
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/base64"
@@ -282,13 +283,13 @@ func idleTest(ctx context.Context, url, transport string, n, inFlight, pid int, 
 	defer cancel() // runs first: the readers stop, then Wait returns
 	recs := make([]*recorder, n)
 	for i := range recs {
-		recs[i] = &recorder{}
+		recs[i] = &recorder{bufSize: 2 << 10}
 	}
-	opened, failed, _ := connectAll(ctx, &wg, url, transport, recs, inFlight)
+	c := connectAll(ctx, &wg, url, transport, recs, inFlight, pid)
 	wait.Sleep(ctx, 3*time.Second) // let the server settle (GC, buffers)
 	after := procstat.RSS(pid)
-	fmt.Fprintf(stdout, "loadtest idle %s n=%d opened=%d failed=%d server-rss %d MiB -> %d MiB: %.1f KB per connection\n",
-		transport, n, opened, failed, before>>20, after>>20, float64(after-before)/1024/float64(max(1, opened)))
+	fmt.Fprintf(stdout, "loadtest idle %s n=%d %v server-rss %d MiB -> %d MiB: %.1f KB per connection\n",
+		transport, n, c, before>>20, after>>20, float64(after-before)/1024/float64(max(1, c.opened)))
 	return nil
 }
 
@@ -302,12 +303,12 @@ func stormTest(ctx context.Context, sim *simulator.Server, url, transport string
 	defer cancel()
 	recs := make([]*recorder, n)
 	for i := range recs {
-		recs[i] = &recorder{}
+		recs[i] = &recorder{bufSize: 4 << 10}
 	}
-	opened, failed, connectTook := connectAll(ctx, &wg, url, transport, recs, inFlight)
+	c := connectAll(ctx, &wg, url, transport, recs, inFlight, pid)
 	wait.Sleep(ctx, 2*time.Second) // every subscriber is waiting at the live edge
 	rss := procstat.RSS(pid)
-	cpu0 := procstat.CPU(pid)
+	cpu0, self0 := procstat.CPU(pid), procstat.CPU(os.Getpid())
 	for _, r := range recs {
 		r.reset()
 	}
@@ -315,7 +316,7 @@ func stormTest(ctx context.Context, sim *simulator.Server, url, transport string
 	for i := range burst {
 		sim.InjectRecord(fmt.Appendf(nil, `{"lsmuxSentNs":%d,"hitIdHigh":%d,"hitIdLow":%d,"pageName":"storm"}`, time.Now().UnixNano(), sent.UnixNano(), i+1))
 	}
-	want := uint64(burst) * uint64(opened)
+	want := uint64(burst) * uint64(c.opened)
 	total := func() (t uint64) {
 		for _, r := range recs {
 			r.mu.Lock()
@@ -335,10 +336,11 @@ func stormTest(ctx context.Context, sim *simulator.Server, url, transport string
 		hist.merge(&r.hist)
 		r.mu.Unlock()
 	}
-	fmt.Fprintf(stdout, "loadtest storm %s n=%d opened=%d failed=%d handshakes=%.0f/s server-rss=%d MiB burst=%d delivered=%d/%d in %v "+
-		"latency p50=%v p99=%v max=%v server-cpu=%v\n",
-		transport, n, opened, failed, float64(opened)/max(connectTook.Seconds(), 1e-9), rss>>20, burst, total(), want,
-		took.Round(time.Millisecond), hist.quantile(0.5), hist.quantile(0.99), hist.max(), (procstat.CPU(pid) - cpu0).Round(time.Millisecond))
+	fmt.Fprintf(stdout, "loadtest storm %s n=%d %v server-rss=%d MiB burst=%d delivered=%d/%d in %v "+
+		"latency p50=%v p99=%v max=%v server-cpu=%v loadgen-cpu=%v\n",
+		transport, n, c, rss>>20, burst, total(), want,
+		took.Round(time.Millisecond), hist.quantile(0.5), hist.quantile(0.99), hist.max(), (procstat.CPU(pid) - cpu0).Round(time.Millisecond),
+		(procstat.CPU(os.Getpid()) - self0).Round(time.Millisecond))
 	return nil
 }
 
@@ -348,7 +350,7 @@ func stormTest(ctx context.Context, sim *simulator.Server, url, transport string
 // one was open. A real fleet reconnects spread out; all at once would
 // measure the kernel's accept queue (4,096 here) and the clients' SYN
 // retries, not lsmux.
-func connectAll(ctx context.Context, wg *sync.WaitGroup, url, transport string, recs []*recorder, inFlight int) (opened, failed int64, took time.Duration) {
+func connectAll(ctx context.Context, wg *sync.WaitGroup, url, transport string, recs []*recorder, inFlight, pid int) connected {
 	read := readWS
 	if transport == "sse" {
 		read = readSSE
@@ -356,6 +358,7 @@ func connectAll(ctx context.Context, wg *sync.WaitGroup, url, transport string, 
 	var nOpen, nFailed, lastOpen atomic.Int64
 	slots := make(chan struct{}, max(inFlight, 1))
 	start := time.Now()
+	cpu0, self0 := procstat.CPU(pid), procstat.CPU(os.Getpid())
 	for _, r := range recs {
 		var once sync.Once
 		release := func() { once.Do(func() { <-slots }) }
@@ -363,7 +366,7 @@ func connectAll(ctx context.Context, wg *sync.WaitGroup, url, transport string, 
 		select {
 		case slots <- struct{}{}:
 		case <-ctx.Done():
-			return nOpen.Load(), nFailed.Load(), 0
+			return connected{opened: nOpen.Load(), failed: nFailed.Load()}
 		}
 		wg.Go(func() {
 			if err := read(ctx, url, r); err != nil && ctx.Err() == nil {
@@ -376,7 +379,23 @@ func connectAll(ctx context.Context, wg *sync.WaitGroup, url, transport string, 
 	for nOpen.Load()+nFailed.Load() < int64(len(recs)) && time.Now().Before(deadline) {
 		wait.Sleep(ctx, 20*time.Millisecond)
 	}
-	return nOpen.Load(), nFailed.Load(), time.Duration(lastOpen.Load() - start.UnixNano())
+	took := time.Since(start)
+	return connected{opened: nOpen.Load(), failed: nFailed.Load(), took: time.Duration(lastOpen.Load() - start.UnixNano()),
+		serverCPU: float64(procstat.CPU(pid)-cpu0) / float64(took), selfCPU: float64(procstat.CPU(os.Getpid())-self0) / float64(took)}
+}
+
+// connected is how connecting went: subscribers open and failed, how
+// long until the last was open, and the cores the server and the
+// generator used meanwhile.
+type connected struct {
+	opened, failed     int64
+	took               time.Duration
+	serverCPU, selfCPU float64
+}
+
+func (c connected) String() string {
+	return fmt.Sprintf("opened=%d failed=%d handshakes=%.0f/s (server %.2f cores, loadgen %.2f cores)",
+		c.opened, c.failed, float64(c.opened)/max(c.took.Seconds(), 1e-9), c.serverCPU, c.selfCPU)
 }
 
 // recorder is one subscriber's counts; only its reader writes them,
@@ -391,6 +410,10 @@ type recorder struct {
 	firstSeq uint64
 	hist     latencyHist
 	onOpen   func()
+	// bufSize is the WebSocket reader's buffer (0: 32 KiB, for
+	// throughput; idle and storm subscribers use a small one, so that
+	// 19,000 of them do not make the generator the bottleneck).
+	bufSize int
 }
 
 func (r *recorder) reset() {
@@ -465,7 +488,7 @@ func readWS(ctx context.Context, raw string, r *recorder) error {
 	if err != nil {
 		return err
 	}
-	conn, err := (&net.Dialer{}).DialContext(ctx, "tcp", u.Host)
+	conn, err := loopbackDialer(u.Hostname()).DialContext(ctx, "tcp", u.Host)
 	if err != nil {
 		return err
 	}
@@ -476,7 +499,7 @@ func readWS(ctx context.Context, raw string, r *recorder) error {
 	rand.Read(key[:])
 	fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n",
 		u.RequestURI(), u.Host, base64.StdEncoding.EncodeToString(key[:]))
-	br := bufio.NewReaderSize(conn, 32<<10)
+	br := bufio.NewReaderSize(conn, cmp.Or(r.bufSize, 32<<10))
 	status, err := br.ReadString('\n')
 	if err != nil {
 		return err
@@ -548,13 +571,34 @@ func readWS(ctx context.Context, raw string, r *recorder) error {
 	}
 }
 
+// sourceIPs spreads the generator's connections to a loopback target
+// over 16 source addresses of 127.0.0.0/8: with 19,000 connections from
+// one address the kernel's search for a free ephemeral port (28,000 of
+// them here) made connecting, not lsmux, the bottleneck.
+var sourceIP atomic.Uint32
+
+func loopbackDialer(host string) *net.Dialer {
+	if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() || ip.To4() == nil {
+		return &net.Dialer{}
+	}
+	return &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, byte(2+sourceIP.Add(1)%16))}}
+}
+
+var sseClient = &http.Client{Transport: &http.Transport{
+	DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		host, _, _ := net.SplitHostPort(addr)
+		return loopbackDialer(host).DialContext(ctx, network, addr)
+	},
+	MaxIdleConnsPerHost: -1,
+}}
+
 // readSSE reads an event stream line by line without allocating.
 func readSSE(ctx context.Context, raw string, r *recorder) error {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, raw, nil)
 	if err != nil {
 		return err
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := sseClient.Do(req)
 	if err != nil {
 		return err
 	}
