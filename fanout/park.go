@@ -2,6 +2,8 @@ package fanout
 
 import (
 	"math/bits"
+	"runtime"
+	"slices"
 	"sync"
 )
 
@@ -11,18 +13,24 @@ import (
 // wake-up (a hit, or the end of a WakeDelay window). An idle subscriber
 // then costs no goroutine and no batch array, only its registration.
 //
-// The notify functions run on a goroutine of their own, not the
-// producer's: waking 19,000 parked writers takes tens of milliseconds, and
-// the upstream reader never waits for subscribers. They must not park or
-// wait.
+// The notify functions run on notifier goroutines, not the producer's:
+// waking 19,000 parked writers takes tens of milliseconds, and the
+// upstream reader never waits for subscribers. The lists of parked
+// subscribers are notified in the order they were drained, by at most
+// GOMAXPROCS notifiers: a goroutine started per hit would be scheduled
+// before older ones (Go runs the newest first), and a subscriber in an
+// old list would wait for seconds behind newer ones. Notify functions
+// must not wait.
 //
-// Locks: pmu guards the list and each subscriber's parkIdx, never
+// Locks: pmu guards the lists and each subscriber's parkIdx, never
 // together with wmu, dmu or subs.mu.
 
 // parking is the hub's list of parked subscribers.
 type parking struct {
-	pmu    sync.Mutex
-	parked []*Subscriber
+	pmu       sync.Mutex
+	parked    []*Subscriber
+	queue     [][]*Subscriber // drained lists waiting for a notifier, oldest first
+	notifiers int             // notifier goroutines running
 }
 
 // parkedLists recycles the lists notifyAll hands to its goroutine.
@@ -77,8 +85,8 @@ func (p *parking) unpark(s *Subscriber) {
 }
 
 // notifyAll has the notify function of every parked subscriber called,
-// once, on a goroutine of its own. Called after the wake channel was
-// replaced, so a subscriber that parks from now on parks on the new one.
+// once, by a notifier. Called after the wake channel was replaced, so a
+// subscriber that parks from now on parks on the new one.
 func (p *parking) notifyAll() {
 	var next []*Subscriber
 	if l, ok := parkedLists.Get().(*[]*Subscriber); ok {
@@ -97,15 +105,37 @@ func (p *parking) notifyAll() {
 	for _, s := range list {
 		s.parkIdx = 0
 	}
+	p.queue = append(p.queue, list)
+	start := p.notifiers < runtime.GOMAXPROCS(0)
+	if start {
+		p.notifiers++
+	}
 	p.pmu.Unlock()
-	go func() {
+	if start {
+		go p.notify()
+	}
+}
+
+// notify is a notifier: it works through the queue, oldest list first,
+// and ends when the queue is empty.
+func (p *parking) notify() {
+	for {
+		p.pmu.Lock()
+		if len(p.queue) == 0 {
+			p.notifiers--
+			p.pmu.Unlock()
+			return
+		}
+		list := p.queue[0]
+		p.queue = slices.Delete(p.queue, 0, 1)
+		p.pmu.Unlock()
 		for _, s := range list {
 			s.notify()
 		}
 		clear(list)
 		list = list[:0]
 		parkedLists.Put(&list)
-	}()
+	}
 }
 
 // smallBatch is the entry array a parked subscriber may keep (128 bytes).

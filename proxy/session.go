@@ -376,43 +376,44 @@ func (ss *session) hubKick() {
 	go ss.work()
 }
 
-// fastSteps bounds the rounds fastStep serves before a subscriber that
-// keeps finding more gets a writer of its own.
-const fastSteps = 4
-
-// fastStep serves the session without waiting for anything: true when it
-// wrote everything and the subscriber is parked again; false when a
-// writer must go on (what is left to write stays in the batch).
+// fastStep serves the session once without waiting for anything: true
+// when it wrote everything and the subscriber is parked again; false when
+// a writer must go on (the peer keeps what the socket did not take, the
+// batch what is still to write). One write only: a subscriber with more
+// to read than one batch gets a writer of its own rather than hold up the
+// notifier and everyone after it (four rounds here put SSE's p99 at 1.4 s
+// at 1,000 hits/s).
 func (ss *session) fastStep() bool {
-	for range fastSteps {
-		if !ss.b.empty() || ss.pingDue.Load() || ss.srv.ShuttingDown() || !ss.sub.PollNeverWaits() {
+	if !ss.b.empty() || ss.pingDue.Load() || ss.srv.ShuttingDown() || !ss.sub.PollNeverWaits() {
+		return false
+	}
+	select {
+	case <-ss.peer.gone():
+		return false
+	default:
+	}
+	entries, gap, wake, err := ss.sub.Poll(ss.ctx, ss.enc.size, ss.srv.opts.BatchBytes)
+	if err != nil {
+		return false
+	}
+	ss.add(entries, gap)
+	if !ss.b.empty() {
+		done := ss.tw.tryWrite(&ss.b) // takes the batch: what it did not write, it keeps
+		if ss.b.hits > 0 {
+			ss.srv.obs.Delivered(ss.stream, ss.transport, ss.b.hits, ss.b.lagFrom)
+		}
+		ss.b.reset()
+		if !done {
 			return false
-		}
-		select {
-		case <-ss.peer.gone():
-			return false
-		default:
-		}
-		entries, gap, wake, err := ss.sub.Poll(ss.ctx, ss.enc.size, ss.srv.opts.BatchBytes)
-		if err != nil {
-			return false
-		}
-		ss.add(entries, gap)
-		if !ss.b.empty() {
-			done := ss.tw.tryWrite(&ss.b) // takes the batch: what it did not write, it keeps
-			if ss.b.hits > 0 {
-				ss.srv.obs.Delivered(ss.stream, ss.transport, ss.b.hits, ss.b.lagFrom)
-			}
-			ss.b.reset()
-			if !done {
-				return false
-			}
-		}
-		if len(entries) == 0 && gap == nil && wake != nil {
-			return ss.sub.Park(wake, ss.hubKick)
 		}
 	}
-	return false
+	if len(entries) > 0 || gap != nil { // look once more: usually nothing, and the subscriber parks
+		if entries, gap, wake, err = ss.sub.Poll(ss.ctx, ss.enc.size, ss.srv.opts.BatchBytes); err != nil {
+			return false
+		}
+		ss.add(entries, gap) // more: the writer sends it
+	}
+	return ss.b.empty() && wake != nil && ss.sub.Park(wake, ss.hubKick)
 }
 
 // tryWriter writes without waiting (peers on a TCP connection).

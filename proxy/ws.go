@@ -119,29 +119,34 @@ func (w *connWriter) pending() bool { return len(w.rest) > 0 }
 func (w *connWriter) tryWritev(head []byte, pieces [][]byte, tail []byte) bool {
 	w.gather(head, pieces, tail)
 	defer w.release()
-	if w.broken || w.raw == nil || len(w.rest) > 0 || len(w.bufs) > maxIovecs {
+	if w.broken || w.raw == nil || len(w.rest) > 0 || maxIovecs == 0 {
 		w.keep(0)
 		return false
 	}
 	w.lc.mu.Lock()
-	var n int
-	var werr error
-	err := w.raw.Write(func(fd uintptr) bool {
-		n, werr = writevNow(fd, w.bufs)
-		return true // do not wait for the socket: a writer does
-	})
-	w.lc.mu.Unlock()
-	if err != nil || werr != nil {
-		w.keep(0) // the writer's writev reports the error
-		return false
-	}
-	total := 0
-	for _, b := range w.bufs {
-		total += len(b)
-	}
-	if n < total {
-		w.keep(n)
-		return false
+	defer w.lc.mu.Unlock()
+	written := 0 // bytes of bufs
+	for off := 0; off < len(w.bufs); {
+		chunk := w.bufs[off:min(off+maxIovecs, len(w.bufs))]
+		var n int
+		var werr error
+		err := w.raw.Write(func(fd uintptr) bool {
+			n, werr = writevNow(fd, chunk)
+			return true // do not wait for the socket: a writer does
+		})
+		if err != nil || werr != nil {
+			w.keep(written) // the writer's writev reports the error
+			return false
+		}
+		written += n
+		for _, b := range chunk {
+			n -= len(b)
+		}
+		if n < 0 { // the socket is full
+			w.keep(written)
+			return false
+		}
+		off += len(chunk)
 	}
 	return true
 }
