@@ -80,7 +80,7 @@ type session struct {
 	mu      sync.Mutex
 	pending bool
 	writer  writerState
-	resume  chan struct{} // hands a kick to the lingering writer (capacity 1)
+	resume  chan struct{} // hands a kick to the lingering writer (capacity 1; made by the first to linger)
 	// fast: the hub's notifier may serve this session itself (hubKick);
 	// tw is how it writes. Its writers then end without lingering.
 	fast      bool
@@ -101,7 +101,7 @@ type session struct {
 // closed when the session has ended and after has run.
 func (s *Server) startSession(ctx context.Context, st *Stream, transport string, sub *fanout.Subscriber, enc encoder, p peer, after func()) *session {
 	ss := &session{srv: s, st: st, stream: st.Name, transport: transport, hub: st.Hub, sub: sub, enc: enc, peer: p,
-		liveFrom: st.Hub.Start(fanout.Live), after: after, done: make(chan struct{}), resume: make(chan struct{}, 1)}
+		liveFrom: st.Hub.Start(fanout.Live), after: after, done: make(chan struct{})}
 	// The first writer starts at the end: a kick meanwhile (the client
 	// left already) waits for it.
 	ss.writer = writerRunning
@@ -225,6 +225,9 @@ func (ss *session) work() {
 			ss.writer = writerNone
 			ss.mu.Unlock()
 			return
+		}
+		if ss.resume == nil {
+			ss.resume = make(chan struct{}, 1)
 		}
 		ss.writer = writerLingering
 		ss.mu.Unlock()
@@ -603,6 +606,12 @@ func (p *httpPeer) send(b *batch, deadline time.Time) error {
 
 // copyAndWrite writes pieces (n bytes) from a pooled buffer.
 func (p *httpPeer) copyAndWrite(pieces [][]byte, n int, deadline time.Time) error {
+	return joined(pieces, n, func(out []byte) error { return p.write(out, deadline) })
+}
+
+// joined calls write with pieces (n bytes) copied into one buffer from
+// batchPools, which it takes back afterwards.
+func joined(pieces [][]byte, n int, write func([]byte) error) error {
 	pool, size := batchPool(n)
 	buf, _ := pool.Get().(*[]byte)
 	if buf == nil {
@@ -613,7 +622,7 @@ func (p *httpPeer) copyAndWrite(pieces [][]byte, n int, deadline time.Time) erro
 	for _, piece := range pieces {
 		out = append(out, piece...)
 	}
-	err := p.write(out, deadline)
+	err := write(out)
 	if cap(out) <= size { // a piece beyond its class (one huge hit) is not kept
 		*buf = out[:0]
 		pool.Put(buf)

@@ -67,22 +67,12 @@ func (c *lockedConn) writeBuffers(bufs *net.Buffers) (int64, error) {
 	for _, b := range *bufs {
 		n += len(b)
 	}
-	pool, size := batchPool(n)
-	buf, _ := pool.Get().(*[]byte)
-	if buf == nil {
-		s := make([]byte, 0, size)
-		buf = &s
-	}
-	out := (*buf)[:0]
-	for _, b := range *bufs {
-		out = append(out, b...)
-	}
+	var written int
+	err := joined(*bufs, n, func(out []byte) (err error) {
+		written, err = c.Conn.Write(out)
+		return err
+	})
 	*bufs = (*bufs)[:0]
-	written, err := c.Conn.Write(out)
-	if cap(out) <= size {
-		*buf = out[:0]
-		pool.Put(buf)
-	}
 	return int64(written), err
 }
 
