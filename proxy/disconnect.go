@@ -21,6 +21,8 @@ import (
 //	client          the client's close code echoed   none: the client went away
 //	                (an empty close frame when it sent none, or a code that may
 //	                not be sent: 1005, 1006, 1015)
+//	internal-error  none: serving the subscriber panicked (a bug), the connection is closed
+//	                (one subscriber is lost, not the process; the log has the stack)
 const (
 	reasonShutdown     = "shutdown"
 	reasonSlow         = "slow"
@@ -29,10 +31,11 @@ const (
 	reasonTooBig       = "too-big"
 	reasonFilterCost   = "filter-cost"
 	reasonClient       = "client"
+	reasonInternal     = "internal-error"
 )
 
 // DisconnectReasons lists every reason, for metrics.
-var DisconnectReasons = []string{reasonShutdown, reasonSlow, reasonWriteTimeout, reasonPingTimeout, reasonTooBig, reasonFilterCost, reasonClient}
+var DisconnectReasons = []string{reasonShutdown, reasonSlow, reasonWriteTimeout, reasonPingTimeout, reasonTooBig, reasonFilterCost, reasonClient, reasonInternal}
 
 // WebSocket close codes (RFC 6455 §7.4.1).
 const (

@@ -3,10 +3,12 @@ package proxy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"net/http"
 	"os"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -50,6 +52,9 @@ type peer interface {
 	// awaitClose waits, until deadline at most, for the client to
 	// acknowledge a goodbye (the WebSocket close handshake).
 	awaitClose(deadline time.Time)
+	// close closes the connection at once, without a goodbye (after a
+	// panic: what was being written may be cut).
+	close()
 }
 
 type session struct {
@@ -93,8 +98,9 @@ type session struct {
 	stopWatch func()
 	// after is the transport's cleanup, run when the session has ended;
 	// done is closed after it.
-	after func()
-	done  chan struct{}
+	after    func()
+	done     chan struct{}
+	finished atomic.Bool
 }
 
 // startSession starts serving sub on p and returns at once; done is
@@ -203,6 +209,7 @@ func (ss *session) kick() {
 // work is the writer: it steps until the session is idle (and no kick
 // came meanwhile) or over, then lingers for more work before it ends.
 func (ss *session) work() {
+	defer ss.contain()
 	growStack()
 	for {
 		ss.mu.Lock()
@@ -367,7 +374,7 @@ func (ss *session) hubKick() {
 	ss.writer = writerRunning
 	ss.pending = false
 	ss.mu.Unlock()
-	if ss.fastStep() {
+	if ss.containedFastStep() {
 		ss.mu.Lock()
 		if !ss.pending {
 			ss.writer = writerNone
@@ -377,6 +384,33 @@ func (ss *session) hubKick() {
 		ss.mu.Unlock()
 	}
 	go ss.work()
+}
+
+// containedFastStep is fastStep on the notifier: a panic ends this
+// session only (contain), and the notifier goes on with the others.
+func (ss *session) containedFastStep() (done bool) {
+	defer func() {
+		if ss.contain() {
+			done = true // over: no writer is to take over
+		}
+	}()
+	return ss.fastStep()
+}
+
+// contain, deferred, ends the session when serving it panicked (a bug):
+// one subscriber is lost, with the stack in the log, not the process, as
+// when net/http recovered a handler's panic. It reports whether it did.
+// The writer state stays running, so no writer starts again.
+func (ss *session) contain() bool {
+	v := recover()
+	if v == nil {
+		return false
+	}
+	ss.log().WithField("panic", fmt.Sprint(v)).WithField("stack", string(debug.Stack())).
+		Error("serving a subscriber panicked; it is disconnected. This is a bug in lsmux: please report it with this log line")
+	ss.peer.close()
+	ss.finish(reasonInternal)
+	return true
 }
 
 // fastStep serves the session once without waiting for anything: true
@@ -442,8 +476,12 @@ func (ss *session) keepalive() {
 	}
 }
 
-// finish runs once the session is over.
+// finish runs once the session is over (a second call, after a panic
+// inside the first, does nothing).
 func (ss *session) finish(reason string) {
+	if !ss.finished.CompareAndSwap(false, true) {
+		return
+	}
 	ss.ping.Stop()
 	if ss.bye != nil {
 		ss.bye.Stop()
@@ -648,6 +686,10 @@ func (p *httpPeer) gone() <-chan struct{}  { return p.ctx.Done() }
 func (p *httpPeer) left() (string, []byte) { return reasonClient, nil }
 func (p *httpPeer) control() []byte        { return nil }
 func (p *httpPeer) awaitClose(time.Time)   {}
+
+// close cannot close an HTTP response from here: the handler returns when
+// the session is done, and net/http ends the response.
+func (p *httpPeer) close() {}
 
 func (p *httpPeer) watch(_, left func()) func() {
 	stop := context.AfterFunc(p.ctx, left)

@@ -318,6 +318,8 @@ func (p *wsPeer) tryWrite(b *batch) bool { return p.tryWritev(nil, b.bufs, nil) 
 
 func (p *wsPeer) gone() <-chan struct{} { return p.readDone }
 
+func (p *connWriter) close() { p.broken = true; p.lc.Close() }
+
 func (p *wsPeer) control() []byte {
 	if f := p.pong.Swap(nil); f != nil {
 		return *f
