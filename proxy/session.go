@@ -209,7 +209,7 @@ func (ss *session) kick() {
 // work is the writer: it steps until the session is idle (and no kick
 // came meanwhile) or over, then lingers for more work before it ends.
 func (ss *session) work() {
-	defer ss.contain()
+	defer ss.contain(nil)
 	growStack()
 	for {
 		ss.mu.Lock()
@@ -389,28 +389,27 @@ func (ss *session) hubKick() {
 // containedFastStep is fastStep on the notifier: a panic ends this
 // session only (contain), and the notifier goes on with the others.
 func (ss *session) containedFastStep() (done bool) {
-	defer func() {
-		if ss.contain() {
-			done = true // over: no writer is to take over
-		}
-	}()
+	defer ss.contain(&done) // over: no writer is to take over
 	return ss.fastStep()
 }
 
-// contain, deferred, ends the session when serving it panicked (a bug):
-// one subscriber is lost, with the stack in the log, not the process, as
-// when net/http recovered a handler's panic. It reports whether it did.
-// The writer state stays running, so no writer starts again.
-func (ss *session) contain() bool {
+// contain, deferred (itself: recover works only there), ends the session
+// when serving it panicked (a bug): one subscriber is lost, with the stack
+// in the log, not the process, as when net/http recovered a handler's
+// panic. It sets *ended when it did (ended may be nil). The writer state
+// stays running, so no writer starts again.
+func (ss *session) contain(ended *bool) {
 	v := recover()
 	if v == nil {
-		return false
+		return
+	}
+	if ended != nil {
+		*ended = true
 	}
 	ss.log().WithField("panic", fmt.Sprint(v)).WithField("stack", string(debug.Stack())).
 		Error("serving a subscriber panicked; it is disconnected. This is a bug in lsmux: please report it with this log line")
 	ss.peer.close()
 	ss.finish(reasonInternal)
-	return true
 }
 
 // fastStep serves the session once without waiting for anything: true
