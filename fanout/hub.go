@@ -312,9 +312,14 @@ func (h *Hub) Read(from uint64, dst []*Entry, maxBytes int, size func(*Entry) in
 		}
 		// Nothing new (or the cursor waits beyond the next hit, see
 		// MaxAhead): hand out the wake channel, then look once more, so
-		// an Append between the two cannot be missed.
-		h.waiting.Store(true)
+		// an Append between the two cannot be missed. The channel is
+		// taken before the flag is set: a wakeNow that clears the flag
+		// after that closes this channel or a newer one. (The other
+		// order lost a wake-up: a late wakeNow for a hit already read
+		// could clear the flag between the two and leave the new
+		// channel with nobody to close it.)
 		w := h.wake.Load()
+		h.waiting.Store(true)
 		if h.next.Load() == end {
 			return entries, next, nil, *w
 		}
