@@ -2,7 +2,6 @@ package fanout
 
 import (
 	"math/bits"
-	"runtime"
 	"slices"
 	"sync"
 )
@@ -16,11 +15,11 @@ import (
 // The notify functions run on notifier goroutines, not the producer's:
 // waking 19,000 parked writers takes tens of milliseconds, and the
 // upstream reader never waits for subscribers. The lists of parked
-// subscribers are notified in the order they were drained, by at most
-// GOMAXPROCS notifiers: a goroutine started per hit would be scheduled
-// before older ones (Go runs the newest first), and a subscriber in an
-// old list would wait for seconds behind newer ones. Notify functions
-// must not wait.
+// subscribers are notified in the order they were drained, in chunks, by
+// a bounded number of notifiers (notifyChunk, maxNotifiers): a goroutine
+// started per hit would be scheduled before older ones (Go runs the
+// newest first), and a subscriber in an old list would wait for seconds
+// behind newer ones. Notify functions must not wait.
 //
 // Locks: pmu guards the lists and each subscriber's parkIdx, never
 // together with wmu, dmu or subs.mu.
@@ -105,16 +104,29 @@ func (p *parking) notifyAll() {
 	for _, s := range list {
 		s.parkIdx = 0
 	}
-	p.queue = append(p.queue, list)
-	start := p.notifiers < runtime.GOMAXPROCS(0)
-	if start {
-		p.notifiers++
+	for len(list) > notifyChunk { // the queue takes chunks; the last one owns the array
+		p.queue = append(p.queue, list[:notifyChunk:notifyChunk])
+		list = list[notifyChunk:]
 	}
+	p.queue = append(p.queue, list)
+	start := min(len(p.queue), maxNotifiers) - p.notifiers
+	p.notifiers += max(start, 0)
 	p.pmu.Unlock()
-	if start {
+	for range start {
 		go p.notify()
 	}
 }
+
+// The parked lists are notified in chunks of notifyChunk subscribers, by
+// up to maxNotifiers goroutines. One or two notifiers serving everyone
+// would get one or two goroutines' share of the CPU when the process is
+// busy with other work (a test's own clients, in the same process, left
+// subscribers waiting 5 s); a few dozen keep fan-out's share, and each
+// still serves many subscribers per stack it grew.
+const (
+	notifyChunk  = 32
+	maxNotifiers = 64
+)
 
 // notify is a notifier: it works through the queue, oldest list first,
 // and ends when the queue is empty.
@@ -132,9 +144,11 @@ func (p *parking) notify() {
 		for _, s := range list {
 			s.notify()
 		}
-		clear(list)
-		list = list[:0]
-		parkedLists.Put(&list)
+		if cap(list) > notifyChunk { // the chunk that owns the array
+			clear(list[:cap(list)])
+			list = list[:0]
+			parkedLists.Put(&list)
+		}
 	}
 }
 
