@@ -382,12 +382,12 @@ func TestShutdownClosesSubscribersProperly(t *testing.T) {
 			t.Fatalf("ws %d ended with %v, want close 1001", i, err)
 		}
 	}
-	select {
+	select { // the client parses the event on a goroutine of its own
 	case reason := <-sse.Closed:
 		if !strings.Contains(reason, "shutdown") {
 			t.Fatalf("sse final event %q", reason)
 		}
-	default:
+	case <-time.After(5 * time.Second):
 		t.Fatal("sse subscriber got no final event")
 	}
 	resp, err := http.Get(r.root + "/readyz")

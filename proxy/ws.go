@@ -46,11 +46,21 @@ var wsUpgrader = websocket.Upgrader{
 type lockedConn struct {
 	net.Conn
 	mu sync.Mutex
+	// partial is set while a frame is cut on the wire, its rest kept by
+	// the connWriter (tryWritev): gorilla's own close frame would land
+	// inside it, so its writes fail until writeBuffers has sent the rest.
+	partial bool
 }
+
+// errFrameCut refuses gorilla's writes while a frame is cut.
+var errFrameCut = errors.New("a frame is half sent; its rest goes first")
 
 func (c *lockedConn) Write(p []byte) (int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.partial {
+		return 0, errFrameCut
+	}
 	return c.Conn.Write(p)
 }
 
@@ -61,7 +71,11 @@ func (c *lockedConn) writeBuffers(bufs *net.Buffers) (int64, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if _, ok := c.Conn.(*net.TCPConn); ok {
-		return bufs.WriteTo(c.Conn)
+		n, err := bufs.WriteTo(c.Conn)
+		if err == nil {
+			c.partial = false // the rest of a cut frame went first
+		}
+		return n, err
 	}
 	n := 0
 	for _, b := range *bufs {
@@ -113,7 +127,12 @@ func (w *connWriter) tryWritev(head []byte, pieces [][]byte, tail []byte) bool {
 		w.keep(0)
 		return false
 	}
-	w.lc.mu.Lock()
+	// Never wait here, on the hub's notifier: gorilla may be writing a
+	// close frame into a full socket (for up to a second).
+	if !w.lc.mu.TryLock() {
+		w.keep(0)
+		return false
+	}
 	defer w.lc.mu.Unlock()
 	written := 0 // bytes of bufs
 	for off := 0; off < len(w.bufs); {
@@ -134,6 +153,7 @@ func (w *connWriter) tryWritev(head []byte, pieces [][]byte, tail []byte) bool {
 		}
 		if n < 0 { // the socket is full
 			w.keep(written)
+			w.lc.partial = written > 0
 			return false
 		}
 		off += len(chunk)
@@ -199,8 +219,12 @@ func (w *connWriter) writev(head []byte, pieces [][]byte, tail []byte, deadline 
 	w.rest = nil
 	if err != nil {
 		w.broken = true
+		return err
 	}
-	return err
+	// No deadline between writes: tryWritev's writes do not wait, and
+	// one left behind would refuse them once past.
+	w.lc.SetWriteDeadline(time.Time{})
+	return nil
 }
 
 // hijackWriter hands gorilla a lockedConn instead of the raw connection.
