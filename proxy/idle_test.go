@@ -163,3 +163,30 @@ func TestClientThatStopsReadingGetsEverythingIntact(t *testing.T) {
 		t.Fatalf("sse: %d of %d events, then %v", got, n, events.Err())
 	}
 }
+
+// TestSSEOverHTTP10IsNotChunked: an HTTP/1.0 client cannot read a chunked
+// response; it gets the event stream plain, ended by the connection's
+// close, as net/http serves it.
+func TestSSEOverHTTP10IsNotChunked(t *testing.T) {
+	r := serve(t, fanout.Options{}, proxy.Options{PingInterval: time.Hour})
+	host := strings.TrimPrefix(r.root, "http://")
+	conn, err := net.Dial("tcp", host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fmt.Fprintf(conn, "GET /v1/streams/s/sse HTTP/1.0\r\nHost: %s\r\n\r\n", host)
+	conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	br := bufio.NewReader(conn)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusOK || len(resp.TransferEncoding) > 0 {
+		t.Fatalf("status %d, transfer encoding %v: want 200, not chunked", resp.StatusCode, resp.TransferEncoding)
+	}
+	line, err := br.ReadString('\n')
+	if err != nil || line != ": lsmux s\n" {
+		t.Fatalf("first line %q (%v), want the stream's comment, unframed", line, err)
+	}
+}

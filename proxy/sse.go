@@ -27,7 +27,7 @@ func (s *Server) handleSSE(w http.ResponseWriter, r *http.Request) {
 	// A comment at once makes proxies start the response; the retry hint
 	// is jittered so thousands of browsers do not reconnect in lockstep.
 	preamble := []byte(": lsmux " + st.Name + "\nretry: " + strconv.Itoa(1000+rand.IntN(4000)) + "\n\n")
-	if r.ProtoMajor == 1 && s.serveSSEHijacked(w, st, sub, release, preamble) {
+	if r.ProtoMajor == 1 && r.ProtoMinor >= 1 && s.serveSSEHijacked(w, st, sub, release, preamble) { // HTTP/1.0 has no chunked responses: net/http serves it
 		return
 	}
 	defer release()
