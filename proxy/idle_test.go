@@ -3,11 +3,14 @@ package proxy_test
 import (
 	"bufio"
 	"bytes"
+	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"maps"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"runtime/pprof"
 	"strings"
 	"testing"
@@ -15,6 +18,8 @@ import (
 
 	"lsmux/fanout"
 	"lsmux/proxy"
+	"lsmux/proxy/proxytest"
+	"lsmux/upstream"
 )
 
 // serverGoroutines counts the goroutines running lsmux's proxy code by
@@ -189,4 +194,42 @@ func TestSSEOverHTTP10IsNotChunked(t *testing.T) {
 	if err != nil || line != ": lsmux s\n" {
 		t.Fatalf("first line %q (%v), want the stream's comment, unframed", line, err)
 	}
+}
+
+// TestSSEOverTLSWithHTTP11: SSE on a hijacked TLS connection (HTTP/1.1,
+// no HTTP/2) is written through the TLS layer, a batch at a time, and
+// reads as any other event stream.
+func TestSSEOverTLSWithHTTP11(t *testing.T) {
+	certs := httptest.NewTLSServer(http.NotFoundHandler()) // for its certificate and a client that trusts it
+	defer certs.Close()
+	hub := fanout.NewHub(fanout.Options{FirstSeq: 1})
+	srv := proxy.New([]*proxy.Stream{{Name: "s", Hub: hub, Feed: fakeFeed{upstream.StateStreaming}}}, proxy.Options{PingInterval: time.Hour})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		done <- srv.Serve(tls.NewListener(ln, &tls.Config{Certificates: certs.TLS.Certificates, NextProtos: []string{"http/1.1"}}))
+	}()
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
+		<-done
+	}()
+	client := certs.Client()
+	sse, err := proxytest.DialSSEClient(client, "https://"+ln.Addr().String()+"/v1/streams/s/sse", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sse.Close()
+	if sse.Resp.ProtoMajor != 1 {
+		t.Fatalf("served over %s, want HTTP/1.1", sse.Resp.Proto)
+	}
+	waitFor(t, 5*time.Second, "subscribed", func() bool { return hub.SubscriberCounts()["sse"] == 1 })
+	for i := range 300 {
+		hub.Append(hitN(i), time.Now())
+	}
+	expectHits(t, sse.Msgs, 0, 300, 1)
 }
