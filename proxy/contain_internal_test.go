@@ -77,8 +77,8 @@ func testPanicIsContained(t *testing.T, fast bool) {
 			as = fastPeer{p}
 		}
 		ss := srv.startSession(context.Background(), st, "ws", hub.Subscribe(fanout.Live, fanout.Info{}, nil), enc, as, nil)
-		if ss.fast != fast {
-			t.Fatalf("session fast %v, want %v", ss.fast, fast)
+		if (ss.tw != nil) != fast {
+			t.Fatalf("session served by the notifier %v, want %v", ss.tw != nil, fast)
 		}
 		return ss, p
 	}

@@ -108,7 +108,7 @@ type Server struct {
 	// ending for its own reason may read it while Shutdown sets it.
 	hardDeadline atomic.Int64
 	handlers     sync.WaitGroup
-	lingers      lingerClock // ends lingering writers (session.go)
+	lingers      lingerClock // ends lingering writers (linger.go)
 	connsMu      sync.Mutex
 	conns        map[net.Conn]struct{} // hijacked WebSocket connections
 	total        int                   // subscribers, guarded by connsMu

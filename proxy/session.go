@@ -30,7 +30,8 @@ import (
 // parked, fanout.Subscriber.Park), its ping timer, the client (a ping to
 // answer, or leaving) and shutdown. A kick starts a writer goroutine if
 // none runs; the writer works until there is nothing left, then parks the
-// session and ends. An idle WebSocket subscriber is therefore one reader
+// session and ends. A WebSocket session's hits are written by the hub's
+// notifier itself while that needs no waiting (hubKick). An idle WebSocket subscriber is therefore one reader
 // goroutine and a few small structs (docs/performance.md).
 
 // peer is a session's client connection.
@@ -86,9 +87,8 @@ type session struct {
 	pending bool
 	writer  writerState
 	resume  chan struct{} // hands a kick to the lingering writer (capacity 1; made by the first to linger)
-	// fast: the hub's notifier may serve this session itself (hubKick);
-	// tw is how it writes. Its writers then end without lingering.
-	fast      bool
+	// tw, when set, is how the hub's notifier may serve this session
+	// itself (hubKick); its writers then end without lingering.
 	tw        tryWriter
 	ping      *time.Timer // sets pingDue every PingInterval
 	pingDue   atomic.Bool
@@ -113,7 +113,7 @@ func (s *Server) startSession(ctx context.Context, st *Stream, transport string,
 	ss.writer = writerRunning
 	ss.ctx, ss.cancel = context.WithCancel(ctx)
 	if tw, ok := p.(tryWriter); ok && tw.canTry() && !s.opts.SlowDisconnect {
-		ss.fast, ss.tw = true, tw
+		ss.tw = tw
 	}
 	ss.stopBase = context.AfterFunc(s.base, func() { ss.cancel(); ss.kick() })
 	ss.stopWatch = p.watch(ss.kick, func() { ss.cancel(); ss.kick() })
@@ -127,58 +127,6 @@ func (s *Server) startSession(ctx context.Context, st *Stream, transport string,
 
 func (ss *session) log() logrus.FieldLogger {
 	return ss.srv.log.WithFields(logrus.Fields{"stream": ss.stream, "subscriber": ss.sub.ID, "transport": ss.transport})
-}
-
-// lingerClock ticks every WriterLinger/2 while writers linger: one timer
-// for all of them, instead of one each (thousands of lingering writers
-// would each add and remove a timer at every wake-up).
-type lingerClock struct {
-	period  time.Duration
-	mu      sync.Mutex
-	ch      chan struct{} // closed at the next tick
-	waiting int           // lingering writers
-	timer   *time.Timer
-	armed   bool // timer will fire
-}
-
-// enter counts a lingering writer until leave; the clock runs while
-// there are any.
-func (c *lingerClock) enter() {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.ch == nil {
-		c.ch = make(chan struct{})
-		c.timer = time.AfterFunc(time.Hour, c.fire)
-	}
-	c.waiting++
-	if !c.armed {
-		c.armed = true
-		c.timer.Reset(c.period)
-	}
-}
-
-func (c *lingerClock) leave() {
-	c.mu.Lock()
-	c.waiting--
-	c.mu.Unlock()
-}
-
-// tick returns a channel closed at the next tick.
-func (c *lingerClock) tick() <-chan struct{} {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.ch
-}
-
-func (c *lingerClock) fire() {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	close(c.ch)
-	c.ch = make(chan struct{})
-	c.armed = c.waiting > 0
-	if c.armed {
-		c.timer.Reset(c.period)
-	}
 }
 
 // writerState is whether a session has a writer goroutine.
@@ -210,7 +158,6 @@ func (ss *session) kick() {
 // came meanwhile) or over, then lingers for more work before it ends.
 func (ss *session) work() {
 	defer ss.contain(nil)
-	growStack()
 	for {
 		ss.mu.Lock()
 		ss.pending = false
@@ -228,7 +175,7 @@ func (ss *session) work() {
 			ss.mu.Unlock()
 			continue
 		}
-		if ss.fast { // the hub's notifier serves the next wake-up
+		if ss.tw != nil { // the hub's notifier serves the next wake-up
 			ss.writer = writerNone
 			ss.mu.Unlock()
 			return
@@ -242,18 +189,6 @@ func (ss *session) work() {
 			return
 		}
 	}
-}
-
-// growStack grows a new writer's stack to what a write needs in one step
-// while it holds a single frame: grown page by page on the way down a
-// writev, it would be copied twice with every frame on it, which costs a
-// waking writer more than its write (measured in the wake storm,
-// docs/performance.md).
-//
-//go:noinline
-func growStack() byte {
-	var pad [3 << 10]byte
-	return pad[len(pad)/2]
 }
 
 // lingered waits up to WriterLinger for a kick: true when one came,
@@ -366,7 +301,7 @@ func (ss *session) add(entries []*fanout.Entry, gap *fanout.Gap) {
 // the socket is full, a writer goroutine takes over.
 func (ss *session) hubKick() {
 	ss.mu.Lock()
-	if ss.writer != writerNone || !ss.fast {
+	if ss.writer != writerNone || ss.tw == nil {
 		ss.mu.Unlock()
 		ss.kick()
 		return
@@ -435,10 +370,7 @@ func (ss *session) fastStep() bool {
 	ss.add(entries, gap)
 	if !ss.b.empty() {
 		done := ss.tw.tryWrite(&ss.b) // takes the batch: what it did not write, it keeps
-		if ss.b.hits > 0 {
-			ss.srv.obs.Delivered(ss.stream, ss.transport, ss.b.hits, ss.b.lagFrom)
-		}
-		ss.b.reset()
+		ss.sent()
 		if !done {
 			return false
 		}
@@ -510,11 +442,21 @@ func (ss *session) flushBy(deadline time.Time) error {
 		return nil
 	}
 	err := ss.peer.send(&ss.b, deadline)
-	if err == nil && ss.b.hits > 0 {
+	if err != nil {
+		ss.b.reset()
+		return err
+	}
+	ss.sent()
+	return nil
+}
+
+// sent counts the batch's hits as delivered (handed to the connection)
+// and empties the batch.
+func (ss *session) sent() {
+	if ss.b.hits > 0 {
 		ss.srv.obs.Delivered(ss.stream, ss.transport, ss.b.hits, ss.b.lagFrom)
 	}
 	ss.b.reset()
-	return err
 }
 
 // goodbyeWait bounds the last write to a client that left, and the wait

@@ -4,10 +4,10 @@ package proxy
 
 import "errors"
 
-// maxIovecs is 0 where writevNow is not implemented: tryWrite never
-// writes, and writers do all the writing.
+// maxIovecs is 0 off Linux: lsmux writes there only with writer
+// goroutines (connWriter.canTry is false), so writevNow is never called.
 const maxIovecs = 0
 
 func writevNow(uintptr, [][]byte) (int, error) {
-	return 0, errors.New("not implemented")
+	return 0, errors.New("writes that do not wait are used on Linux only")
 }

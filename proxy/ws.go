@@ -91,7 +91,9 @@ func (c *lockedConn) writeBuffers(bufs *net.Buffers) (int64, error) {
 }
 
 // connWriter writes batches to a hijacked connection (WebSocket, and SSE
-// over HTTP/1.1), each in one write, for the session's writer.
+// over HTTP/1.1), each in one write, for the session's writer; and, for
+// WebSocket, with a write that does not wait, for the hub's notifier
+// (tryWritev).
 type connWriter struct {
 	lc       *lockedConn
 	raw      syscall.RawConn // for tryWritev; nil when the connection is not TCP
@@ -123,7 +125,7 @@ func (w *connWriter) pending() bool { return len(w.rest) > 0 }
 func (w *connWriter) tryWritev(head []byte, pieces [][]byte, tail []byte) bool {
 	w.gather(head, pieces, tail)
 	defer w.release()
-	if w.broken || w.raw == nil || len(w.rest) > 0 || maxIovecs == 0 {
+	if w.broken || !w.canTry() || len(w.rest) > 0 {
 		w.keep(0)
 		return false
 	}
