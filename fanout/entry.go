@@ -58,14 +58,14 @@ func (e *Entry) SSEEvent() (header, data, end []byte) {
 }
 
 // SSELen is the length of the SSE event.
-func (e *Entry) SSELen() int { return e.wsStart + len(e.buf) - 1 - e.rawStart + len(sseEnd) }
+func (e *Entry) SSELen() int { return e.wsStart + len(e.Raw()) + len(sseEnd) }
 
 // NDJSON is the raw hit and CRLF, the upstream's own record format, in two
 // pieces.
 func (e *Entry) NDJSON() (raw, end []byte) { return e.Raw(), crlf }
 
 // NDJSONLen is the length of the NDJSON record.
-func (e *Entry) NDJSONLen() int { return len(e.buf) - 1 - e.rawStart + len(crlf) }
+func (e *Entry) NDJSONLen() int { return len(e.Raw()) + len(crlf) }
 
 // Size is what the entry costs the ring's byte budget.
 func (e *Entry) Size() int { return cap(e.buf) + cap(e.sseData) + entryOverhead }

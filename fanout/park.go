@@ -87,20 +87,16 @@ func (p *parking) unpark(s *Subscriber) {
 // once, by a notifier. Called after the wake channel was replaced, so a
 // subscriber that parks from now on parks on the new one.
 func (p *parking) notifyAll() {
-	var next []*Subscriber
-	if l, ok := parkedLists.Get().(*[]*Subscriber); ok {
-		next = *l
-	}
 	p.pmu.Lock()
 	list := p.parked
-	if len(list) == 0 {
+	if len(list) == 0 { // at high rates most wake-ups find nobody parked
 		p.pmu.Unlock()
-		if next != nil {
-			parkedLists.Put(&next)
-		}
 		return
 	}
-	p.parked = next
+	p.parked = nil
+	if l, ok := parkedLists.Get().(*[]*Subscriber); ok {
+		p.parked = *l
+	}
 	for _, s := range list {
 		s.parkIdx = 0
 	}
@@ -159,12 +155,10 @@ const smallBatch = 16
 // as what is ready (a subscriber woken for a few hits allocates a few
 // pointers, not MaxBatch), the whole MaxBatch while it reads history.
 func (s *Subscriber) takeBatch(from uint64) {
+	next := s.hub.next.Load()
 	want := MaxBatch
-	if s.hub.hist == nil || from >= s.hub.oldest.Load() {
-		if ready := s.hub.next.Load() - min(from, s.hub.next.Load()); ready < MaxBatch {
-			want = max(smallBatch, 1<<bits.Len64(ready))
-			want = min(want, MaxBatch)
-		}
+	if ready := next - min(from, next); ready < MaxBatch && (s.hub.hist == nil || from >= s.hub.oldest.Load()) {
+		want = max(smallBatch, 1<<bits.Len64(ready)) // at most MaxBatch, a power of two
 	}
 	if cap(s.buf) < want {
 		s.buf = make([]*Entry, 0, want)
