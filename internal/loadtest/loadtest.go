@@ -281,11 +281,7 @@ func idleTest(ctx context.Context, url, transport string, n, inFlight, pid int, 
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	defer cancel() // runs first: the readers stop, then Wait returns
-	recs := make([]*recorder, n)
-	for i := range recs {
-		recs[i] = &recorder{bufSize: 2 << 10}
-	}
-	c := connectAll(ctx, &wg, url, transport, recs, inFlight, pid)
+	_, c := connectAll(ctx, &wg, url, transport, n, 2<<10, inFlight, pid)
 	wait.Sleep(ctx, 3*time.Second) // let the server settle (GC, buffers)
 	after := procstat.RSS(pid)
 	fmt.Fprintf(stdout, "loadtest idle %s n=%d %v server-rss %d MiB -> %d MiB: %.1f KB per connection\n",
@@ -301,11 +297,7 @@ func stormTest(ctx context.Context, sim *simulator.Server, url, transport string
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	defer cancel()
-	recs := make([]*recorder, n)
-	for i := range recs {
-		recs[i] = &recorder{bufSize: 4 << 10}
-	}
-	c := connectAll(ctx, &wg, url, transport, recs, inFlight, pid)
+	recs, c := connectAll(ctx, &wg, url, transport, n, 4<<10, inFlight, pid)
 	wait.Sleep(ctx, 2*time.Second) // every subscriber is waiting at the live edge
 	rss := procstat.RSS(pid)
 	cpu0, self0 := procstat.CPU(pid), procstat.CPU(os.Getpid())
@@ -344,13 +336,13 @@ func stormTest(ctx context.Context, sim *simulator.Server, url, transport string
 	return nil
 }
 
-// connectAll opens a subscriber for each recorder, with at most inFlight
-// handshakes under way at a time, and returns when all are open or have
-// failed (or after two minutes): how many, and how long until the last
-// one was open. A real fleet reconnects spread out; all at once would
+// connectAll opens n subscribers (readers with bufSize-byte buffers),
+// with at most inFlight handshakes under way at a time, and returns when
+// all are open or have failed (or after two minutes): their recorders,
+// how many, and how long until the last one was open. A real fleet reconnects spread out; all at once would
 // measure the kernel's accept queue (4,096 here) and the clients' SYN
 // retries, not lsmux.
-func connectAll(ctx context.Context, wg *sync.WaitGroup, url, transport string, recs []*recorder, inFlight, pid int) connected {
+func connectAll(ctx context.Context, wg *sync.WaitGroup, url, transport string, n, bufSize, inFlight, pid int) ([]*recorder, connected) {
 	read := readWS
 	if transport == "sse" {
 		read = readSSE
@@ -359,6 +351,10 @@ func connectAll(ctx context.Context, wg *sync.WaitGroup, url, transport string, 
 	slots := make(chan struct{}, max(inFlight, 1))
 	start := time.Now()
 	cpu0, self0 := procstat.CPU(pid), procstat.CPU(os.Getpid())
+	recs := make([]*recorder, n)
+	for i := range recs {
+		recs[i] = &recorder{bufSize: bufSize} // all of them, even if ctx ends while dialling
+	}
 	for _, r := range recs {
 		var once sync.Once
 		release := func() { once.Do(func() { <-slots }) }
@@ -366,7 +362,7 @@ func connectAll(ctx context.Context, wg *sync.WaitGroup, url, transport string, 
 		select {
 		case slots <- struct{}{}:
 		case <-ctx.Done():
-			return connected{opened: nOpen.Load(), failed: nFailed.Load()}
+			return recs, connected{opened: nOpen.Load(), failed: nFailed.Load()}
 		}
 		wg.Go(func() {
 			if err := read(ctx, url, r); err != nil && ctx.Err() == nil {
@@ -380,7 +376,7 @@ func connectAll(ctx context.Context, wg *sync.WaitGroup, url, transport string, 
 		wait.Sleep(ctx, 20*time.Millisecond)
 	}
 	took := time.Since(start)
-	return connected{opened: nOpen.Load(), failed: nFailed.Load(), took: time.Duration(lastOpen.Load() - start.UnixNano()),
+	return recs, connected{opened: nOpen.Load(), failed: nFailed.Load(), took: time.Duration(lastOpen.Load() - start.UnixNano()),
 		serverCPU: float64(procstat.CPU(pid)-cpu0) / float64(took), selfCPU: float64(procstat.CPU(os.Getpid())-self0) / float64(took)}
 }
 
