@@ -11,6 +11,8 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
+	"runtime"
 	"runtime/pprof"
 	"strings"
 	"testing"
@@ -232,4 +234,44 @@ func TestSSEOverTLSWithHTTP11(t *testing.T) {
 		hub.Append(hitN(i), time.Now())
 	}
 	expectHits(t, sse.Msgs, 0, 300, 1)
+}
+
+// TestFilteredSubscriberKeepsItsWriter: the hub's notifier leaves a
+// filtered subscriber to a writer goroutine (a filter can wait for its
+// budget); that writer lingers between hits, so a filtered subscriber at a
+// steady rate is served by one goroutine, not one started per hit.
+func TestFilteredSubscriberKeepsItsWriter(t *testing.T) {
+	r := serve(t, fanout.Options{}, proxy.Options{PingInterval: time.Hour, WriterLinger: 10 * time.Second})
+	ws := mustWS(t, r.base+"/ws?filter="+url.QueryEscape(`hit.n >= 0`))
+	waitFor(t, 10*time.Second, "subscribed", func() bool { return r.hub.SubscriberCounts()["ws"] == 1 })
+	writers := map[string]bool{}
+	for i := range 20 {
+		r.appendN(i, 1)
+		if m := next(t, ws.Msgs, 10*time.Second); m.Type != "hit" || !bytes.Equal(m.Hit, hitN(i)) {
+			t.Fatalf("got %+v, want hit %d", m, i)
+		}
+		ids := sessionWriters()
+		if len(ids) != 1 {
+			t.Fatalf("after hit %d: %d writer goroutines, want the one lingering writer", i, len(ids))
+		}
+		writers[ids[0]] = true
+	}
+	if len(writers) != 1 {
+		t.Errorf("20 hits were written by %d writer goroutines, want 1", len(writers))
+	}
+}
+
+// sessionWriters lists the ids of the goroutines running a session's
+// writer.
+func sessionWriters() []string {
+	buf := make([]byte, 1<<20)
+	buf = buf[:runtime.Stack(buf, true)]
+	var ids []string
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		if strings.Contains(g, "lsmux/proxy.(*session).work") {
+			id, _, _ := strings.Cut(strings.TrimPrefix(g, "goroutine "), " ")
+			ids = append(ids, id)
+		}
+	}
+	return ids
 }

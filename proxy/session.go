@@ -175,11 +175,15 @@ func (ss *session) work() {
 			ss.mu.Unlock()
 			continue
 		}
-		if ss.tw != nil { // the hub's notifier serves the next wake-up
+		if ss.tw != nil && ss.sub.PollNeverWaits() { // the hub's notifier serves the next wake-up
 			ss.writer = writerNone
 			ss.mu.Unlock()
 			return
 		}
+		// Otherwise (no fast path, or a subscriber the notifier leaves to
+		// a writer: a filter's budget, a replay) the writer lingers, so a
+		// filtered subscriber at a steady rate keeps one goroutine rather
+		// than start one per hit.
 		if ss.resume == nil {
 			ss.resume = make(chan struct{}, 1)
 		}
