@@ -241,7 +241,7 @@ func TestSSEOverTLSWithHTTP11(t *testing.T) {
 // budget); that writer lingers between hits, so a filtered subscriber at a
 // steady rate is served by one goroutine, not one started per hit.
 func TestFilteredSubscriberKeepsItsWriter(t *testing.T) {
-	r := serve(t, fanout.Options{}, proxy.Options{PingInterval: time.Hour, WriterLinger: 10 * time.Second})
+	r := serve(t, fanout.Options{}, proxy.Options{PingInterval: time.Hour, WriterLinger: time.Minute})
 	ws := mustWS(t, r.base+"/ws?filter="+url.QueryEscape(`hit.n >= 0`))
 	waitFor(t, 10*time.Second, "subscribed", func() bool { return r.hub.SubscriberCounts()["ws"] == 1 })
 	writers := map[string]bool{}
