@@ -164,7 +164,8 @@ func (s *Subscriber) read(from uint64, maxBytes int, size func(*Entry) int) (ent
 		if entries, next, gap, wake, ok := s.readHistory(from, maxBytes, size); ok {
 			return entries, next, gap, wake
 		}
-	} else if s.replay != nil {
+		s.endReplay() // history cannot serve from: its slot, if taken, goes back
+	} else if s.replay != nil || s.replaySlot {
 		s.endReplay() // caught up with the ring
 	}
 	entries, next, gap, wake = h.Read(from, s.buf, maxBytes, size)

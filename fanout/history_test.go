@@ -213,3 +213,34 @@ func TestFiltersApplyToHistory(t *testing.T) {
 		t.Fatalf("%d replayed entries in the derived window", windowed)
 	}
 }
+
+// TestReplaySlotGoesBackWhenHistoryCannotServe: a subscriber that took a
+// replay slot at Open, and whose history was emptied (MaxAge) before its
+// first read, reads the ring with a gap notice and gives the slot back at
+// once, not when it leaves: the next resume is not refused.
+func TestReplaySlotGoesBackWhenHistoryCannotServe(t *testing.T) {
+	h, hist := filled(1000, nil, 1)
+	s, err := h.Open(500, Info{}, nil, Limits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	hist.mu.Lock()
+	hist.recs = nil
+	hist.mu.Unlock()
+	seqs, gaps := drain(t, s)
+	if len(gaps) != 1 || gaps[0].From != 500 || len(seqs) != 100 || seqs[0] != 901 {
+		t.Fatalf("got %d hits from %v, gaps %v; want a gap 500..900, then the ring's 901..1000", len(seqs), seqs[:min(1, len(seqs))], gaps)
+	}
+	if st := h.ReplayStats(); st.Running != 0 {
+		t.Fatalf("%d replay slots held by a subscriber reading the ring", st.Running)
+	}
+	for i := 850; i <= 1000; i++ { // history again, older than the ring
+		hist.add(uint64(i), fmt.Sprintf(`{"n":%d}`, i), false)
+	}
+	next, err := h.Open(860, Info{}, nil, Limits{})
+	if err != nil {
+		t.Fatalf("the next resume from history: %v", err)
+	}
+	next.Close()
+}
