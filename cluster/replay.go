@@ -76,8 +76,10 @@ type jsReplay struct {
 }
 
 func (r *jsReplay) run(ctx context.Context, s *Stream, from uint64) {
-	defer close(r.done)
+	// done is closed before the last poke: a subscriber woken by it must
+	// find the replay over, not wait for a wake-up that never comes.
 	defer r.poke()
+	defer close(r.done)
 	cons, err := s.node.replayJS.OrderedConsumer(ctx, s.names.Stream, jetstream.OrderedConsumerConfig{
 		DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: from,
 	})
