@@ -3,7 +3,9 @@ package cluster
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"time"
@@ -26,9 +28,12 @@ type upstreamState struct {
 	Ended     time.Time `json:"ended,omitzero"`
 	Heartbeat time.Time `json:"heartbeat,omitzero"`
 	// While the store fails, hits are numbered in memory beyond what it
-	// holds: HandedOut is the last number handed out by the last
-	// heartbeat, Margin how many more can follow before the next one. A
-	// run after a crash starts above both, so no number means two hits.
+	// holds: HandedOut is reserved before any of them is handed out (the
+	// highest number that may be in subscribers' hands; solo.go's
+	// reserve). A run after a crash starts above it, so no number means
+	// two hits. Margin, added to it, is what older versions wrote (they
+	// recorded the numbers at each heartbeat, plus a margin); it is read,
+	// and written as 0.
 	HandedOut uint64 `json:"handedOut,omitempty"`
 	Margin    uint64 `json:"margin,omitempty"`
 }
@@ -67,7 +72,11 @@ func openState(dir, stream string) (*stateFile, upstreamState, error) {
 	}
 	sf := &stateFile{path: path, f: f}
 	b := make([]byte, stateSize)
-	n, _ := f.ReadAt(b, 0)
+	n, err := f.ReadAt(b, 0)
+	if err != nil && !errors.Is(err, io.EOF) {
+		f.Close()
+		return nil, upstreamState{}, fmt.Errorf("LSMUX_DATA_DIR=%s: cannot read %s: %w (check the disk; lsmux needs it to keep the reconnect delay and the numbering across restarts)", dir, filepath.Base(path), err)
+	}
 	var st upstreamState
 	text := bytes.TrimSpace(b[:n])
 	if len(text) > 0 {
