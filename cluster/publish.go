@@ -115,6 +115,27 @@ func (p *publisher) peek(n int) []outMsg {
 	return append([]outMsg(nil), p.q[p.head:end]...)
 }
 
+// take removes the queued hit with message id id from the first
+// publishBatch (a batch that failed midway: the store kept some of it).
+func (p *publisher) take(id string) (outMsg, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	end := min(p.head+publishBatch, len(p.q))
+	for i := p.head; i < end; i++ {
+		if m := p.q[i]; m.id == id {
+			p.qBytes -= int64(len(m.data))
+			copy(p.q[p.head+1:i+1], p.q[p.head:i])
+			p.q[p.head] = outMsg{}
+			p.head++
+			if p.head == len(p.q) {
+				p.q, p.head = p.q[:0], 0
+			}
+			return m, true
+		}
+	}
+	return outMsg{}, false
+}
+
 // remove drops the first n queued hits (acknowledged, or impossible).
 func (p *publisher) remove(n int) {
 	p.mu.Lock()

@@ -38,19 +38,33 @@ const lostHeader = "Lsmux-Lost"
 
 // soloState is a solo stream's store and state.
 //
-// Lock order: mu is a leaf (never held while calling the hub, the pool or
-// NATS).
+// Lock order: wmu before mu; mu is a leaf (never held while calling the
+// hub, the pool or NATS).
 type soloState struct {
 	emb   *Embedded
 	state *stateFile
 	prev  upstreamState // what the previous run left
+	// begun is closed when runSolo has settled the numbering the previous
+	// run left (a skip, see openSolo): the publisher waits for it.
+	begun     chan struct{}
+	beginOnce sync.Once
+
+	// wmu serialises state writes, so the file always ends with the
+	// newest state (a heartbeat copied before a reservation must not land
+	// after it).
+	wmu sync.Mutex
+
+	// Owned by the publisher goroutine: how many numbers the last
+	// reservation took, and when (reserve).
+	chunk      uint64
+	reservedAt time.Time
 
 	failing     atomic.Bool
 	storeErrors atomic.Uint64
 	lastErr     atomic.Pointer[string]
 
 	mu           sync.Mutex
-	cur          upstreamState // written at every heartbeat
+	cur          upstreamState // what the state file holds (saveState)
 	backlog      []numbered    // served from memory, not yet stored
 	backlogBytes int64
 	lost         uint64 // hits served from memory and dropped before they could be stored
@@ -77,7 +91,7 @@ func (s *Stream) openSolo(ctx context.Context) error {
 		s.log.Warnf("history: %v; waiting the whole reconnect delay before connecting", err)
 		prev = upstreamState{Stream: s.name, Ended: time.Now()}
 	}
-	s.solo = &soloState{emb: e, state: sf, prev: prev, cur: prev}
+	s.solo = &soloState{emb: e, state: sf, prev: prev, cur: prev, begun: make(chan struct{})}
 	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	st, err := s.node.js.Stream(cctx, s.names.Stream)
@@ -97,11 +111,7 @@ func (s *Stream) openSolo(ctx context.Context) error {
 	}
 	s.cc = cc
 	created := s.streamCreated()
-	s.solo.mu.Lock()
-	s.solo.cur.Created = created
-	cur := s.solo.cur
-	s.solo.mu.Unlock()
-	if err := sf.write(cur); err != nil {
+	if err := s.solo.saveState(func(c *upstreamState) { c.Created = created }); err != nil {
 		return fmt.Errorf("LSMUX_DATA_DIR=%s: cannot write the stream's state: %w", e.Dir(), err)
 	}
 	if prev.HandedOut > 0 {
@@ -115,6 +125,7 @@ func (s *Stream) openSolo(ctx context.Context) error {
 func (s *Stream) runSolo(ctx context.Context) {
 	so := s.solo
 	defer so.state.close()
+	defer so.begin() // also when ctx ends first: the publisher then drains
 	o := s.node.opts
 	// The ring first: until it is warm from disk, a number means nothing.
 	for !s.ready.Load() {
@@ -137,7 +148,16 @@ func (s *Stream) runSolo(ctx context.Context) {
 		so.failing.Store(true)
 		msg := "numbers " + strconv.FormatUint(s.hub.Stats().Newest, 10) + " and below were handed out by the previous run while its store failed"
 		so.lastErr.Store(&msg)
+	} else if skip > 0 {
+		// The store holds those numbers already: nothing to skip.
+		so.mu.Lock()
+		so.skipTo = 0
+		so.mu.Unlock()
+		if err := so.saveState(func(c *upstreamState) { c.HandedOut, c.Margin = 0, 0 }); err != nil {
+			s.log.Warnf("history: cannot write the stream's state: %v", err)
+		}
 	}
+	so.begin()
 	if last := so.prev.lastConnected(o.StateInterval); !last.IsZero() {
 		if at := last.Add(o.ReconnectDelay); time.Now().Before(at) {
 			s.pool.Hold(at, "waiting out LSMUX_RECONNECT_DELAY: the previous run's upstream connection was open until about "+last.Format(time.RFC3339)+" (from the data dir)")
@@ -155,37 +175,41 @@ func (s *Stream) runSolo(ctx context.Context) {
 	s.pool.Run(ctx, s)
 	s.leaderFlag.Store(false)
 	<-beat
-	so.mu.Lock()
-	so.cur.Ended, so.cur.Heartbeat = time.Now(), time.Time{}
-	st := so.cur
-	so.mu.Unlock()
-	if err := so.state.write(st); err != nil {
+	if err := so.saveState(func(c *upstreamState) { c.Ended, c.Heartbeat = time.Now(), time.Time{} }); err != nil {
 		s.log.Warnf("history: cannot record in the data dir when the upstream closed (%v); the next start waits from its last heartbeat", err)
 	}
 }
 
-// heartbeat records every StateInterval that the upstream may be open,
-// and while the store fails, how far numbers have gone.
+// begin lets the publisher start (once).
+func (so *soloState) begin() { so.beginOnce.Do(func() { close(so.begun) }) }
+
+// saveState applies change (if any) to the state and writes it to the
+// data dir.
+func (so *soloState) saveState(change func(*upstreamState)) error {
+	so.wmu.Lock()
+	defer so.wmu.Unlock()
+	so.mu.Lock()
+	if change != nil {
+		change(&so.cur)
+	}
+	st := so.cur
+	so.mu.Unlock()
+	return so.state.write(st)
+}
+
+// heartbeat records every StateInterval that the upstream may be open.
 func (s *Stream) heartbeat(ctx context.Context) {
 	so := s.solo
-	var lastNewest uint64
 	beat := func() {
-		newest := s.hub.Stats().Newest
-		so.mu.Lock()
-		if s.upstreamActive() {
-			so.cur.Heartbeat = time.Now()
-		} else if !so.cur.Heartbeat.IsZero() {
-			so.cur.Ended, so.cur.Heartbeat = time.Now(), time.Time{}
-		}
-		if so.failing.Load() {
-			so.cur.HandedOut, so.cur.Margin = newest, 2*(newest-min(lastNewest, newest))+1000
-		} else {
-			so.cur.HandedOut, so.cur.Margin = 0, 0
-		}
-		st := so.cur
-		so.mu.Unlock()
-		lastNewest = newest
-		if err := so.state.write(st); err != nil && s.logs.allow("state") {
+		active := s.upstreamActive()
+		err := so.saveState(func(c *upstreamState) {
+			if active {
+				c.Heartbeat = time.Now()
+			} else if !c.Heartbeat.IsZero() {
+				c.Ended, c.Heartbeat = time.Now(), time.Time{}
+			}
+		})
+		if err != nil && s.logs.allow("state") {
 			s.log.Warnf("history: cannot record the upstream's state in the data dir: %v", err)
 		}
 	}
@@ -218,6 +242,11 @@ func (s *Stream) stored(seq uint64, m outMsg) {
 // works, to the hub from memory while it fails.
 func (s *Stream) soloPublish(ctx context.Context, drain *atomic.Bool) {
 	p, so := s.pub, s.solo
+	select {
+	case <-so.begun: // failing is settled: a skip left by the previous run sets it
+	case <-ctx.Done():
+		return
+	}
 	retry := time.NewTimer(0) // a skip left by the previous run is written at once
 	defer retry.Stop()
 	if !so.failing.Load() {
@@ -257,7 +286,9 @@ func (s *Stream) soloPublish(ctx context.Context, drain *atomic.Bool) {
 
 // storeFailed switches to serving from memory. The hits the store took
 // before it failed (their acknowledgements may be what was lost) go to
-// the hub first, under the numbers the store gave them.
+// the hub first, under the numbers the store gave them: read back from
+// the store, so a queued hit the store had already (a duplicate, which
+// takes no number) cannot shift the numbers of those after it.
 func (s *Stream) storeFailed(ctx context.Context, err error) {
 	so := s.solo
 	so.storeErrors.Add(1)
@@ -278,12 +309,23 @@ func (s *Stream) storeFailed(ctx context.Context, err error) {
 	}
 	last := st.CachedInfo().State.LastSeq
 	for next := s.hub.Stats().Newest + 1; next <= last; next++ {
-		batch := s.pub.peek(1)
-		if len(batch) == 0 {
-			break
+		raw, err := st.GetMsg(ictx, next)
+		if err != nil {
+			// The store does not answer reads either: take the queue's
+			// order for the store's.
+			batch := s.pub.peek(1)
+			if len(batch) == 0 {
+				break
+			}
+			s.stored(next, batch[0])
+			s.pub.remove(1)
+			continue
 		}
-		s.stored(next, batch[0])
-		s.pub.remove(1)
+		m := outMsg{id: raw.Header.Get(jetstream.MsgIDHeader), data: raw.Data, received: time.Now()}
+		if q, ok := s.pub.take(m.id); ok {
+			m.received = q.received
+		}
+		s.stored(next, m)
 	}
 }
 
@@ -297,8 +339,14 @@ func (s *Stream) serveFromMemory() {
 			return
 		}
 		for _, m := range batch {
+			seq := s.hub.Stats().Newest + 1 // only this goroutine appends while the store fails
+			so.mu.Lock()
+			reserved := so.cur.HandedOut
+			so.mu.Unlock()
+			if seq > reserved {
+				s.reserve(seq)
+			}
 			s.consumeMu.Lock()
-			seq := s.hub.Stats().Newest + 1
 			s.hub.AppendAt(seq, m.data, m.received)
 			s.consumeMu.Unlock()
 			so.mu.Lock()
@@ -313,6 +361,33 @@ func (s *Stream) serveFromMemory() {
 			so.mu.Unlock()
 		}
 		p.remove(len(batch))
+	}
+}
+
+// Reservations: how many numbers one takes at least and at most.
+const (
+	reserveMin = 1000
+	reserveMax = 100_000
+)
+
+// reserve records in the data dir, before number seq is handed out from
+// memory, that numbers up to some way beyond it may be in subscribers'
+// hands: a run after a crash starts above them (openSolo), so no number
+// ever means two hits. A reservation is a small write and a sync; one
+// that follows the last within a second takes twice as many numbers, so
+// a fast stream makes few of them.
+func (s *Stream) reserve(seq uint64) {
+	so := s.solo
+	switch {
+	case so.chunk == 0 || time.Since(so.reservedAt) > time.Second:
+		so.chunk = reserveMin
+	default:
+		so.chunk = min(2*so.chunk, reserveMax)
+	}
+	so.reservedAt = time.Now()
+	to := seq + so.chunk - 1
+	if err := so.saveState(func(c *upstreamState) { c.HandedOut, c.Margin = to, 0 }); err != nil && s.logs.allow("reserve") {
+		s.log.WithField("data_dir", so.emb.Dir()).Errorf("history: cannot record in the data dir how far numbers served from memory go (%v): if lsmux dies before the store works again, the next run may give some of them to other hits", err)
 	}
 }
 
@@ -365,7 +440,15 @@ func (s *Stream) recoverStore(ctx context.Context) bool {
 		}
 		if next.seq <= last {
 			// Stored before the failure was noticed.
-		} else if err := s.publishSync(ictx, next.m, last); err != nil {
+		} else if err := s.publishSync(ictx, next.m, last); errors.Is(err, errHeld) {
+			// The store holds this hit under an earlier number (Adobe's
+			// backfill while the store failed): its number here gets a
+			// placeholder, and recovery goes on.
+			if err := s.publishSync(ictx, outMsg{id: "lost-" + strconv.FormatUint(last+1, 10), lost: true}, last); err != nil {
+				return s.stillFailing(err)
+			}
+			last = next.seq
+		} else if err != nil {
 			return s.stillFailing(err)
 		} else {
 			last = next.seq
@@ -381,6 +464,10 @@ func (s *Stream) recoverStore(ctx context.Context) bool {
 	so.skipTo = 0
 	lost := so.lost
 	so.mu.Unlock()
+	// The store holds every number handed out: the reservation is over.
+	if err := so.saveState(func(c *upstreamState) { c.HandedOut, c.Margin = 0, 0 }); err != nil {
+		return s.stillFailing(fmt.Errorf("write the stream's state: %w", err))
+	}
 	so.failing.Store(false)
 	s.noteStored(last)
 	s.log.WithField("lost_from_history", lost).Info("history: the store works again; what was served from memory is written to it")
@@ -400,6 +487,9 @@ func storeTrouble(e *Embedded, err error) string {
 // its store again.
 const minFreeBytes = 16 << 20
 
+// errHeld is publishSync's answer for a hit the store already holds.
+var errHeld = errors.New("the store holds this hit already")
+
 // publishSync writes one message that must get number last+1.
 func (s *Stream) publishSync(ctx context.Context, m outMsg, last uint64) error {
 	msg := &nats.Msg{Subject: s.names.Subject, Data: m.data, Header: nats.Header{}}
@@ -409,6 +499,9 @@ func (s *Stream) publishSync(ctx context.Context, m outMsg, last uint64) error {
 	ack, err := s.node.js.PublishMsg(ctx, msg, jetstream.WithMsgID(m.id), jetstream.WithExpectLastSequence(last))
 	if err != nil {
 		return err
+	}
+	if ack.Duplicate {
+		return fmt.Errorf("%w (number %d)", errHeld, ack.Sequence)
 	}
 	if ack.Sequence != last+1 {
 		return fmt.Errorf("the store numbered a hit %d, not %d", ack.Sequence, last+1)
