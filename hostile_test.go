@@ -33,9 +33,18 @@ type child struct {
 	done chan struct{}
 }
 
+// liveStream is the upstream a child is pointed at: the simulator in this
+// process, or one in a process of its own (simProcess).
+type liveStream interface {
+	StreamURL(name string) string
+	TokenURL() string
+	ClientID() string
+	ClientSecret() string
+}
+
 // startChild runs `lsmux serve` against sim with the given extra
 // environment, and stops it (SIGTERM) when the test ends.
-func startChild(t *testing.T, sim *simulator.Server, env ...string) *child {
+func startChild(t *testing.T, sim liveStream, env ...string) *child {
 	t.Helper()
 	cmd := exec.Command(lsmuxBinary(t), "serve")
 	cmd.Env = append([]string{"LSMUX_LISTEN=127.0.0.1:0", "LSMUX_STREAM_URL=" + sim.StreamURL("demo"), "LSMUX_TOKEN_URL=" + sim.TokenURL(),

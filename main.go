@@ -182,6 +182,8 @@ func newLogger(level, format string, out io.Writer) (*logrus.Logger, error) {
 type simulateSettings struct {
 	listen, streams, clientID, clientSecret string
 	rate                                    float64
+	tick                                    time.Duration
+	stampSent                               bool
 }
 
 func simulateFlags(s *simulateSettings) *cli.FlagSet {
@@ -190,6 +192,8 @@ endpoint, for other teams' integration tests. Its variables start with
 LSMUX_SIMULATE_, so it can run next to an lsmux configured by LSMUX_*.`)
 	f.String(&s.listen, "listen", "127.0.0.1:9090", "address of the simulated Live Stream and IMS endpoints")
 	f.Float(&s.rate, "rate", 100, "hits per second per stream")
+	f.Duration(&s.tick, "tick", 20*time.Millisecond, "how often a connection sends the hits that are due (one gzip flush each)")
+	f.Bool(&s.stampSent, "stamp-sent", false, `put "lsmuxSentNs":<send time, Unix ns> first in every hit, to measure end-to-end latency at the subscriber`)
 	f.String(&s.streams, "stream", "demo", "stream name(s), comma-separated")
 	f.String(&s.clientID, "client-id", "sim-client", "client id the token endpoint accepts")
 	f.String(&s.clientSecret, "client-secret", "sim-secret", "client secret the token endpoint accepts")
@@ -205,7 +209,7 @@ func runSimulate(ctx context.Context, args []string, env cli.Env, stdout, stderr
 	if len(streams) == 0 {
 		return usageError{errors.New("LSMUX_SIMULATE_STREAM is empty: name at least one stream")}
 	}
-	sim, err := simulator.New(simulator.Options{Addr: s.listen, Rate: s.rate, Streams: streams, ClientID: s.clientID, ClientSecret: s.clientSecret})
+	sim, err := simulator.New(simulator.Options{Addr: s.listen, Rate: s.rate, Tick: s.tick, StampSent: s.stampSent, Streams: streams, ClientID: s.clientID, ClientSecret: s.clientSecret})
 	if err != nil {
 		return err
 	}
