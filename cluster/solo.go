@@ -124,7 +124,6 @@ func (s *Stream) openSolo(ctx context.Context) error {
 // of the previous run, and holds the upstream until ctx ends.
 func (s *Stream) runSolo(ctx context.Context) {
 	so := s.solo
-	defer so.state.close()
 	defer so.begin() // also when ctx ends first: the publisher then drains
 	o := s.node.opts
 	// The ring first: until it is warm from disk, a number means nothing.

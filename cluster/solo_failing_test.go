@@ -120,16 +120,24 @@ func TestRecoveryGoesPastAHitTheStoreHolds(t *testing.T) {
 }
 
 // TestStopWhileFailingKeepsItsNumbers: the store fails, hits are served
-// from memory, and lsmux stops before any heartbeat; the next run gives
-// none of those numbers to other hits.
+// from memory, and lsmux stops before any heartbeat, serving the last of
+// them as it drains; the next run gives none of those numbers to other
+// hits.
 func TestStopWhileFailingKeepsItsNumbers(t *testing.T) {
 	dir := t.TempDir()
 	s, stop := soloStream(t, dir, fanout.Options{MaxHits: 1000}, Options{StateInterval: time.Hour})
 	deliverAll(t, s, 1, 10)
 	refuseWrites(t, s, 10)
 	deliverAll(t, s, 11, 13)
-	served := s.Hub().Stats().Newest
+	pad := benchPad()
+	for i := uint64(14); i <= 1500; i++ { // served as the publisher drains, beyond the first reservation
+		s.Deliver(benchHit(i, pad))
+	}
 	stop()
+	served := s.Hub().Stats().Newest
+	if got := readState(t, filepath.Join(dir, "upstream-"+NamesFor("bench").Stream+".state")).HandedOut; got < served {
+		t.Fatalf("the state file reserves numbers up to %d; hits were served up to %d", got, served)
+	}
 
 	s, stop = soloStream(t, dir, fanout.Options{MaxHits: 1000}, Options{StateInterval: time.Hour})
 	defer stop()

@@ -141,6 +141,11 @@ func (s *Stream) Deliver(h upstream.Hit) { s.pub.add(h) }
 // lease (after closing the upstream) so another replica can take over
 // without waiting for the TTL.
 func (s *Stream) Run(ctx context.Context) {
+	if s.solo != nil {
+		// Closed last, after the publisher: while it drains it may still
+		// reserve numbers in the state file (solo.go).
+		defer s.solo.state.close()
+	}
 	pubCtx, stopPub := context.WithCancel(context.Background())
 	pubDone := make(chan struct{})
 	go func() {
