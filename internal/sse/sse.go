@@ -42,8 +42,8 @@ type Reader struct {
 	Comments int
 }
 
-// NewReader reads events from r, with lines up to maxLine bytes (0:
-// MaxLine).
+// NewReader reads events from r, with lines, and each event's data, up
+// to maxLine bytes (0: MaxLine).
 func NewReader(r io.Reader, maxLine int) *Reader {
 	if maxLine <= 0 {
 		maxLine = MaxLine
@@ -91,6 +91,12 @@ func (r *Reader) Next() (Event, error) {
 		case "data":
 			if r.hasData {
 				r.data = append(r.data, '\n')
+			}
+			if len(r.data)+len(value) > r.maxLine {
+				// One event's data is bounded as one line is: data lines
+				// without the blank line that ends an event must not grow
+				// it without end.
+				return Event{}, fmt.Errorf("%w (an event's data over %d bytes)", ErrLineTooLong, r.maxLine)
 			}
 			r.data, r.hasData = append(r.data, value...), true
 		case "event":

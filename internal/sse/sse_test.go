@@ -70,6 +70,10 @@ func TestReaderLongLines(t *testing.T) {
 	if _, _, err := readAll(t, "data: "+long+"\n\n", 100<<10); !errors.Is(err, ErrLineTooLong) {
 		t.Fatalf("a 200 KiB line over a 100 KiB limit: %v, want ErrLineTooLong", err)
 	}
+	// Many short data lines and no blank line: the event is bounded too.
+	if _, _, err := readAll(t, strings.Repeat("data: xxxxxxxxxx\n", 20_000), 100<<10); !errors.Is(err, ErrLineTooLong) {
+		t.Fatalf("an event of 20,000 data lines (220 KB) over a 100 KiB limit: %v, want ErrLineTooLong", err)
+	}
 }
 
 // FuzzReader: any input ends in an error, never a panic, and whatever is
