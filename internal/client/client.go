@@ -16,6 +16,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"lsmux/internal/sse"
@@ -46,6 +47,12 @@ type Options struct {
 	// consumers does not reconnect in step. A connection that delivered
 	// a hit resets it.
 	RetryMin, RetryMax time.Duration
+	// StallTimeout is how long a connection may send nothing, not even
+	// lsmux's keepalive (every 15 s), before it is taken for dead and
+	// replaced: a proxy that keeps the TCP connection open but stopped
+	// forwarding would otherwise hold the subscription for good. 0: no
+	// limit.
+	StallTimeout time.Duration
 }
 
 // Kind is what an Event is.
@@ -224,6 +231,18 @@ func (s *Subscription) connect(ctx context.Context, handle func(Event) error) (d
 	if s.opts.Token != "" {
 		req.Header.Set("Authorization", "Bearer "+s.opts.Token)
 	}
+	var stalled atomic.Bool
+	var alive func()
+	if d := s.opts.StallTimeout; d > 0 {
+		timer := time.AfterFunc(d, func() { stalled.Store(true); cancel() })
+		defer timer.Stop()
+		alive = func() { timer.Reset(d) }
+	}
+	defer func() {
+		if err != nil && stalled.Load() && !errors.As(err, new(handlerError)) {
+			err = fmt.Errorf("lsmux sent nothing for %v, not even its keepalive: taking the connection for dead", s.opts.StallTimeout)
+		}
+	}()
 	resp, err := s.opts.HTTP.Do(req)
 	if err != nil {
 		return false, err
@@ -235,8 +254,15 @@ func (s *Subscription) connect(ctx context.Context, handle func(Event) error) (d
 	if err := handle(Event{Kind: Connected}); err != nil {
 		return false, handlerError{err}
 	}
-	r := sse.NewReader(resp.Body, 0)
+	var body io.Reader = resp.Body
+	if alive != nil {
+		body = aliveReader{r: resp.Body, alive: alive}
+	}
+	r := sse.NewReader(body, 0)
 	for {
+		if alive != nil {
+			alive() // the time the handler took is not the connection's
+		}
 		ev, err := r.Next()
 		if err != nil {
 			if errors.Is(err, io.EOF) {
@@ -282,6 +308,20 @@ func (s *Subscription) connect(ctx context.Context, handle func(Event) error) (d
 			}
 		}
 	}
+}
+
+// aliveReader calls alive whenever bytes arrive.
+type aliveReader struct {
+	r     io.Reader
+	alive func()
+}
+
+func (a aliveReader) Read(p []byte) (int, error) {
+	n, err := a.r.Read(p)
+	if n > 0 {
+		a.alive()
+	}
+	return n, err
 }
 
 // refusal turns a non-200 answer into an error with lsmux's explanation

@@ -190,3 +190,89 @@ func TestOptionsAreChecked(t *testing.T) {
 		}
 	}
 }
+
+// TestSilentConnectionIsReplaced: a connection that goes quiet, without
+// even lsmux's keepalive (a proxy that stopped forwarding), is taken for
+// dead after StallTimeout and replaced, resuming after the last hit.
+func TestSilentConnectionIsReplaced(t *testing.T) {
+	quiet := make(chan struct{})
+	f := &fakeLsmux{replies: []func(http.ResponseWriter){
+		func(w http.ResponseWriter) {
+			events("id: 10\nevent: hit\ndata: {\"a\":10}\n\n")(w)
+			w.(http.Flusher).Flush()
+			<-quiet // open, and silent
+		},
+		events("id: 11\nevent: hit\ndata: {\"a\":11}\n\n"),
+	}}
+	srv := httptest.NewServer(f)
+	defer srv.Close()
+	defer close(quiet) // before Close, which waits for the handler
+	s, err := New(Options{Server: srv.URL, Stream: "demo", RetryMin: 10 * time.Millisecond, RetryMax: 20 * time.Millisecond, StallTimeout: 300 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var hits []uint64
+	var why error
+	err = s.Run(ctx, func(ev Event) error {
+		switch ev.Kind {
+		case Hit:
+			hits = append(hits, ev.Seq)
+			if ev.Seq == 11 {
+				return errDone
+			}
+		case Disconnected:
+			if why == nil {
+				why = ev.Err
+			}
+		}
+		return nil
+	})
+	if !errors.Is(err, errDone) {
+		t.Fatalf("Run: %v; hits %v", err, hits)
+	}
+	if why == nil || !strings.Contains(why.Error(), "sent nothing for 300ms") {
+		t.Errorf("the first disconnect: %v; want the stall named", why)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.reqs) != 2 || f.reqs[1].Header.Get("Last-Event-ID") != "10" {
+		t.Errorf("%d requests; want a second one resuming after 10", len(f.reqs))
+	}
+}
+
+// TestIdleAfterAHitAndAPingReadTogether: a keepalive that arrives in the
+// same read as a hit does not hide that the hit is the last for now.
+func TestIdleAfterAHitAndAPingReadTogether(t *testing.T) {
+	quiet := make(chan struct{})
+	f := &fakeLsmux{replies: []func(http.ResponseWriter){
+		func(w http.ResponseWriter) {
+			events("id: 10\nevent: hit\ndata: {\"a\":10}\n\n: ping\n\n")(w)
+			w.(http.Flusher).Flush()
+			<-quiet
+		},
+	}}
+	srv := httptest.NewServer(f)
+	defer srv.Close()
+	defer close(quiet) // before Close, which waits for the handler
+	s, err := New(Options{Server: srv.URL, Stream: "demo", RetryMin: 10 * time.Millisecond, RetryMax: 20 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var kinds []Kind
+	err = s.Run(ctx, func(ev Event) error {
+		kinds = append(kinds, ev.Kind)
+		if ev.Kind == Idle {
+			return errDone
+		}
+		return nil
+	})
+	if !errors.Is(err, errDone) {
+		t.Fatalf("Run: %v; events %v: no Idle after the hit", err, kinds)
+	}
+}
+
+var errDone = errors.New("done")

@@ -52,8 +52,30 @@ func NewReader(r io.Reader, maxLine int) *Reader {
 }
 
 // Buffered reports whether more input is already read: a reader that
-// writes what it got in batches flushes when it is not.
-func (r *Reader) Buffered() bool { return r.br.Buffered() > 0 }
+// writes what it got in batches flushes when it is not. Call it between
+// events: complete comment lines (the server's ": ping") and blank lines
+// already read are consumed here, so a keepalive that came in the same
+// read as a hit does not hide that the hit is the last one for now.
+func (r *Reader) Buffered() bool {
+	for {
+		b, _ := r.br.Peek(r.br.Buffered())
+		if len(b) == 0 {
+			return false
+		}
+		i := bytes.IndexByte(b, '\n')
+		if i < 0 {
+			return true // part of a line: the rest is on its way
+		}
+		line := trimEnd(b[:i+1])
+		if len(line) > 0 && line[0] != ':' {
+			return true
+		}
+		if len(line) > 0 {
+			r.Comments++
+		}
+		r.br.Discard(i + 1)
+	}
+}
 
 // Next returns the next event. At the end of the stream it returns io.EOF
 // (an event not ended by a blank line is dropped, as the format says), or
