@@ -241,6 +241,7 @@ type tailer struct {
 	batch   []byte
 	lastSeq uint64 // the last hit in batch
 	written uint64 // the last hit written to the output
+	failed  bool   // a write to the output failed: nothing more is written
 
 	hits      atomic.Int64
 	gaps      atomic.Int64
@@ -330,37 +331,47 @@ func (t *tailer) handle(ev client.Event) error {
 	return nil
 }
 
-// flush writes the batch and records it in the checkpoint; final also
-// flushes everything to disk.
+// flush writes the batch and records it in the checkpoint; at the
+// checkpoint's sync interval, and when final, the output goes to disk
+// first, then the checkpoint. After a failed write nothing more is
+// written: the checkpoint's pending batch tells the next start what to
+// look at, and the batch is not written a second time behind a part of
+// it.
 func (t *tailer) flush(final bool) error {
+	if t.failed {
+		return nil
+	}
+	wrote := false
 	if len(t.batch) > 0 {
 		st := checkpoint.State{Stream: t.stream, Seq: t.written, Offset: t.offset}
 		if t.cp != nil && t.file != nil {
 			st.Pending = checkpoint.NewBatch(t.lastSeq, t.offset, t.batch)
-			if err := t.cp.Save(st); err != nil {
+			if err := t.cp.Save(st, false); err != nil {
 				return exitCode{1, err}
 			}
 		}
 		if _, err := t.out.Write(t.batch); err != nil {
+			t.failed = true
 			return exitCode{1, fmt.Errorf("write the output: %w", err)}
 		}
 		t.offset += int64(len(t.batch))
 		t.written, t.batch = t.lastSeq, t.batch[:0]
-		if t.cp != nil {
-			if err := t.cp.Save(checkpoint.State{Stream: t.stream, Seq: t.written, Offset: t.offset}); err != nil {
-				return exitCode{1, err}
-			}
+		wrote = true
+	}
+	if t.cp == nil {
+		return nil
+	}
+	durable := final || t.cp.SyncDue()
+	if !wrote && !(durable && t.cp.Unsynced()) {
+		return nil
+	}
+	if durable && t.file != nil {
+		if err := t.file.Sync(); err != nil && !errors.Is(err, os.ErrInvalid) {
+			return exitCode{1, fmt.Errorf("sync the output: %w", err)}
 		}
 	}
-	if t.cp != nil && (final || t.cp.Due()) {
-		if t.file != nil {
-			if err := t.file.Sync(); err != nil && !errors.Is(err, os.ErrInvalid) {
-				return exitCode{1, fmt.Errorf("sync the output: %w", err)}
-			}
-		}
-		if err := t.cp.Sync(); err != nil {
-			return exitCode{1, err}
-		}
+	if err := t.cp.Save(checkpoint.State{Stream: t.stream, Seq: t.written, Offset: t.offset}, durable); err != nil {
+		return exitCode{1, err}
 	}
 	return nil
 }

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"lsmux/internal/cli"
+	"lsmux/internal/client"
 )
 
 // tailRun runs lsmux tail in this process, the way main does.
@@ -290,4 +292,40 @@ func TestTailCheckpointSurvivesSIGKILL(t *testing.T) {
 		t.Errorf("%d lines; want at least 600", n)
 	}
 	t.Logf("%d hits across three SIGKILLs and a SIGTERM, each once, in order", n)
+}
+
+// failingWriter takes the first n bytes of what it is given, then fails,
+// as a disk that fills up does.
+type failingWriter struct {
+	bytes.Buffer
+	n int
+}
+
+func (w *failingWriter) Write(p []byte) (int, error) {
+	k := min(len(p), w.n-w.Len())
+	w.Buffer.Write(p[:k])
+	if k < len(p) {
+		return k, errors.New("no space left on device")
+	}
+	return k, nil
+}
+
+// TestTailWritesNothingAfterAFailedWrite: a write that fails part-way
+// ends tail with the error, and the final flush does not write the batch
+// again behind the part that got there.
+func TestTailWritesNothingAfterAFailedWrite(t *testing.T) {
+	out := &failingWriter{n: 5}
+	tl := &tailer{s: &tailSettings{}, stream: "demo", out: out, stderr: &bytes.Buffer{}}
+	tl.handle(client.Event{Kind: client.Hit, Seq: 1, Data: []byte(`{"a":1}`)})
+	tl.handle(client.Event{Kind: client.Hit, Seq: 2, Data: []byte(`{"a":2}`)})
+	if err := tl.handle(client.Event{Kind: client.Idle}); err == nil {
+		t.Fatal("the failed write was not reported")
+	}
+	out.n = 1 << 20 // the disk has room again
+	if err := tl.flush(true); err != nil {
+		t.Fatalf("the final flush: %v", err)
+	}
+	if got := out.String(); got != `{"a":` {
+		t.Errorf("output %q; want only the 5 bytes the failed write took", got)
+	}
 }

@@ -6,7 +6,9 @@
 // The file is replaced whole (written beside it, then renamed over it), so
 // it is always one complete state, whatever moment the process dies at. A
 // rename survives a killed process without fsync (the page cache is the
-// kernel's); fsync, which only a power loss needs, runs at an interval.
+// kernel's); fsync, which only a power loss needs, runs at an interval,
+// and the caller flushes its output first: a checkpoint on disk never
+// names output that is not.
 //
 // When the output is a regular file, a batch is announced before it is
 // written (its offset, length and checksum), and a restart looks at the
@@ -24,6 +26,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
 	"time"
 )
 
@@ -62,7 +65,7 @@ type File struct {
 	path      string
 	syncEvery time.Duration
 	lastSync  time.Time
-	unsynced  bool
+	unsynced  bool // a Save since the last durable one
 }
 
 // Open reads the checkpoint at path; found is false when there is none
@@ -93,9 +96,10 @@ func errOr(err error, s string) string {
 	return s
 }
 
-// Save replaces the checkpoint with st, and flushes it to disk when
-// syncEvery has passed since the last flush.
-func (f *File) Save(st State) error {
+// Save replaces the checkpoint with st; durable also flushes it to disk
+// (the file before the rename, then its directory). Flush the output to
+// disk before a durable Save.
+func (f *File) Save(st State, durable bool) error {
 	st.Saved = time.Now().UTC()
 	b, err := json.Marshal(st)
 	if err != nil {
@@ -107,7 +111,7 @@ func (f *File) Save(st State) error {
 		return fmt.Errorf("checkpoint: %w", err)
 	}
 	_, err = w.Write(append(b, '\n'))
-	if err == nil && f.syncEvery <= 0 {
+	if err == nil && durable {
 		err = w.Sync()
 	}
 	if cerr := w.Close(); err == nil {
@@ -116,37 +120,35 @@ func (f *File) Save(st State) error {
 	if err == nil {
 		err = os.Rename(tmp, f.path)
 	}
+	if err == nil && durable {
+		err = syncDir(filepath.Dir(f.path))
+	}
 	if err != nil {
 		return fmt.Errorf("checkpoint %s: %w", f.path, err)
 	}
-	f.unsynced = true
-	if time.Since(f.lastSync) >= f.syncEvery {
-		return f.Sync()
+	f.unsynced = !durable
+	if durable {
+		f.lastSync = time.Now()
 	}
 	return nil
 }
 
-// Due reports whether a flush to disk is due (the caller may flush its
-// output first, then call Sync).
-func (f *File) Due() bool { return f.unsynced && time.Since(f.lastSync) >= f.syncEvery }
+// SyncDue reports whether syncEvery has passed since the last durable
+// Save: time to flush the output, then Save durably.
+func (f *File) SyncDue() bool { return time.Since(f.lastSync) >= f.syncEvery }
 
-// Sync flushes the checkpoint, and its directory entry, to disk.
-func (f *File) Sync() error {
-	f.lastSync = time.Now()
-	if !f.unsynced {
-		return nil
+// Unsynced reports whether a Save since the last durable one is not yet
+// on disk.
+func (f *File) Unsynced() bool { return f.unsynced }
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
 	}
-	f.unsynced = false
-	for _, p := range []string{f.path, filepath.Dir(f.path)} {
-		d, err := os.Open(p)
-		if err != nil {
-			return fmt.Errorf("checkpoint: sync %s: %w", p, err)
-		}
-		err = d.Sync()
-		d.Close()
-		if err != nil && !errors.Is(err, os.ErrInvalid) {
-			return fmt.Errorf("checkpoint: sync %s: %w", p, err)
-		}
+	defer d.Close()
+	if err := d.Sync(); err != nil && !errors.Is(err, os.ErrInvalid) {
+		return fmt.Errorf("sync %s: %w", dir, err)
 	}
 	return nil
 }
@@ -172,7 +174,7 @@ func Resume(st State, out *os.File) (after uint64, note string, err error) {
 	switch {
 	case size >= p.Offset+p.Length:
 		buf := make([]byte, p.Length)
-		if _, err := out.ReadAt(buf, p.Offset); err != nil && !errors.Is(err, io.EOF) {
+		if err := readAt(out, buf, p.Offset); err != nil && !errors.Is(err, io.EOF) {
 			return st.Seq, fmt.Sprintf("the output cannot be read back (%v): the last batch (hits up to %d) may be written again", err, p.Seq), nil
 		}
 		if crc32.ChecksumIEEE(buf) == p.CRC {
@@ -187,4 +189,18 @@ func Resume(st State, out *os.File) (after uint64, note string, err error) {
 	default:
 		return st.Seq, "", nil
 	}
+}
+
+// readAt reads out at off through a second, read-only handle when it can
+// (an output redirected with >> is open for writing only), else through
+// out.
+func readAt(out *os.File, buf []byte, off int64) error {
+	r, err := os.Open("/proc/self/fd/" + strconv.Itoa(int(out.Fd())))
+	if err != nil {
+		_, err = out.ReadAt(buf, off)
+		return err
+	}
+	defer r.Close()
+	_, err = r.ReadAt(buf, off)
+	return err
 }
