@@ -177,7 +177,7 @@ func (s *slot) open(ctx context.Context, tok string) (*http.Response, error) {
 	for range 10 {
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, target, nil)
 		if err != nil {
-			return nil, fmt.Errorf("connect %s: %w", target, err)
+			return nil, fmt.Errorf("connect %s: %w", redact.URL(target), redact.Err(err, target))
 		}
 		req.Header.Set("Authorization", "Bearer "+tok)
 		if s.p.cfg.ClientID != "" {
@@ -194,7 +194,7 @@ func (s *slot) open(ctx context.Context, tok string) (*http.Response, error) {
 			return resp, nil
 		case resp.StatusCode >= 300 && resp.StatusCode < 400 && resp.Header.Get("Location") != "":
 			next, err := redirectTarget(req.URL, resp.Header.Get("Location"))
-			drain(resp)
+			resp.Body.Close() // its body is not needed (keep-alives are off)
 			if err != nil {
 				return nil, fmt.Errorf("connect %s: bad redirect: %w", redact.URL(target), redact.Err(err, resp.Header.Get("Location")))
 			}
@@ -206,7 +206,7 @@ func (s *slot) open(ctx context.Context, tok string) (*http.Response, error) {
 			s.p.log.WithField("conn", s.idx).WithField("status", resp.StatusCode).Infof("upstream redirects to %s", next.Host)
 			target = next.String()
 		default:
-			desc := errorDescription(resp)
+			desc := errorDescription(resp, s.p.cfg.ResponseHeaderTimeout)
 			return nil, &StatusError{Op: "connect", URL: redact.URL(target), Status: resp.StatusCode, Description: desc}
 		}
 	}
@@ -232,15 +232,14 @@ func redirectTarget(cur *url.URL, location string) (*url.URL, error) {
 	return next, nil
 }
 
-func drain(resp *http.Response) {
-	io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
-	resp.Body.Close()
-}
-
 // errorDescription extracts Live Stream's error_description (or a short
-// plain body) from an error answer.
-func errorDescription(resp *http.Response) string {
+// plain body) from an error answer, reading it for at most within: an
+// answer whose body never ends (a proxy that hangs after the headers)
+// must not hold the connection slot, which then never retries.
+func errorDescription(resp *http.Response, within time.Duration) string {
 	defer resp.Body.Close()
+	stop := time.AfterFunc(within, func() { resp.Body.Close() })
+	defer stop.Stop()
 	var body io.Reader = io.LimitReader(resp.Body, 16<<10)
 	if strings.EqualFold(resp.Header.Get("Content-Encoding"), "gzip") {
 		if zr, err := gzip.NewReader(body); err == nil {

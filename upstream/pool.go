@@ -167,6 +167,9 @@ func NewPool(cfg Config) (*Pool, error) {
 	if cfg.StallTimeout <= 0 {
 		cfg.StallTimeout = 5 * time.Minute
 	}
+	if cfg.ResponseHeaderTimeout <= 0 {
+		cfg.ResponseHeaderTimeout = 30 * time.Second // also bounds reading an error answer's body
+	}
 	cfg.Policy = cfg.Policy.withDefaults()
 	if cfg.Logger == nil {
 		l := logrus.New()

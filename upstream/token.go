@@ -122,11 +122,21 @@ func (c *ClientCredentials) Token(ctx context.Context) (string, error) {
 	if tok != "" && c.now().Before(exp.Add(-c.margin)) {
 		return tok, nil
 	}
-	v, err, _ := c.group.Do("token", func() (any, error) { return c.fetch(ctx) })
-	if err != nil {
-		return "", err
+	// The fetch is shared by every caller waiting for a token (streams
+	// and slots), so it runs on none of their contexts: one that ends
+	// (a stream stepping down) must not fail the others. The HTTP
+	// client's timeout bounds it; each caller still returns when its own
+	// context ends.
+	ch := c.group.DoChan("token", func() (any, error) { return c.fetch(context.WithoutCancel(ctx)) })
+	select {
+	case r := <-ch:
+		if r.Err != nil {
+			return "", r.Err
+		}
+		return r.Val.(string), nil
+	case <-ctx.Done():
+		return "", fmt.Errorf("get access token: %w", context.Cause(ctx))
 	}
-	return v.(string), nil
 }
 
 func (c *ClientCredentials) fetch(ctx context.Context) (string, error) {
