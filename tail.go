@@ -35,7 +35,7 @@ type tailSettings struct {
 	checkpointSync                   time.Duration
 	progress                         string
 	retryMin, retryMax               time.Duration
-	stallTimeout                     time.Duration
+	silenceTimeout                   time.Duration
 }
 
 const tailSummary = `Print a stream's hits on stdout, one raw hit per line (NDJSON), for pipes
@@ -69,7 +69,7 @@ func tailFlags(s *tailSettings) *cli.FlagSet {
 	f.Bool(&s.failOnGap, "fail-on-gap", false, "exit 3 at a gap notice instead of going on")
 	f.String(&s.progress, "progress", "auto", "a one-line rate on stderr: auto (when stderr is a terminal), on or off")
 	f.Duration(&s.retryMin, "retry-min", time.Second, "first wait before a reconnect (doubled per failed attempt, jittered)")
-	f.Duration(&s.stallTimeout, "stall-timeout", 45*time.Second, "reconnect when lsmux sends nothing this long, not even its keepalive (every 15 s): a proxy that stopped forwarding; 0: never")
+	f.Duration(&s.silenceTimeout, "silence-timeout", 45*time.Second, "reconnect when lsmux sends nothing this long, not even its keepalive (every 15 s): a proxy that stopped forwarding; 0: never")
 	f.Duration(&s.retryMax, "retry-max", 30*time.Second, "longest wait before a reconnect")
 	return f
 }
@@ -149,9 +149,9 @@ func runTail(ctx context.Context, args []string, env cli.Env, stdout, stderr io.
 // options turns the settings into the client's.
 func (s *tailSettings) options(env cli.Env, stream string) (client.Options, error) {
 	o := client.Options{Stream: stream, Server: s.server, From: s.from, Filter: s.filter, Fields: s.fields, Sample: s.sample,
-		RetryMin: s.retryMin, RetryMax: s.retryMax, StallTimeout: s.stallTimeout}
-	if s.count < 0 || s.duration < 0 || s.checkpointSync < 0 || s.stallTimeout < 0 || s.retryMin <= 0 || s.retryMax < s.retryMin {
-		return o, errors.New("--count, --duration, --checkpoint-sync and --stall-timeout want 0 or more; --retry-min more than 0 and --retry-max at least --retry-min")
+		RetryMin: s.retryMin, RetryMax: s.retryMax, StallTimeout: s.silenceTimeout}
+	if s.count < 0 || s.duration < 0 || s.checkpointSync < 0 || s.silenceTimeout < 0 || s.retryMin <= 0 || s.retryMax < s.retryMin {
+		return o, errors.New("--count, --duration, --checkpoint-sync and --silence-timeout want 0 or more; --retry-min more than 0 and --retry-max at least --retry-min")
 	}
 	switch s.progress {
 	case "auto", "on", "off":
