@@ -91,6 +91,9 @@ type Event struct {
 type StatusError struct {
 	Status  int
 	Message string
+	// RetryAfter is the answer's Retry-After (0: none): a reconnect
+	// waits at least that long.
+	RetryAfter time.Duration
 }
 
 func (e *StatusError) Error() string {
@@ -167,6 +170,9 @@ func (s *Subscription) Run(ctx context.Context, handle func(Event) error) error 
 		}
 		base = s.nextBase(base)
 		wait := base/2 + time.Duration(s.rnd.Int64N(int64(base/2)+1))
+		if se != nil && se.RetryAfter > wait {
+			wait = se.RetryAfter // lsmux said when (a replay slot, a limit)
+		}
 		if herr := handle(Event{Kind: Disconnected, Err: err, Wait: wait}); herr != nil {
 			return herr
 		}
@@ -336,8 +342,12 @@ func refusal(resp *http.Response) error {
 	if msg == "" {
 		msg = "no explanation given"
 	}
+	se := &StatusError{Status: resp.StatusCode, Message: msg}
 	if ra := resp.Header.Get("Retry-After"); ra != "" {
-		msg += " (retry after " + ra + " s)"
+		se.Message += " (retry after " + ra + " s)"
+		if n, err := strconv.Atoi(ra); err == nil && n > 0 {
+			se.RetryAfter = min(time.Duration(n)*time.Second, time.Hour)
+		}
 	}
-	return &StatusError{Status: resp.StatusCode, Message: msg}
+	return se
 }

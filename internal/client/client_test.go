@@ -57,8 +57,8 @@ func refuse(status int, msg string) func(http.ResponseWriter) {
 
 // TestReconnectResumesAfterTheLastHit: a stream that ends is reopened
 // after a jittered wait with Last-Event-ID set to the last hit handed
-// over, a 503 is retried, and the handler sees every hit once, in order,
-// with the gap notice in its place.
+// over, a 503 is retried no sooner than its Retry-After, and the handler
+// sees every hit once, in order, with the gap notice in its place.
 func TestReconnectResumesAfterTheLastHit(t *testing.T) {
 	f := &fakeLsmux{replies: []func(http.ResponseWriter){
 		events("id: 10\nevent: hit\ndata: {\"a\":10}\n\nid: 11\nevent: hit\ndata: {\"a\":11}\n\n"),
@@ -114,9 +114,10 @@ func TestReconnectResumesAfterTheLastHit(t *testing.T) {
 		}
 	}
 	// After a connection that delivered, the wait starts again at
-	// RetryMin (jittered to half..all of it); after the 503 it doubles.
-	if len(waits) != 2 || waits[0] < 10*time.Millisecond || waits[0] > 20*time.Millisecond || waits[1] < 20*time.Millisecond || waits[1] > 40*time.Millisecond {
-		t.Errorf("waits %v: want 10-20ms, then 20-40ms", waits)
+	// RetryMin (jittered to half..all of it); after the 503 it is its
+	// Retry-After (1 s), longer than the doubled backoff.
+	if len(waits) != 2 || waits[0] < 10*time.Millisecond || waits[0] > 20*time.Millisecond || waits[1] != time.Second {
+		t.Errorf("waits %v: want 10-20ms, then the 503's Retry-After, 1s", waits)
 	}
 }
 
