@@ -112,7 +112,10 @@ func permanent(status int) bool {
 // Subscription is one consumer's subscription.
 type Subscription struct {
 	opts Options
-	last uint64 // the last hit handed over (0: none yet)
+	// last is the resume point: the last hit handed over, or for a live
+	// subscription that has had none yet, the stream's newest number
+	// when it started (0: neither).
+	last uint64
 	rnd  *rand.Rand
 }
 
@@ -142,9 +145,6 @@ func New(o Options) (*Subscription, error) {
 	}
 	return &Subscription{opts: o, last: o.After, rnd: rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))}, nil
 }
-
-// Last is the number of the last hit handed over (0: none yet).
-func (s *Subscription) Last() uint64 { return s.last }
 
 // Run reads the stream until ctx ends (it then returns nil), the handler
 // returns an error (returned as it is), or lsmux refuses the subscription
@@ -226,6 +226,13 @@ func (s *Subscription) URL() string {
 func (s *Subscription) connect(ctx context.Context, handle func(Event) error) (delivered bool, err error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	if s.last == 0 && (s.opts.From == "" || s.opts.From == "live") {
+		// Live means from now on, also across a reconnect before the
+		// first hit: resume after the newest number when it started, or
+		// the hits of an outage before the first one would be skipped
+		// without a gap notice.
+		s.last = s.newest(ctx)
+	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.URL(), nil)
 	if err != nil {
 		return false, &StatusError{Message: err.Error()}
@@ -328,6 +335,38 @@ func (a aliveReader) Read(p []byte) (int, error) {
 		a.alive()
 	}
 	return n, err
+}
+
+// newest is the stream's newest number from GET /v1/streams (0 when it
+// cannot be read: the subscription then starts at live).
+func (s *Subscription) newest(ctx context.Context) uint64 {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(s.opts.Server, "/")+"/v1/streams", nil)
+	if err != nil {
+		return 0
+	}
+	if s.opts.Token != "" {
+		req.Header.Set("Authorization", "Bearer "+s.opts.Token)
+	}
+	resp, err := s.opts.HTTP.Do(req)
+	if err != nil {
+		return 0
+	}
+	defer resp.Body.Close()
+	var streams []struct {
+		Name string
+		Ring struct{ NewestSeq uint64 }
+	}
+	if resp.StatusCode != http.StatusOK || json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&streams) != nil {
+		return 0
+	}
+	for _, st := range streams {
+		if st.Name == s.opts.Stream {
+			return st.Ring.NewestSeq
+		}
+	}
+	return 0
 }
 
 // refusal turns a non-200 answer into an error with lsmux's explanation

@@ -22,9 +22,18 @@ type fakeLsmux struct {
 	mu      sync.Mutex
 	replies []func(w http.ResponseWriter)
 	reqs    []*http.Request
+	streams string // GET /v1/streams's answer ("": 404)
 }
 
 func (f *fakeLsmux) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Path == "/v1/streams" {
+		if f.streams == "" {
+			http.NotFound(w, r)
+			return
+		}
+		fmt.Fprint(w, f.streams)
+		return
+	}
 	f.mu.Lock()
 	f.reqs = append(f.reqs, r.Clone(context.Background()))
 	var reply func(http.ResponseWriter)
@@ -277,3 +286,39 @@ func TestIdleAfterAHitAndAPingReadTogether(t *testing.T) {
 }
 
 var errDone = errors.New("done")
+
+// TestLiveResumesAcrossAReconnectBeforeTheFirstHit: a live subscription
+// starts after the stream's newest number, and a connection that ends
+// before any hit resumes from there, so the hits of the outage are
+// delivered instead of skipped without a gap notice.
+func TestLiveResumesAcrossAReconnectBeforeTheFirstHit(t *testing.T) {
+	f := &fakeLsmux{streams: `[{"name":"other","ring":{"newestSeq":7}},{"name":"demo","ring":{"newestSeq":500}}]`,
+		replies: []func(http.ResponseWriter){
+			events(": nothing yet\n\n"),
+			events("id: 501\nevent: hit\ndata: {\"a\":501}\n\n"),
+		}}
+	srv := httptest.NewServer(f)
+	defer srv.Close()
+	s, err := New(Options{Server: srv.URL, Stream: "demo", RetryMin: 10 * time.Millisecond, RetryMax: 20 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	err = s.Run(ctx, func(ev Event) error {
+		if ev.Kind == Hit {
+			return errDone
+		}
+		return nil
+	})
+	if !errors.Is(err, errDone) {
+		t.Fatalf("Run: %v", err)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for i, r := range f.reqs {
+		if r.Header.Get("Last-Event-ID") != "500" || r.URL.Query().Get("from") != "" {
+			t.Errorf("connection %d: %s with Last-Event-ID %q; want 500, the newest when it started", i+1, r.URL, r.Header.Get("Last-Event-ID"))
+		}
+	}
+}
