@@ -64,16 +64,10 @@ func TestRestartAfterAFailingRunSkipsItsNumbers(t *testing.T) {
 
 	// The previous run, as if it had reserved 50 numbers while failing.
 	path := filepath.Join(dir, "upstream-"+NamesFor("bench").Stream+".state")
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var st upstreamState
-	if err := json.Unmarshal(b, &st); err != nil {
-		t.Fatal(err)
-	}
+	st := readState(t, path)
 	st.HandedOut = before + 50
 	sf := &stateFile{path: path}
+	var err error
 	if sf.f, err = os.OpenFile(path, os.O_RDWR, 0); err != nil {
 		t.Fatal(err)
 	}
