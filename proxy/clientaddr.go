@@ -26,22 +26,40 @@ type client struct {
 	forwarded bool
 }
 
-// clientOf works out the request's client.
+// clientOf works out the request's client. A trusted proxy writes one of
+// the two headers and passes the other through as the client sent it;
+// which one is not known here, so when a request carries both and they
+// name different clients, neither is believed and the proxy counts as
+// the client (a client cannot dodge its per-address limit by making up
+// the header its proxy does not write).
 func (s *Server) clientOf(r *http.Request) client {
 	peer := remoteIP(r)
-	fwd := forwardedFor(r)
-	if len(fwd) == 0 {
+	xff, fwd := forwardedFor(r)
+	if len(xff) == 0 && len(fwd) == 0 {
 		return client{ip: peer, addr: r.RemoteAddr}
 	}
 	if !s.trusted(peer) {
 		return client{ip: peer, addr: r.RemoteAddr, forwarded: true}
 	}
-	for i := len(fwd) - 1; i >= 0; i-- {
-		if !s.trusted(fwd[i]) || i == 0 {
-			return client{ip: fwd[i], addr: fwd[i]}
+	a, b := s.forwardedClient(xff), s.forwardedClient(fwd)
+	switch {
+	case a == "":
+		return client{ip: b, addr: b}
+	case b == "" || a == b:
+		return client{ip: a, addr: a}
+	}
+	return client{ip: peer, addr: r.RemoteAddr}
+}
+
+// forwardedClient is the last address in hops that is not a trusted
+// proxy ("" when hops is empty).
+func (s *Server) forwardedClient(hops []string) string {
+	for i := len(hops) - 1; i >= 0; i-- {
+		if !s.trusted(hops[i]) || i == 0 {
+			return hops[i]
 		}
 	}
-	return client{ip: peer, addr: r.RemoteAddr} // unreachable: fwd is not empty
+	return ""
 }
 
 // local reports whether the client is this machine.
@@ -65,32 +83,28 @@ func (s *Server) trusted(ip string) bool {
 }
 
 // forwardedFor lists the addresses a request's X-Forwarded-For headers
-// name, first hop first; without any, the for= values of Forwarded
-// (RFC 7239). Entries that are not addresses (obfuscated identifiers,
+// name, and the for= values of its Forwarded headers (RFC 7239), first
+// hop first. Entries that are not addresses (obfuscated identifiers,
 // "unknown") are kept as they are: never trusted, they end the walk.
-func forwardedFor(r *http.Request) []string {
-	var out []string
+func forwardedFor(r *http.Request) (xff, fwd []string) {
 	for _, h := range r.Header.Values("X-Forwarded-For") {
 		for _, part := range strings.Split(h, ",") {
 			if p := strings.TrimSpace(part); p != "" {
-				out = append(out, hostOnly(p))
+				xff = append(xff, hostOnly(p))
 			}
 		}
-	}
-	if len(out) > 0 {
-		return out
 	}
 	for _, h := range r.Header.Values("Forwarded") {
 		for _, elem := range strings.Split(h, ",") {
 			for _, pair := range strings.Split(elem, ";") {
 				k, v, ok := strings.Cut(strings.TrimSpace(pair), "=")
 				if ok && strings.EqualFold(k, "for") && strings.Trim(v, `"`) != "" {
-					out = append(out, hostOnly(strings.Trim(v, `"`)))
+					fwd = append(fwd, hostOnly(strings.Trim(v, `"`)))
 				}
 			}
 		}
 	}
-	return out
+	return xff, fwd
 }
 
 // hostOnly strips a port and IPv6 brackets: "[2001:db8::1]:443" and

@@ -2,6 +2,7 @@ package proxy_test
 
 import (
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -57,5 +58,40 @@ func TestTrustedProxiesNameTheClient(t *testing.T) {
 	}
 	if rec := do(t, untrusting, "GET", "http://127.0.0.1/v1/status?subscribers=1", "127.0.0.1:4000", nil); rec.Code != 200 {
 		t.Fatalf("this machine, asking directly: %d", rec.Code)
+	}
+}
+
+// TestMadeUpForwardingHeaderDoesNotDodgeTheLimit: a trusted proxy that
+// writes Forwarded passes the client's own X-Forwarded-For through; a
+// client that makes one up for every connection is not another address
+// each time.
+func TestMadeUpForwardingHeaderDoesNotDodgeTheLimit(t *testing.T) {
+	srv := newServer(t, proxy.Options{MaxPerAddress: 1, TrustedProxies: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}})
+	ts := httptest.NewServer(srv.Handler())
+	defer ts.Close()
+	sse := ts.URL + "/v1/streams/s/sse"
+	var open []*proxytest.SSEClient
+	defer func() {
+		for _, c := range open {
+			c.Close()
+		}
+	}()
+	refused := 0
+	for i := range 5 {
+		c, err := proxytest.DialSSE(sse, http.Header{"Forwarded": {"for=198.51.100.7"}, "X-Forwarded-For": {fmt.Sprintf("203.0.113.%d", i)}})
+		if err != nil {
+			refused++
+			continue
+		}
+		open = append(open, c)
+	}
+	if len(open) != 1 || refused != 4 {
+		t.Errorf("%d of 5 subscriptions accepted with a made-up X-Forwarded-For each; want 1 (the limit per address)", len(open))
+	}
+	// The headers agreeing is one client, as either alone is.
+	if c, err := proxytest.DialSSE(sse, http.Header{"Forwarded": {"for=192.0.2.9"}, "X-Forwarded-For": {"192.0.2.9"}}); err != nil {
+		t.Errorf("a client both headers name: %v", err)
+	} else {
+		c.Close()
 	}
 }
