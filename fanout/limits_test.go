@@ -273,3 +273,26 @@ func TestSampleAloneIsBoundedPerPoll(t *testing.T) {
 		t.Fatalf("at live with the cursor at %d", s.Cursor())
 	}
 }
+
+// TestLagGapCountsWhatFellOffTheRing: a live subscriber that fell off the
+// ring and is also past MaxLag is told of every hit it lost, from its own
+// cursor, in one notice.
+func TestLagGapCountsWhatFellOffTheRing(t *testing.T) {
+	h := NewHub(Options{MaxHits: 10, FirstSeq: 1})
+	sub := h.SubscribeWith(Live, Info{Transport: "ws"}, nil, Limits{MaxLag: time.Minute})
+	defer sub.Close()
+	old := time.Now().Add(-time.Hour)
+	for i := range 30 { // 1..30, an hour old; the ring keeps 21..30
+		h.Append(fmt.Appendf(nil, `{"i":%d}`, i), old)
+	}
+	for range 5 { // 31..35, fresh; the ring keeps 26..35
+		h.Append([]byte(`{"fresh":1}`), time.Now())
+	}
+	entries, gap, _, err := sub.Poll(context.Background(), func(e *Entry) int { return len(e.Raw()) }, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if gap == nil || gap.From != 1 || gap.To != 30 || len(entries) != 5 || entries[0].Seq != 31 {
+		t.Fatalf("gap %+v, then %d entries; want the gap 1..30, then 31..35", gap, len(entries))
+	}
+}

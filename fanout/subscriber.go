@@ -133,8 +133,15 @@ func (s *Subscriber) Poll(ctx context.Context, size func(*Entry) int, maxBytes i
 	s.takeBatch(s.cursor.Load())
 	entries, next, gap, wake := s.read(s.cursor.Load(), maxBytes, size)
 	if late := s.late(entries); late != nil {
-		gap, next = late, late.To+1
-		entries, next, _, wake = s.read(next, maxBytes, size)
+		if gap != nil {
+			late.From = gap.From // it fell off the ring first: that is lost too
+		}
+		var more *Gap
+		gap = late
+		entries, next, more, wake = s.read(late.To+1, maxBytes, size)
+		if more != nil {
+			gap.To = more.To // evicted meanwhile: one notice
+		}
 	}
 	s.cursor.Store(next)
 	if s.sel != nil {
