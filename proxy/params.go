@@ -20,7 +20,7 @@ import (
 func parseFrom(r *http.Request) (uint64, error) {
 	if id := strings.TrimSpace(r.Header.Get("Last-Event-ID")); id != "" {
 		n, err := strconv.ParseUint(id, 10, 64)
-		if err != nil || n == ^uint64(0) {
+		if err != nil || n >= fanout.Oldest-1 { // n+1 would read as oldest or live
 			return 0, fmt.Errorf("Last-Event-ID %q: want a sequence number lsmux sent as an event id", truncate(id))
 		}
 		return n + 1, nil

@@ -145,6 +145,8 @@ func TestBadRequestsAreJSONErrors(t *testing.T) {
 		{r.base + "/sse?from=abc", nil, 400, "from="},
 		{r.base + "/ws?from=-1", nil, 400, "from="},
 		{r.base + "/sse", http.Header{"Last-Event-ID": {"x1"}}, 400, "Last-Event-ID"},
+		{r.base + "/sse", http.Header{"Last-Event-ID": {"18446744073709551613"}}, 400, "Last-Event-ID"}, // +1 would read as oldest
+		{r.base + "/ws", nil, 400, "not a WebSocket handshake"},
 		{r.root + "/nothing/here", nil, 404, "no such endpoint"},
 	} {
 		req, _ := http.NewRequest(http.MethodGet, c.url, nil)

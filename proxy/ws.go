@@ -40,6 +40,11 @@ var wsUpgrader = websocket.Upgrader{
 	// allowed, and allows some cross-origin pages gorilla's default would
 	// refuse.
 	CheckOrigin: func(*http.Request) bool { return true },
+	// A request that is not a WebSocket handshake gets the API's JSON
+	// error, as every other bad request does.
+	Error: func(w http.ResponseWriter, _ *http.Request, status int, reason error) {
+		writeError(w, status, "not a WebSocket handshake: "+reason.Error())
+	},
 }
 
 // lockedConn serialises whole writes to the hijacked connection.
