@@ -115,7 +115,7 @@ func (s *Stream) openSolo(ctx context.Context) error {
 		return fmt.Errorf("LSMUX_DATA_DIR=%s: cannot write the stream's state: %w", e.Dir(), err)
 	}
 	if prev.HandedOut > 0 {
-		s.solo.skipTo = prev.HandedOut + prev.Margin
+		s.solo.skipTo = prev.HandedOut
 	}
 	return nil
 }
@@ -152,7 +152,7 @@ func (s *Stream) runSolo(ctx context.Context) {
 		so.mu.Lock()
 		so.skipTo = 0
 		so.mu.Unlock()
-		if err := so.saveState(func(c *upstreamState) { c.HandedOut, c.Margin = 0, 0 }); err != nil {
+		if err := so.saveState(func(c *upstreamState) { c.HandedOut = 0 }); err != nil {
 			s.log.Warnf("history: cannot write the stream's state: %v", err)
 		}
 	}
@@ -337,13 +337,13 @@ func (s *Stream) serveFromMemory() {
 		if len(batch) == 0 {
 			return
 		}
+		so.mu.Lock()
+		reserved := so.cur.HandedOut // changed only by this goroutine from here on
+		so.mu.Unlock()
 		for _, m := range batch {
 			seq := s.hub.Stats().Newest + 1 // only this goroutine appends while the store fails
-			so.mu.Lock()
-			reserved := so.cur.HandedOut
-			so.mu.Unlock()
 			if seq > reserved {
-				s.reserve(seq)
+				reserved = s.reserve(seq)
 			}
 			s.consumeMu.Lock()
 			s.hub.AppendAt(seq, m.data, m.received)
@@ -374,8 +374,8 @@ const (
 // hands: a run after a crash starts above them (openSolo), so no number
 // ever means two hits. A reservation is a small write and a sync; one
 // that follows the last within a second takes twice as many numbers, so
-// a fast stream makes few of them.
-func (s *Stream) reserve(seq uint64) {
+// a fast stream makes few of them. It returns the last number reserved.
+func (s *Stream) reserve(seq uint64) uint64 {
 	so := s.solo
 	switch {
 	case so.chunk == 0 || time.Since(so.reservedAt) > time.Second:
@@ -385,9 +385,10 @@ func (s *Stream) reserve(seq uint64) {
 	}
 	so.reservedAt = time.Now()
 	to := seq + so.chunk - 1
-	if err := so.saveState(func(c *upstreamState) { c.HandedOut, c.Margin = to, 0 }); err != nil && s.logs.allow("reserve") {
+	if err := so.saveState(func(c *upstreamState) { c.HandedOut = to }); err != nil && s.logs.allow("reserve") {
 		s.log.WithField("data_dir", so.emb.Dir()).Errorf("history: cannot record in the data dir how far numbers served from memory go (%v): if lsmux dies before the store works again, the next run may give some of them to other hits", err)
 	}
+	return to
 }
 
 // recoverStore reopens the store when the disk has room and writes what
@@ -464,7 +465,7 @@ func (s *Stream) recoverStore(ctx context.Context) bool {
 	lost := so.lost
 	so.mu.Unlock()
 	// The store holds every number handed out: the reservation is over.
-	if err := so.saveState(func(c *upstreamState) { c.HandedOut, c.Margin = 0, 0 }); err != nil {
+	if err := so.saveState(func(c *upstreamState) { c.HandedOut = 0 }); err != nil {
 		return s.stillFailing(fmt.Errorf("write the stream's state: %w", err))
 	}
 	so.failing.Store(false)

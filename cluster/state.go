@@ -31,9 +31,9 @@ type upstreamState struct {
 	// holds: HandedOut is reserved before any of them is handed out (the
 	// highest number that may be in subscribers' hands; solo.go's
 	// reserve). A run after a crash starts above it, so no number means
-	// two hits. Margin, added to it, is what older versions wrote (they
-	// recorded the numbers at each heartbeat, plus a margin); it is read,
-	// and written as 0.
+	// two hits. Margin is what older versions wrote beside it (they
+	// recorded the numbers at each heartbeat, plus a margin): openState
+	// folds it into HandedOut, and it is never written again.
 	HandedOut uint64 `json:"handedOut,omitempty"`
 	Margin    uint64 `json:"margin,omitempty"`
 }
@@ -85,6 +85,7 @@ func openState(dir, stream string) (*stateFile, upstreamState, error) {
 		}
 	}
 	st.Stream = stream
+	st.HandedOut, st.Margin = st.HandedOut+st.Margin, 0
 	if n < stateSize {
 		// Reserve the file's size while there is room, so later writes
 		// overwrite and never need new blocks.
