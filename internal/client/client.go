@@ -233,16 +233,13 @@ func (s *Subscription) connect(ctx context.Context, handle func(Event) error) (d
 		// without a gap notice.
 		s.last = s.newest(ctx)
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.URL(), nil)
+	req, err := s.request(ctx, s.URL())
 	if err != nil {
 		return false, &StatusError{Message: err.Error()}
 	}
 	req.Header.Set("Accept", "text/event-stream")
 	if s.last > 0 {
 		req.Header.Set("Last-Event-ID", strconv.FormatUint(s.last, 10))
-	}
-	if s.opts.Token != "" {
-		req.Header.Set("Authorization", "Bearer "+s.opts.Token)
 	}
 	var stalled atomic.Bool
 	var alive func()
@@ -337,17 +334,23 @@ func (a aliveReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// request is a GET of u carrying the subscriber token.
+func (s *Subscription) request(ctx context.Context, u string) (*http.Request, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err == nil && s.opts.Token != "" {
+		req.Header.Set("Authorization", "Bearer "+s.opts.Token)
+	}
+	return req, err
+}
+
 // newest is the stream's newest number from GET /v1/streams (0 when it
 // cannot be read: the subscription then starts at live).
 func (s *Subscription) newest(ctx context.Context) uint64 {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(s.opts.Server, "/")+"/v1/streams", nil)
+	req, err := s.request(ctx, strings.TrimSuffix(s.opts.Server, "/")+"/v1/streams")
 	if err != nil {
 		return 0
-	}
-	if s.opts.Token != "" {
-		req.Header.Set("Authorization", "Bearer "+s.opts.Token)
 	}
 	resp, err := s.opts.HTTP.Do(req)
 	if err != nil {
