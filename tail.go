@@ -111,13 +111,23 @@ func runTail(ctx context.Context, args []string, env cli.Env, stdout, stderr io.
 	if file, ok := stdout.(*os.File); ok {
 		if fi, err := file.Stat(); err == nil && fi.Mode().IsRegular() {
 			t.file = file
-			t.offset = fi.Size()
 		}
 	}
 	if s.checkpoint != "" {
 		if err := t.openCheckpoint(&o); err != nil {
 			return err
 		}
+	}
+	if t.file != nil {
+		// Hits go after what the file holds, however it was opened: one
+		// opened without O_APPEND and not emptied (systemd's
+		// StandardOutput=file:) would be written from its start, over an
+		// earlier run's hits, and the checkpoint would name the wrong bytes.
+		end, err := t.file.Seek(0, io.SeekEnd)
+		if err != nil {
+			return fmt.Errorf("output: find its end: %w", err)
+		}
+		t.offset = end
 	}
 	sub, err := client.New(o)
 	if err != nil {
@@ -272,12 +282,6 @@ func (t *tailer) openCheckpoint(o *client.Options) error {
 	}
 	if note != "" {
 		t.say("checkpoint: " + note)
-	}
-	if t.file != nil {
-		fi, err := t.file.Stat()
-		if err == nil {
-			t.offset = fi.Size()
-		}
 	}
 	o.After, t.written = after, after
 	return nil

@@ -243,7 +243,14 @@ func TestTailCheckpointSurvivesSIGKILL(t *testing.T) {
 		return bytes.Count(b, []byte("\n"))
 	}
 	for round := range 4 {
-		out, err := os.OpenFile(outPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+		// Rounds 1 and 3 open the output as systemd's StandardOutput=file:
+		// does, without O_APPEND: it must still be continued, not
+		// written over from its start.
+		flags := os.O_WRONLY | os.O_CREATE | os.O_APPEND
+		if round%2 == 1 {
+			flags = os.O_WRONLY | os.O_CREATE
+		}
+		out, err := os.OpenFile(outPath, flags, 0o644)
 		if err != nil {
 			t.Fatal(err)
 		}
