@@ -154,7 +154,7 @@ func (s *Server) checkOrigin(next http.Handler) http.Handler {
 // admit counts a subscriber against the limits; the returned release
 // undoes it. None of this touches the upstream.
 func (s *Server) admit(w http.ResponseWriter, r *http.Request) (release func(), ok bool) {
-	addr := s.clientOf(r).ip
+	addr := s.clientOf(r).limitKey()
 	s.connsMu.Lock()
 	switch {
 	case s.ShuttingDown():

@@ -62,6 +62,22 @@ func (s *Server) forwardedClient(hops []string) string {
 	return ""
 }
 
+// limitKey is what the per-address limits (subscribers, compile rate)
+// count a client by: its IPv4 address, or its IPv6 /64. One IPv6 host
+// is normally given a whole /64 and can pick a new address in it per
+// connection, so counting single IPv6 addresses would let it dodge both.
+func (c client) limitKey() string {
+	a, err := netip.ParseAddr(c.ip)
+	if err != nil {
+		return c.ip // not an address (an obfuscated for=): counted as given
+	}
+	if a = a.Unmap(); a.Is4() || a.IsLoopback() {
+		return a.String()
+	}
+	p, _ := a.WithZone("").Prefix(64)
+	return p.String()
+}
+
 // local reports whether the client is this machine.
 func (c client) local() bool { return !c.forwarded && isLoopback(c.ip) }
 

@@ -95,3 +95,34 @@ func TestMadeUpForwardingHeaderDoesNotDodgeTheLimit(t *testing.T) {
 		c.Close()
 	}
 }
+
+// TestIPv6ClientIsCountedByItsSlash64: an IPv6 host picks a new address
+// in its /64 per connection at will, so the per-address limit counts the
+// /64; a client in another /64 is someone else.
+func TestIPv6ClientIsCountedByItsSlash64(t *testing.T) {
+	srv := newServer(t, proxy.Options{MaxPerAddress: 2, TrustedProxies: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}})
+	ts := httptest.NewServer(srv.Handler())
+	defer ts.Close()
+	sse := ts.URL + "/v1/streams/s/sse"
+	dial := func(addr string) (*proxytest.SSEClient, error) {
+		return proxytest.DialSSE(sse, http.Header{"X-Forwarded-For": {addr}})
+	}
+	for i := range 2 {
+		c, err := dial(fmt.Sprintf("2001:db8:1:2::%x", i+1))
+		if err != nil {
+			t.Fatalf("subscription %d of the limit of 2: %v", i+1, err)
+		}
+		defer c.Close()
+	}
+	if c, err := dial("2001:db8:1:2:ffff:ffff:ffff:7"); err == nil {
+		c.Close()
+		t.Error("a third address in the same /64 was accepted past the limit of 2")
+	} else if !strings.Contains(err.Error(), "429") {
+		t.Errorf("a third address in the same /64: %v; want 429", err)
+	}
+	c, err := dial("2001:db8:1:3::1")
+	if err != nil {
+		t.Fatalf("a client in the next /64 was refused: %v", err)
+	}
+	c.Close()
+}

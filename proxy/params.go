@@ -164,7 +164,7 @@ func (s *Server) checkSelector(r *http.Request, allowNamed, compile bool) error 
 	if fields != "" && !s.compiler.CachedFields(fields) {
 		costly++
 	}
-	if err := s.compiles.allow(s.clientOf(r).ip, costly); err != nil {
+	if err := s.compiles.allow(s.clientOf(r).limitKey(), costly); err != nil {
 		return err
 	}
 	if !compile {
