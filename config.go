@@ -148,7 +148,7 @@ func (c *config) flags(f *cli.FlagSet) {
 	f.String(&c.TrustedProxies, "trusted-proxies", "", "addresses of reverse proxies (CIDRs or IPs, comma-separated) whose X-Forwarded-For or Forwarded header names the client: per-address limits, the compile rate and status count that client")
 	f.String(&c.AllowedHosts, "allowed-hosts", "", "without auth, host names lsmux answers besides IP addresses and localhost (against DNS rebinding), comma-separated; .example.com allows every name under it, * all")
 	f.Int(&c.MaxSubscribers, "max-subscribers", 10_000, "subscribers in total; past it new ones get 503 with Retry-After")
-	f.Int(&c.MaxPerAddress, "max-subscribers-per-address", 1_000, "subscribers per remote address; past it new ones get 429 with Retry-After")
+	f.Int(&c.MaxPerAddress, "max-subscribers-per-address", 1_000, "subscribers per remote address (an IPv6 client counts by its /64); past it new ones get 429 with Retry-After")
 	f.Bytes(&c.MaxMessageSize, "max-message-size", 4<<10, "largest WebSocket message a client may send; larger closes with 1009")
 	f.Duration(&c.HeaderTimeout, "read-header-timeout", 10*time.Second, "how long a client may take to send its request headers")
 	f.Int(&c.FilterCostLimit, "filter-cost-limit", fanout.DefaultCostLimit, "CEL cost units after which one filter evaluation stops (the hit is then skipped); real filters need 3 to 200")
@@ -157,7 +157,7 @@ func (c *config) flags(f *cli.FlagSet) {
 	f.Int(&c.FilterStrikes, "filter-strikes", 10, "a subscriber whose filters hit the cost limit on this many hits is dropped (filter-cost); 0: never")
 	f.Duration(&c.MaxLag, "max-lag", 5*time.Minute, "a subscriber further behind live than this (for hits that arrived while it was connected) is slow: a gap notice, or a disconnect with LSMUX_SLOW_POLICY=disconnect; 0: only the ring's bounds")
 	f.Bytes(&c.BatchMemory, "batch-memory", 32<<20, "bytes all subscribers' write batches may hold at once; past it lagging subscribers get small batches (memory stays bounded with many non-reading clients)")
-	f.Float(&c.CompileRate, "compile-rate", 5, "new filters per second each remote address may have compiled (bursts of four times as many); past it 429 with Retry-After")
+	f.Float(&c.CompileRate, "compile-rate", 5, "new filters per second each remote address (IPv6: each /64) may have compiled (bursts of four times as many); past it 429 with Retry-After")
 	f.String(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
 	f.String(&c.LogFormat, "log-format", "auto", "text, json, or auto (text on a terminal, json otherwise)")
 
