@@ -92,6 +92,13 @@ type Options struct {
 	// StoreRetry is how often a single lsmux whose store failed tries it
 	// again (default 10 s).
 	StoreRetry time.Duration
+	// IdleConsumer is how long NATS keeps a consumer of this lsmux that
+	// nobody reads from (default 30 s). Stopping an ordered consumer only
+	// unsubscribes, and NATS's own default is 5 minutes: a flapping
+	// subscriber's replays would pile up against the account's consumer
+	// limit. A consumer dropped while its reader still wanted it (a
+	// subscriber that stopped reading) is made again where it stopped.
+	IdleConsumer time.Duration
 
 	Logger logrus.FieldLogger
 }
@@ -108,6 +115,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.ReconnectDelay < 0 {
 		o.ReconnectDelay = 0
+	}
+	if o.IdleConsumer <= 0 {
+		o.IdleConsumer = 30 * time.Second
 	}
 	if o.RetryWait <= 0 {
 		o.RetryWait = time.Second

@@ -96,10 +96,14 @@ const (
 	testDelay = 300 * time.Millisecond
 )
 
-func startReplica(t *testing.T, ns *natstest.Server, name string, log *upstreamLog, logs *logrus.Logger) *replica {
+func startReplica(t *testing.T, ns *natstest.Server, name string, log *upstreamLog, logs *logrus.Logger, configure ...func(*Options)) *replica {
 	t.Helper()
 	p := natstest.NewProxy(t, strings.TrimPrefix(ns.URL(), "nats://"))
-	node, err := Connect(Options{URL: p.URL(), Replica: name, LeaseTTL: testTTL, ReconnectDelay: testDelay, RetryWait: 50 * time.Millisecond, Logger: logs})
+	o := Options{URL: p.URL(), Replica: name, LeaseTTL: testTTL, ReconnectDelay: testDelay, RetryWait: 50 * time.Millisecond, Logger: logs}
+	for _, c := range configure {
+		c(&o)
+	}
+	node, err := Connect(o)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -162,6 +162,17 @@ func (s *Stream) observe(ctx context.Context, kv jetstream.KeyValue) {
 	if json.Unmarshal(e.Value(), &v) != nil {
 		v = leaseValue{Holder: "unreadable lease value", Replica: "?"}
 	}
+	// NotBefore is the other replica's clock. An honest one is never
+	// further ahead than a TTL and a reconnect delay; one from a clock
+	// that runs ahead would otherwise keep every successor waiting, with
+	// no upstream, for as long as that clock is off.
+	if limit := now.Add(o.LeaseTTL + o.ReconnectDelay); v.NotBefore.After(limit) {
+		if s.logs.allow("notbefore") {
+			s.log.Warnf("cluster: the lease says replica %s's upstream may not connect before %s, %v from now, more than LSMUX_LEASE_TTL plus LSMUX_RECONNECT_DELAY: its clock is probably ahead (check NTP on it); waiting %v at most",
+				v.Replica, v.NotBefore.Format(time.RFC3339), v.NotBefore.Sub(now).Round(time.Second), limit.Sub(now))
+		}
+		v.NotBefore = limit
+	}
 	s.mu.Lock()
 	s.missingSince = time.Time{}
 	newHolder := false
@@ -198,8 +209,10 @@ func (s *Stream) observe(ctx context.Context, kv jetstream.KeyValue) {
 // or deleted, purged or lost with NATS's storage while a leader may still
 // hold the upstream (it finds out at its next renewal). So the key must
 // stay missing for a whole TTL while this replica watches before it takes
-// the lease, and, unless the bucket has never held anything (a new
-// cluster), the reconnect delay follows.
+// the lease, and the reconnect delay follows. That holds for a bucket that
+// never held anything too: it is also what a fleet restarted on a NATS
+// that lost its storage finds, seconds after the old upstream closed. A
+// brand-new cluster pays one reconnect delay for it.
 func (s *Stream) observeMissing(ctx context.Context, kv jetstream.KeyValue, now time.Time) {
 	o := s.node.opts
 	s.mu.Lock()
@@ -211,12 +224,9 @@ func (s *Stream) observeMissing(ctx context.Context, kv jetstream.KeyValue, now 
 	if now.Sub(since) < o.LeaseTTL {
 		return
 	}
-	var after time.Time
+	after := since.Add(o.ReconnectDelay)
 	if !other.IsZero() {
-		after = other.Add(o.ReconnectDelay)
-	}
-	if st, err := kv.Status(ctx); err != nil || st.Values() > 0 {
-		after = maxTime(after, since.Add(o.ReconnectDelay))
+		after = maxTime(after, other.Add(o.ReconnectDelay))
 	}
 	s.take(ctx, kv, 0, s.allowedAfter(after), "no replica held the lease")
 }

@@ -82,6 +82,7 @@ func (r *jsReplay) run(ctx context.Context, s *Stream, from uint64) {
 	defer close(r.done)
 	cons, err := s.node.replayJS.OrderedConsumer(ctx, s.names.Stream, jetstream.OrderedConsumerConfig{
 		DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: from,
+		InactiveThreshold: s.node.opts.IdleConsumer,
 	})
 	if err != nil {
 		s.replayFailed(from, err)

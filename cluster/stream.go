@@ -329,8 +329,9 @@ func (s *Stream) trySetup(ctx context.Context) (jetstream.ConsumeContext, error)
 	s.hub.Reset(start)
 	s.catchUpTo.Store(last)
 	cons, err := js.OrderedConsumer(cctx, s.names.Stream, jetstream.OrderedConsumerConfig{
-		DeliverPolicy: jetstream.DeliverByStartSequencePolicy,
-		OptStartSeq:   start,
+		DeliverPolicy:     jetstream.DeliverByStartSequencePolicy,
+		OptStartSeq:       start,
+		InactiveThreshold: s.node.opts.IdleConsumer,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("create consumer on %s: %w", s.names.Stream, err)
