@@ -391,12 +391,16 @@ func TestRunCommands(t *testing.T) {
 	}
 }
 
+// TestDemoServesHitsWithoutCredentials, also from a shell set up for a
+// real Live Stream: the demo neither sends that token to its simulator nor
+// connects to that stream.
 func TestDemoServesHitsWithoutCredentials(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
-	var out syncBuf
+	var out, logs syncBuf
 	done := make(chan int, 1)
+	prod := cli.Env{"LSMUX_ACCESS_TOKEN": "prod-token-1234", "LSMUX_STREAMS": "prod=https://livestream.invalid/api/1/stream/prod"}
 	go func() {
-		done <- run(ctx, []string{"demo", "-listen", "127.0.0.1:0", "-log-level", "error"}, cli.Env{}, &out, io.Discard)
+		done <- run(ctx, []string{"demo", "-listen", "127.0.0.1:0", "-log-level", "warn"}, prod, &out, &logs)
 	}()
 	var url string
 	waitFor(t, 5*time.Second, "the demo to print its URL", func() bool {
@@ -413,9 +417,26 @@ func TestDemoServesHitsWithoutCredentials(t *testing.T) {
 		t.Fatal(err)
 	}
 	if m, err := proxytest.Next(c.Msgs, 5*time.Second); err != nil || m.Type != "hit" {
-		t.Fatalf("demo: %+v %v", m, err)
+		t.Fatalf("demo: %+v %v (log: %s)", m, err, logs.String())
 	}
 	c.Close()
+	resp, err := http.Get(strings.TrimSuffix(url, "/demo/sse"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if strings.Contains(string(body), "prod") {
+		t.Errorf("the demo serves the shell's LSMUX_STREAMS too: %s", body)
+	}
+	for _, name := range []string{"LSMUX_STREAMS", "LSMUX_ACCESS_TOKEN"} {
+		if !strings.Contains(logs.String(), "lsmux demo ignores "+name) {
+			t.Errorf("the log does not say the demo ignores %s:\n%s", name, logs.String())
+		}
+	}
+	if strings.Contains(logs.String()+out.String(), "prod-token-1234") {
+		t.Error("the token appears in the demo's output")
+	}
 	cancel()
 	if code := <-done; code != 0 {
 		t.Fatalf("demo exited %d", code)
@@ -596,4 +617,14 @@ func metricLines(t *testing.T, root, prefix string) string {
 		}
 	}
 	return strings.Join(out, "\n")
+}
+
+// TestDemoChecksItsHistorySettings: the demo keeps history in a directory
+// of its own, and the history settings are checked as serve checks them.
+func TestDemoChecksItsHistorySettings(t *testing.T) {
+	var out, errOut syncBuf
+	code := run(t.Context(), []string{"demo", "-listen", "127.0.0.1:0"}, cli.Env{"LSMUX_HISTORY_MAX_BYTES": "1KiB"}, &out, &errOut)
+	if code != 2 || !strings.Contains(errOut.String(), "LSMUX_HISTORY_MAX_BYTES=1024") {
+		t.Fatalf("demo with a 1 KiB history: exit %d, %q; want 2 and the setting named", code, errOut.String())
+	}
 }

@@ -40,6 +40,19 @@ func runDemo(ctx context.Context, args []string, env cli.Env, stdout, stderr io.
 		}
 		defer os.RemoveAll(dir)
 		cfg.DataDir = dir
+		if err := cfg.check(); err != nil { // the history settings apply now
+			return usageError{err}
+		}
+	}
+	// The demo reads its simulator only. Settings for a real Live Stream
+	// left in the shell would otherwise send a real token to the
+	// simulator, or have the demo connect to a real stream as well.
+	for name, set := range map[string]*string{"LSMUX_STREAMS": &cfg.Streams, "LSMUX_ACCESS_TOKEN": &cfg.AccessToken,
+		"LSMUX_ACCESS_TOKEN_FILE": &cfg.AccessTokenFile, "LSMUX_CLIENT_SECRET_FILE": &cfg.ClientSecretFile} {
+		if *set != "" {
+			log.Warnf("lsmux demo ignores %s: it reads its own simulator only (use lsmux serve for a real stream)", name)
+			*set = ""
+		}
 	}
 	cfg.StreamURL, cfg.TokenURL = sim.StreamURL("demo"), sim.TokenURL()
 	cfg.ClientID, cfg.ClientSecret = sim.ClientID(), sim.ClientSecret()
