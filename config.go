@@ -212,6 +212,12 @@ type durationSetting struct {
 	d    time.Duration
 }
 
+// maxBufferHits bounds LSMUX_BUFFER_HITS: the ring allocates a slot per
+// hit at start (8 bytes each, per stream), so a typo of a few zeros would
+// otherwise take gigabytes before the first hit. Ten million is more than
+// LSMUX_BUFFER_BYTES can hold at any sane setting.
+const maxBufferHits = 10_000_000
+
 func (c *config) check() error {
 	var errs []error
 	if (c.TLSCert == "") != (c.TLSKey == "") {
@@ -245,8 +251,8 @@ func (c *config) check() error {
 	if c.ReconnectMaxDelay < c.ReconnectDelay {
 		errs = append(errs, fmt.Errorf("LSMUX_RECONNECT_MAX_DELAY=%v is below LSMUX_RECONNECT_DELAY=%v", c.ReconnectMaxDelay, c.ReconnectDelay))
 	}
-	if c.BufferHits < 1 || c.BufferBytes < 1<<20 {
-		errs = append(errs, fmt.Errorf("LSMUX_BUFFER_HITS=%d, LSMUX_BUFFER_BYTES=%d: want at least 1 hit and 1MiB", c.BufferHits, c.BufferBytes))
+	if c.BufferHits < 1 || c.BufferHits > maxBufferHits || c.BufferBytes < 1<<20 {
+		errs = append(errs, fmt.Errorf("LSMUX_BUFFER_HITS=%d, LSMUX_BUFFER_BYTES=%d: want 1 to %d hits (each slot is allocated at start) and at least 1MiB", c.BufferHits, c.BufferBytes, maxBufferHits))
 	}
 	if c.NATSURL != "" {
 		errs = append(errs, positive(durationSetting{"LSMUX_LEASE_TTL", c.LeaseTTL}, durationSetting{"LSMUX_NATS_RETRY_WAIT", c.NATSRetryWait},
@@ -283,8 +289,17 @@ func (c *config) check() error {
 	if c.DataDir != "" || c.NATSURL != "" {
 		errs = append(errs, positive(durationSetting{"LSMUX_HISTORY_MAX_AGE", c.historyMaxAge()}, durationSetting{"LSMUX_HEARTBEAT_INTERVAL", c.HeartbeatInterval},
 			durationSetting{"LSMUX_STORE_RETRY", c.StoreRetry})...)
-		if c.historyMaxBytes() < 64<<20 || c.MaxReplays < 1 || c.NATSMaxAge < 0 || c.NATSMaxBytes < 0 || c.ReplayRate < 0 {
-			errs = append(errs, fmt.Errorf("LSMUX_HISTORY_MAX_BYTES=%d (or LSMUX_NATS_MAX_BYTES), LSMUX_MAX_REPLAYS=%d: want at least 64MiB, such as 10GiB, and at least 1", c.historyMaxBytes(), c.MaxReplays))
+		if c.historyMaxBytes() < 64<<20 || c.NATSMaxBytes < 0 {
+			errs = append(errs, fmt.Errorf("LSMUX_HISTORY_MAX_BYTES=%d (or LSMUX_NATS_MAX_BYTES): want at least 64MiB, such as 10GiB", c.historyMaxBytes()))
+		}
+		if c.MaxReplays < 1 {
+			errs = append(errs, fmt.Errorf("LSMUX_MAX_REPLAYS=%d: want at least 1", c.MaxReplays))
+		}
+		if c.NATSMaxAge < 0 {
+			errs = append(errs, fmt.Errorf("LSMUX_NATS_MAX_AGE=%v: want a duration such as 1h, or 0 (LSMUX_HISTORY_MAX_AGE's)", c.NATSMaxAge))
+		}
+		if c.ReplayRate < 0 {
+			errs = append(errs, fmt.Errorf("LSMUX_REPLAY_RATE=%g: want hits per second such as 20000, or 0 (unlimited)", c.ReplayRate))
 		}
 		if c.DataDir != "" && c.NATSDuplicateWindow > c.historyMaxAge() {
 			errs = append(errs, fmt.Errorf("LSMUX_NATS_DUPLICATE_WINDOW=%v is longer than LSMUX_HISTORY_MAX_AGE=%v (JetStream refuses that)", c.NATSDuplicateWindow, c.historyMaxAge()))

@@ -83,11 +83,32 @@ func TestBadConfigSaysWhichVariableAndTheForm(t *testing.T) {
 		"LSMUX_TRUSTED_PROXIES=10.0.0.0/8,proxy.internal":          `"proxy.internal" is not an address or CIDR: want a list such as 10.0.0.0/8,127.0.0.1`,
 		"LSMUX_FILTER_HOLD=-1s":                                    "LSMUX_FILTER_HOLD=-1s, LSMUX_MAX_LAG=5m0s: want a duration such as 10s, or 0 (never)",
 		"LSMUX_BATCH_MEMORY=0":                                     "LSMUX_BATCH_MEMORY=0: want at least 1MiB",
+		"LSMUX_COMPILE_RATE=NaN":                                   "LSMUX_COMPILE_RATE=NaN: want a number",
+		"LSMUX_BUFFER_HITS=2000000000":                             "want 1 to 10000000 hits",
 	} {
 		k, v, _ := strings.Cut(env, "=")
 		_, err := testConfig(nil, cli.Env{k: v})
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%s: error %v, want it to say %q", env, err, want)
+		}
+	}
+}
+
+// TestBadHistorySettingIsTheOneNamed: each history setting out of range
+// is named with its own form (a negative replay rate was reported as the
+// byte limit and the replay cap).
+func TestBadHistorySettingIsTheOneNamed(t *testing.T) {
+	for env, want := range map[string]string{
+		"LSMUX_REPLAY_RATE=-1":         "LSMUX_REPLAY_RATE=-1: want hits per second",
+		"LSMUX_MAX_REPLAYS=0":          "LSMUX_MAX_REPLAYS=0: want at least 1",
+		"LSMUX_HISTORY_MAX_BYTES=1KiB": "LSMUX_HISTORY_MAX_BYTES=1024 (or LSMUX_NATS_MAX_BYTES): want at least 64MiB",
+	} {
+		k, v, _ := strings.Cut(env, "=")
+		_, err := testConfig(nil, cli.Env{k: v, "LSMUX_DATA_DIR": t.TempDir()})
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: error %v, want it to say %q", env, err, want)
+		} else if strings.Count(err.Error(), "LSMUX_") > 2 {
+			t.Errorf("%s: error names other settings too: %v", env, err)
 		}
 	}
 }
