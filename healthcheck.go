@@ -42,7 +42,7 @@ func firstToken(tokens, tokenFile string) (string, error) {
 	if tokenFile != "" {
 		b, err := os.ReadFile(tokenFile)
 		if err != nil {
-			return "", fmt.Errorf("read LSMUX_AUTH_TOKEN_FILE: %w", err)
+			return "", fmt.Errorf("read the token file: %w", err)
 		}
 		for _, line := range strings.Split(string(b), "\n") {
 			if tokens := list(line); len(tokens) > 0 { // commas allowed, as the server reads it

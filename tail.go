@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"os"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -55,7 +54,7 @@ func tailFlags(s *tailSettings) *cli.FlagSet {
 	f := cli.NewFlagSet("lsmux tail", "LSMUX_", tailSummary)
 	f.String(&s.server, "server", "", "lsmux's URL, such as https://lsmux.internal:8443 (default: the local instance)")
 	f.Secret(&s.token, "token", "subscriber token (one of the server's LSMUX_AUTH_TOKEN)")
-	f.String(&s.tokenFile, "token-file", "", "file holding the subscriber token")
+	f.String(&s.tokenFile, "token-file", "", "file holding the subscriber token (as LSMUX_AUTH_TOKEN_FILE: the first one is sent)")
 	f.String(&s.caFile, "ca-file", "", "PEM certificates to trust besides the system's, for an https server with its own CA (default for the local instance: LSMUX_TLS_CERT)")
 	f.String(&s.from, "from", "live", "where to start without a checkpoint: oldest, live or a sequence number")
 	f.String(&s.filter, "filter", "", "CEL filter, as the API's filter=")
@@ -186,11 +185,11 @@ func (s *tailSettings) options(env cli.Env, stream string) (client.Options, erro
 	}
 	tok := s.token
 	if tok == "" && s.tokenFile != "" {
-		b, err := os.ReadFile(s.tokenFile)
+		t, err := firstToken("", s.tokenFile) // the server's format: the first token of several
 		if err != nil {
 			return o, fmt.Errorf("--token-file: %w", err)
 		}
-		tok = strings.TrimSpace(string(b))
+		tok = t
 	}
 	if tok == "" && s.server == "" {
 		t, err := firstToken(env.Get("LSMUX_AUTH_TOKEN"), env.Get("LSMUX_AUTH_TOKEN_FILE"))

@@ -201,6 +201,9 @@ func TestTailToken(t *testing.T) {
 	}
 	file := filepath.Join(t.TempDir(), "token")
 	os.WriteFile(file, []byte("s3cret-token\n"), 0o600)
+	// The server's own token file, one token per line: the first is sent.
+	serverFile := filepath.Join(t.TempDir(), "tokens")
+	os.WriteFile(serverFile, []byte("s3cret-token\nother-token\n"), 0o600)
 	for _, tc := range []struct {
 		env  cli.Env
 		args []string
@@ -208,6 +211,7 @@ func TestTailToken(t *testing.T) {
 	}{
 		{nil, []string{"--token", "s3cret-token"}, true},
 		{nil, []string{"--token-file", file}, false},
+		{nil, []string{"--token-file", serverFile}, false},
 		{cli.Env{"LSMUX_TOKEN": "s3cret-token"}, nil, false},
 	} {
 		out, errs, code := tailRun(t, tc.env, append(tc.args, "--server", server, "--count", "1", "demo")...)
