@@ -71,6 +71,13 @@ var testSettings = []string{"LSMUX_BROWSER_TESTS", "LSMUX_OPS_TESTS", "LSMUX_SPE
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	go func() {
+		// The first signal starts a clean shutdown; from then on the
+		// default action is back, so a second Ctrl-C ends the process at
+		// once instead of waiting out LSMUX_SHUTDOWN_TIMEOUT.
+		<-ctx.Done()
+		stop()
+	}()
 	code := run(ctx, os.Args[1:], cli.Environ(), os.Stdout, os.Stderr)
 	stop()
 	os.Exit(code)
