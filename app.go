@@ -238,6 +238,16 @@ func (a *app) run(ctx context.Context) error {
 		case <-ctx.Done():
 		case <-failed.Done(): // the listener failed: shut down rather than sit there deaf
 		}
+		if d := a.cfg.ShutdownDelay; d > 0 && failed.Err() == nil {
+			a.log.WithField("delay", d.String()).Info("stopping: /readyz answers 503 so load balancers send no new subscribers; serving on until the shutdown starts")
+			a.server.Drain()
+			t := time.NewTimer(d)
+			select {
+			case <-t.C:
+			case <-failed.Done():
+				t.Stop()
+			}
+		}
 		a.log.WithField("timeout", a.cfg.ShutdownTimeout.String()).Info("shutting down: closing the upstream connection, then draining subscribers")
 		stopUpstream()
 		sctx, cancel := context.WithTimeout(context.Background(), a.cfg.ShutdownTimeout)

@@ -628,3 +628,33 @@ func TestDemoChecksItsHistorySettings(t *testing.T) {
 		t.Fatalf("demo with a 1 KiB history: exit %d, %q; want 2 and the setting named", code, errOut.String())
 	}
 }
+
+// TestShutdownDelayTurnsReadinessOffFirst: with LSMUX_SHUTDOWN_DELAY, a
+// stopping lsmux answers /readyz with 503 while it still accepts and
+// serves subscribers (a load balancer is still sending them), and only
+// then closes its port.
+func TestShutdownDelayTurnsReadinessOffFirst(t *testing.T) {
+	sim := newSim(t, 100)
+	r := startApp(t, sim, "-shutdown-delay", "6s") // longer than the checks below can take
+	if code := readyStatus(r.root); code != http.StatusOK {
+		t.Fatalf("/readyz before the stop: %d", code)
+	}
+	stopped := time.Now()
+	r.stop()
+	waitFor(t, 2*time.Second, "/readyz to answer 503", func() bool { return readyStatus(r.root) == http.StatusServiceUnavailable })
+	c, err := proxytest.DialSSE(r.base+"/sse", nil)
+	if err != nil {
+		t.Fatalf("a new subscriber during the delay: %v", err)
+	}
+	defer c.Close()
+	if m, err := proxytest.Next(c.Msgs, 2*time.Second); err != nil || m.Type != "hit" {
+		t.Fatalf("a new subscriber during the delay got %+v, %v; want hits", m, err)
+	}
+	<-r.done
+	if took := time.Since(stopped); took < 6*time.Second {
+		t.Errorf("lsmux stopped %v after the signal; want no sooner than the 6 s delay", took)
+	}
+	if r.err != nil {
+		t.Errorf("run: %v", r.err)
+	}
+}

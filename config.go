@@ -54,6 +54,7 @@ type config struct {
 	SlowPolicy      string
 	PingInterval    time.Duration
 	ShutdownTimeout time.Duration
+	ShutdownDelay   time.Duration
 	AuthToken       string
 	AuthTokenFile   string
 	TLSCert         string
@@ -138,6 +139,7 @@ func (c *config) flags(f *cli.FlagSet) {
 	f.String(&c.SlowPolicy, "slow-policy", "gap", "a subscriber that falls off the ring: gap (notice, continue) or disconnect")
 	f.Duration(&c.PingInterval, "ping-interval", 15*time.Second, "WebSocket ping and SSE comment interval (under load balancers' 60s idle timeout)")
 	f.Duration(&c.ShutdownTimeout, "shutdown-timeout", 10*time.Second, "how long a shutdown may drain subscribers before closing them hard")
+	f.Duration(&c.ShutdownDelay, "shutdown-delay", 0, "after SIGTERM, how long /readyz answers 503 while everything else serves on, before the shutdown starts (about 5s behind a Kubernetes Service or load balancer)")
 	f.Secret(&c.AuthToken, "auth-token", "bearer token(s) subscribers must present, comma-separated (empty: no auth; set it whenever other machines can reach the listener)")
 	f.String(&c.AuthTokenFile, "auth-token-file", "", "file of subscriber tokens instead, one per line (commas allowed), re-read when it changes")
 	f.String(&c.TLSCert, "tls-cert", "", "serve HTTPS (HTTP/2 and HTTP/1.1) with this PEM certificate (chain), re-read when it changes; with LSMUX_TLS_KEY")
@@ -304,6 +306,9 @@ func (c *config) check() error {
 		if c.DataDir != "" && c.NATSDuplicateWindow > c.historyMaxAge() {
 			errs = append(errs, fmt.Errorf("LSMUX_NATS_DUPLICATE_WINDOW=%v is longer than LSMUX_HISTORY_MAX_AGE=%v (JetStream refuses that)", c.NATSDuplicateWindow, c.historyMaxAge()))
 		}
+	}
+	if c.ShutdownDelay < 0 {
+		errs = append(errs, fmt.Errorf("LSMUX_SHUTDOWN_DELAY=%v: want a duration such as 5s, or 0 (none)", c.ShutdownDelay))
 	}
 	if c.FilterHold < 0 || c.MaxLag < 0 {
 		errs = append(errs, fmt.Errorf("LSMUX_FILTER_HOLD=%v, LSMUX_MAX_LAG=%v: want a duration such as 10s, or 0 (never)", c.FilterHold, c.MaxLag))

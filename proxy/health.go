@@ -23,12 +23,12 @@ type readyStream struct {
 // readiness that waited for the upstream would deadlock the rollout.
 func (s *Server) handleReadyz(w http.ResponseWriter, r *http.Request) {
 	strict := r.URL.Query().Get("upstream") == "1" || r.URL.Query().Get("upstream") == "true"
-	ready := !s.ShuttingDown()
+	ready := !s.leaving()
 	body := struct {
 		Ready        bool          `json:"ready"`
 		ShuttingDown bool          `json:"shuttingDown"`
 		Streams      []readyStream `json:"streams"`
-	}{ShuttingDown: s.ShuttingDown(), Streams: []readyStream{}}
+	}{ShuttingDown: s.leaving(), Streams: []readyStream{}}
 	for _, name := range s.order {
 		st := s.streams[name]
 		rs := readyStream{Name: name, Upstream: []upstream.State{}}

@@ -102,6 +102,7 @@ type Server struct {
 	started   time.Time
 	closing   chan struct{} // closed when shutdown starts
 	closeOnce sync.Once
+	draining  atomic.Bool   // Drain was called: /readyz answers 503, all else serves on
 	spread    time.Duration // subscribers close at random times within this
 	// hardDeadline is when Shutdown closes what is left (unix
 	// nanoseconds; 0: none): goodbyes are not written past it. A session
@@ -323,6 +324,15 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		return ctx.Err()
 	}
 }
+
+// Drain makes /readyz answer 503 while everything else serves on: a load
+// balancer (a Kubernetes Service) takes a few seconds to stop sending new
+// subscribers after a pod is told to stop, and they would otherwise meet
+// a closed port. Shutdown follows, after LSMUX_SHUTDOWN_DELAY.
+func (s *Server) Drain() { s.draining.Store(true) }
+
+// leaving reports whether lsmux is draining or shutting down.
+func (s *Server) leaving() bool { return s.draining.Load() || s.ShuttingDown() }
 
 // ShuttingDown reports whether Shutdown has started.
 func (s *Server) ShuttingDown() bool {

@@ -115,7 +115,7 @@ func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) {
 		Demo         bool           `json:"demo"` // fault controls at /demo/ (lsmux demo only)
 		Auth         string         `json:"auth"` // "token": subscribers must present one; "anonymous": anyone who reaches lsmux may subscribe
 		Streams      []streamStatus `json:"streams"`
-	}{StartedAt: s.started, ShuttingDown: s.ShuttingDown(), Demo: s.opts.Demo != nil, Auth: auth, Streams: []streamStatus{}}
+	}{StartedAt: s.started, ShuttingDown: s.leaving(), Demo: s.opts.Demo != nil, Auth: auth, Streams: []streamStatus{}}
 	now := time.Now()
 	for _, name := range s.order {
 		if only != "" && name != only {
