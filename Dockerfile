@@ -16,7 +16,8 @@ RUN mkdir -p /out/data
 FROM gcr.io/distroless/static-debian12:nonroot
 COPY --from=build /out/lsmux /usr/local/bin/lsmux
 COPY --from=build --chown=65532:65532 /out/data /data
-USER nonroot:nonroot
+# By number, not name: Kubernetes checks runAsNonRoot only against a uid.
+USER 65532:65532
 # Durable history on the volume: a restart numbers on, resumes reach back
 # beyond the ring, and the reconnect delay is kept across restarts.
 ENV LSMUX_LISTEN=:8080 LSMUX_LOG_FORMAT=json LSMUX_DATA_DIR=/data

@@ -323,7 +323,7 @@ func TestImageKeepsHistoryOnAVolume(t *testing.T) {
 		t.Fatal(err)
 	}
 	text := string(df)
-	for _, want := range []string{"LSMUX_DATA_DIR=/data", `VOLUME ["/data"]`, "COPY --from=build --chown=65532:65532 /out/data /data", "USER nonroot:nonroot"} {
+	for _, want := range []string{"LSMUX_DATA_DIR=/data", `VOLUME ["/data"]`, "COPY --from=build --chown=65532:65532 /out/data /data", "USER 65532:65532"} {
 		if !strings.Contains(text, want) {
 			t.Errorf("the Dockerfile lacks %q", want)
 		}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"os/exec"
@@ -281,6 +282,22 @@ func checkRendered(t *testing.T, r rendered) {
 	cfg, err := loadConfig("lsmux serve", serveSummary, nil, cfgEnv, io.Discard)
 	if err != nil {
 		t.Fatalf("lsmux refuses the pod's configuration: %v", err)
+	}
+	// Subscribers in the cluster address lsmux by its Service's names;
+	// without auth, lsmux must answer those (it answers only IPs,
+	// localhost and LSMUX_ALLOWED_HOSTS then).
+	if cfg.AuthTokenFile == "" {
+		srv := proxy.New(nil, proxy.Options{AllowedHosts: list(cfg.AllowedHosts)})
+		for _, svc := range r.services {
+			for _, host := range []string{svc.Name, svc.Name + ".apps.svc", svc.Name + ".apps.svc.cluster.local"} { // helm template --namespace apps
+				req := httptest.NewRequest(http.MethodGet, "http://"+host+":8080/v1/streams", nil)
+				rec := httptest.NewRecorder()
+				srv.Handler().ServeHTTP(rec, req)
+				if rec.Code != http.StatusOK {
+					t.Errorf("without auth, a request to the Service as %s gets %d; want 200 (LSMUX_ALLOWED_HOSTS=%q)", host, rec.Code, cfg.AllowedHosts)
+				}
+			}
+		}
 	}
 
 	// Secrets as files on mounted Secret volumes (not subPath: a subPath
