@@ -655,7 +655,8 @@ func TestPrometheusRulesPassPromtool(t *testing.T) {
 	if out, err := runTool(promtool, "check", "rules", rulesFile); err != nil {
 		t.Fatalf("promtool check rules: %v\n%s", err, out)
 	}
-	if out, err := runTool(promtool, "test", "rules", rulesTest); err != nil {
+	// The second file evaluates rules between scrapes, at a 60 s scrape.
+	if out, err := runTool(promtool, "test", "rules", rulesTest, "deploy/prometheus/lsmux-rules.scrape60s.test.yaml"); err != nil {
 		t.Fatalf("promtool test rules: %v\n%s", err, out)
 	}
 	rf := readRules(t)
