@@ -92,7 +92,7 @@ func New(version string, streams []Stream) *Metrics {
 		disconnects: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "lsmux_subscriber_disconnects_total",
 			Help: "Subscriber connections ended, by reason (see proxy/disconnect.go)."}, []string{"stream", "transport", "reason"}),
 		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "lsmux_subscriptions_rejected_total",
-			Help: "Requests refused before they became subscriptions, by reason: auth, origin, host, limit_total, limit_per_address, compile_rate."}, []string{"reason"}),
+			Help: "Requests refused before they became subscriptions, by reason: auth, origin, host, limit_total, limit_per_address, compile_rate, replays (LSMUX_MAX_REPLAYS)."}, []string{"reason"}),
 	}
 	// Zero series for every stream and transport, so dashboards and alerts
 	// see the metrics before the first event.

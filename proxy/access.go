@@ -12,7 +12,7 @@ import (
 
 // RejectReasons lists why a request can be refused before it becomes a
 // subscription, for the metric lsmux_subscriptions_rejected_total.
-var RejectReasons = []string{"auth", "origin", "host", "limit_total", "limit_per_address", "compile_rate"}
+var RejectReasons = []string{"auth", "origin", "host", "limit_total", "limit_per_address", "compile_rate", "replays"}
 
 // Observer hears what the proxy does, for metrics. Calls happen once per
 // write batch, never per hit.
