@@ -192,6 +192,7 @@ func (s *Stream) setup(ctx context.Context) bool {
 		cc, err := s.trySetup(ctx)
 		if err == nil {
 			s.cc = cc
+			s.setupErr.Store(nil)
 			return true
 		}
 		msg := s.logPrefix() + err.Error()
@@ -449,7 +450,7 @@ func (s *Stream) ServeErr() error {
 	if s.node.Solo() {
 		return errors.New("history: reading the ring back from the data dir")
 	}
-	if e := s.setupErr.Load(); e != nil && s.kv.Load() == nil {
+	if e := s.setupErr.Load(); e != nil { // also while a rebuild fails
 		return errors.New(*e)
 	}
 	return errors.New("cluster: catching up with the JetStream stream")
