@@ -398,7 +398,7 @@ func TestDemoServesHitsWithoutCredentials(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	var out, logs syncBuf
 	done := make(chan int, 1)
-	prod := cli.Env{"LSMUX_ACCESS_TOKEN": "prod-token-1234", "LSMUX_STREAMS": "prod=https://livestream.invalid/api/1/stream/prod"}
+	prod := cli.Env{"LSMUX_ACCESS_TOKEN": "prod-token-1234", "LSMUX_STREAMS": "prod=https://livestream.invalid/api/1/stream/prod", "LSMUX_NATS_URL": "nats://nats.invalid:4222"}
 	go func() {
 		done <- run(ctx, []string{"demo", "-listen", "127.0.0.1:0", "-log-level", "warn"}, prod, &out, &logs)
 	}()
@@ -429,7 +429,7 @@ func TestDemoServesHitsWithoutCredentials(t *testing.T) {
 	if strings.Contains(string(body), "prod") {
 		t.Errorf("the demo serves the shell's LSMUX_STREAMS too: %s", body)
 	}
-	for _, name := range []string{"LSMUX_STREAMS", "LSMUX_ACCESS_TOKEN"} {
+	for _, name := range []string{"LSMUX_STREAMS", "LSMUX_ACCESS_TOKEN", "LSMUX_NATS_URL"} {
 		if !strings.Contains(logs.String(), "lsmux demo ignores "+name) {
 			t.Errorf("the log does not say the demo ignores %s:\n%s", name, logs.String())
 		}

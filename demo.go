@@ -31,7 +31,21 @@ func runDemo(ctx context.Context, args []string, env cli.Env, stdout, stderr io.
 		return err
 	}
 	defer sim.Close()
-	if cfg.DataDir == "" && cfg.NATSURL == "" {
+	// The demo reads its simulator only. Settings for a real Live Stream
+	// left in the shell would otherwise send a real token to the
+	// simulator, have the demo connect to a real stream as well, or fill
+	// a production NATS with simulated hits.
+	for _, s := range []struct {
+		name string
+		v    *string
+	}{{"LSMUX_STREAMS", &cfg.Streams}, {"LSMUX_ACCESS_TOKEN", &cfg.AccessToken}, {"LSMUX_ACCESS_TOKEN_FILE", &cfg.AccessTokenFile},
+		{"LSMUX_CLIENT_SECRET_FILE", &cfg.ClientSecretFile}, {"LSMUX_NATS_URL", &cfg.NATSURL}} {
+		if *s.v != "" {
+			log.Warnf("lsmux demo ignores %s: it reads its own simulator only (use lsmux serve for a real stream)", s.name)
+			*s.v = ""
+		}
+	}
+	if cfg.DataDir == "" {
 		// History on disk, as in production, in a directory of this run's
 		// own (the simulator starts over each run, and so does its store).
 		dir, err := os.MkdirTemp("", "lsmux-demo-")
@@ -40,19 +54,9 @@ func runDemo(ctx context.Context, args []string, env cli.Env, stdout, stderr io.
 		}
 		defer os.RemoveAll(dir)
 		cfg.DataDir = dir
-		if err := cfg.check(); err != nil { // the history settings apply now
-			return usageError{err}
-		}
 	}
-	// The demo reads its simulator only. Settings for a real Live Stream
-	// left in the shell would otherwise send a real token to the
-	// simulator, or have the demo connect to a real stream as well.
-	for name, set := range map[string]*string{"LSMUX_STREAMS": &cfg.Streams, "LSMUX_ACCESS_TOKEN": &cfg.AccessToken,
-		"LSMUX_ACCESS_TOKEN_FILE": &cfg.AccessTokenFile, "LSMUX_CLIENT_SECRET_FILE": &cfg.ClientSecretFile} {
-		if *set != "" {
-			log.Warnf("lsmux demo ignores %s: it reads its own simulator only (use lsmux serve for a real stream)", name)
-			*set = ""
-		}
+	if err := cfg.check(); err != nil { // the history settings apply now
+		return usageError{err}
 	}
 	cfg.StreamURL, cfg.TokenURL = sim.StreamURL("demo"), sim.TokenURL()
 	cfg.ClientID, cfg.ClientSecret = sim.ClientID(), sim.ClientSecret()

@@ -168,7 +168,7 @@ func (s *Stream) observe(ctx context.Context, kv jetstream.KeyValue) {
 	// no upstream, for as long as that clock is off.
 	if limit := now.Add(o.LeaseTTL + o.ReconnectDelay); v.NotBefore.After(limit) {
 		if s.logs.allow("notbefore") {
-			s.log.Warnf("cluster: the lease says replica %s's upstream may not connect before %s, %v from now, more than LSMUX_LEASE_TTL plus LSMUX_RECONNECT_DELAY: its clock is probably ahead (check NTP on it); waiting %v at most",
+			s.log.Warnf("cluster: the lease says replica %s's upstream may not connect before %s, %v from now, more than LSMUX_LEASE_TTL plus LSMUX_RECONNECT_DELAY: its clock is probably ahead of this one's (check NTP on both); waiting %v at most",
 				v.Replica, v.NotBefore.Format(time.RFC3339), v.NotBefore.Sub(now).Round(time.Second), limit.Sub(now))
 		}
 		v.NotBefore = limit

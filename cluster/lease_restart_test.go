@@ -85,7 +85,9 @@ func TestLeaseFromAClockAheadIsBounded(t *testing.T) {
 func TestClosedReplaysLeaveNoConsumersBehind(t *testing.T) {
 	ns := natstest.Start(t)
 	ulog := &upstreamLog{}
-	a := startReplica(t, ns, "a", ulog, quietLogger(), func(o *Options) { o.IdleConsumer = time.Second })
+	// Long enough that the last replay's consumer is still there when
+	// counted right after it, on a busy machine.
+	a := startReplica(t, ns, "a", ulog, quietLogger(), func(o *Options) { o.IdleConsumer = 3 * time.Second })
 	waitFor(t, 30*time.Second, "a to lead", func() bool { return a.stream.Leader() && ulog.openNow() == 1 })
 	for i := range 20 {
 		a.stream.Deliver(upstream.Hit{Raw: fmt.Appendf(nil, `{"hitIdHigh":2,"hitIdLow":%d}`, i), ID: upstream.HitID{High: 2, Low: uint64(i)}, HasID: true})

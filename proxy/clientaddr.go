@@ -66,17 +66,27 @@ func (s *Server) forwardedClient(hops []string) string {
 // count a client by: its IPv4 address, or its IPv6 /64. One IPv6 host
 // is normally given a whole /64 and can pick a new address in it per
 // connection, so counting single IPv6 addresses would let it dodge both.
+// Link-local addresses (every link shares fe80::/64) count one by one,
+// and an IPv4 client seen through NAT64 (64:ff9b::/96) by its IPv4 address.
 func (c client) limitKey() string {
 	a, err := netip.ParseAddr(c.ip)
 	if err != nil {
 		return c.ip // not an address (an obfuscated for=): counted as given
 	}
-	if a = a.Unmap(); a.Is4() || a.IsLoopback() {
+	a = a.Unmap()
+	switch {
+	case a.Is4() || a.IsLoopback() || a.IsLinkLocalUnicast():
 		return a.String()
+	case nat64.Contains(a):
+		b := a.As16()
+		return netip.AddrFrom4([4]byte(b[12:])).String()
 	}
 	p, _ := a.WithZone("").Prefix(64)
 	return p.String()
 }
+
+// nat64 is the well-known NAT64 prefix (RFC 6052).
+var nat64 = netip.MustParsePrefix("64:ff9b::/96")
 
 // local reports whether the client is this machine.
 func (c client) local() bool { return !c.forwarded && isLoopback(c.ip) }

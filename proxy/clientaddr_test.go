@@ -120,9 +120,13 @@ func TestIPv6ClientIsCountedByItsSlash64(t *testing.T) {
 	} else if !strings.Contains(err.Error(), "429") {
 		t.Errorf("a third address in the same /64: %v; want 429", err)
 	}
-	c, err := dial("2001:db8:1:3::1")
-	if err != nil {
-		t.Fatalf("a client in the next /64 was refused: %v", err)
+	// Not /64s of one host: link-local addresses, and IPv4 clients behind
+	// NAT64, each count alone.
+	for _, other := range []string{"2001:db8:1:3::1", "fe80::1", "fe80::2", "fe80::3", "64:ff9b::c000:201", "64:ff9b::c000:202", "64:ff9b::c000:203"} {
+		c, err := dial(other)
+		if err != nil {
+			t.Fatalf("%s was refused as if it were another client: %v", other, err)
+		}
+		defer c.Close()
 	}
-	c.Close()
 }
