@@ -122,6 +122,32 @@ func (r *replica) stop() {
 	<-r.done
 }
 
+// jetStreamOf is a JetStream client of the test's own on ns, closed when
+// the test ends: the operator's view, to change what the replicas see.
+func jetStreamOf(t *testing.T, ns *natstest.Server) jetstream.JetStream {
+	t.Helper()
+	nc, err := nats.Connect(ns.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return js
+}
+
+// leaseBucket is stream demo's lease bucket on ns.
+func leaseBucket(t *testing.T, ns *natstest.Server) jetstream.KeyValue {
+	t.Helper()
+	kv, err := jetStreamOf(t, ns).KeyValue(t.Context(), NamesFor("demo").Bucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return kv
+}
+
 func quietLogger() *logrus.Logger {
 	l := logrus.New()
 	l.Out = &bytes.Buffer{}
@@ -341,16 +367,7 @@ func TestDeletedLeaseIsNotAFreeLease(t *testing.T) {
 	ulog := &upstreamLog{}
 	a := startReplica(t, ns, "a", ulog, quietLogger())
 	waitFor(t, 30*time.Second, "a to lead", func() bool { return a.stream.Leader() && ulog.openNow() == 1 })
-	nc, err := nats.Connect(ns.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
-	kv, err := js.KeyValue(t.Context(), NamesFor("demo").Bucket)
-	if err != nil {
-		t.Fatal(err)
-	}
+	kv := leaseBucket(t, ns)
 	if err := kv.Purge(t.Context(), leaseKey); err != nil {
 		t.Fatal(err)
 	}
@@ -402,12 +419,7 @@ func TestDeletedStreamIsCreatedAgain(t *testing.T) {
 	defer waiting.Close()
 	size := func(e *fanout.Entry) int { return len(e.Raw()) }
 
-	nc, err := nats.Connect(ns.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
+	js := jetStreamOf(t, ns)
 	name := NamesFor("demo").Stream
 	if err := js.DeleteStream(t.Context(), name); err != nil {
 		t.Fatal(err)

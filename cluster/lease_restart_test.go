@@ -6,8 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/sirupsen/logrus"
 
 	"lsmux/cluster/natstest"
@@ -51,16 +49,7 @@ func TestLeaseFromAClockAheadIsBounded(t *testing.T) {
 	waitFor(t, 30*time.Second, "a to lead", func() bool { return a.stream.Leader() && ulog.openNow() == 1 })
 	a.stop()
 
-	nc, err := nats.Connect(ns.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
-	kv, err := js.KeyValue(t.Context(), NamesFor("demo").Bucket)
-	if err != nil {
-		t.Fatal(err)
-	}
+	kv := leaseBucket(t, ns)
 	ahead := leaseValue{Replica: "a", NotBefore: time.Now().Add(time.Hour), Released: time.Now().Add(time.Hour)}
 	if _, err := kv.Put(t.Context(), leaseKey, ahead.encode()); err != nil {
 		t.Fatal(err)
@@ -95,12 +84,7 @@ func TestClosedReplaysLeaveNoConsumersBehind(t *testing.T) {
 	waitFor(t, 10*time.Second, "20 hits in the hub", func() bool { return a.hub.Stats().Appended == 20 })
 	first := a.hub.Stats().Oldest
 
-	nc, err := nats.Connect(ns.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
+	js := jetStreamOf(t, ns)
 	consumers := func() int {
 		st, err := js.Stream(t.Context(), NamesFor("demo").Stream)
 		if err != nil {
