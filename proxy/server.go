@@ -217,9 +217,21 @@ func New(streams []*Stream, opts Options) *Server {
 	return s
 }
 
+// noSniff tells browsers to take every response as the type it names.
+// Hits carry text that visitors of the tracked site wrote (page names,
+// URLs, search terms); a browser that sniffed an NDJSON or JSON answer as
+// HTML would run a script a visitor put there, in lsmux's origin, next to
+// the dashboard's token.
+func noSniff(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Content-Type-Options", "nosniff")
+		next.ServeHTTP(w, r)
+	})
+}
+
 func (s *Server) routes() chi.Router {
 	r := chi.NewRouter()
-	r.Use(middleware.Recoverer, s.checkHost)
+	r.Use(middleware.Recoverer, noSniff, s.checkHost)
 	r.Group(func(r chi.Router) {
 		if s.opts.ProtectHealth {
 			r.Use(s.requireAuth)

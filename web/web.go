@@ -42,6 +42,8 @@ func (p *Page) Has(path string) bool {
 
 func (p *Page) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Cache-Control", "no-cache")
-	w.Header().Set("Content-Security-Policy", "default-src 'self'; style-src 'self' 'unsafe-inline'")
+	// frame-ancestors: another site cannot frame the page and trick a
+	// user into pressing its buttons (the demo's fault switchboard).
+	w.Header().Set("Content-Security-Policy", "default-src 'self'; style-src 'self' 'unsafe-inline'; frame-ancestors 'self'")
 	p.serve.ServeHTTP(w, r)
 }
