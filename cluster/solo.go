@@ -149,10 +149,7 @@ func (s *Stream) runSolo(ctx context.Context) {
 		so.lastErr.Store(&msg)
 	} else if skip > 0 {
 		// The store holds those numbers already: nothing to skip.
-		so.mu.Lock()
-		so.skipTo = 0
-		so.mu.Unlock()
-		if err := so.saveState(func(c *upstreamState) { c.HandedOut = 0 }); err != nil {
+		if err := so.allStored(); err != nil {
 			s.log.Warnf("history: cannot write the stream's state: %v", err)
 		}
 	}
@@ -179,11 +176,17 @@ func (s *Stream) runSolo(ctx context.Context) {
 	}
 }
 
+// allStored records that the store holds every number handed out: no
+// skip is due and nothing is reserved, in memory and in the data dir.
+func (so *soloState) allStored() error {
+	return so.saveState(func(c *upstreamState) { c.HandedOut, so.skipTo = 0, 0 }) // saveState holds mu
+}
+
 // begin lets the publisher start (once).
 func (so *soloState) begin() { so.beginOnce.Do(func() { close(so.begun) }) }
 
-// saveState applies change (if any) to the state and writes it to the
-// data dir.
+// saveState applies change (if any) to the state, with mu held (so it may
+// set other fields mu guards too), and writes it to the data dir.
 func (so *soloState) saveState(change func(*upstreamState)) error {
 	so.wmu.Lock()
 	defer so.wmu.Unlock()
@@ -460,14 +463,12 @@ func (s *Stream) recoverStore(ctx context.Context) bool {
 		so.backlog = so.backlog[1:]
 		so.mu.Unlock()
 	}
-	so.mu.Lock()
-	so.skipTo = 0
-	lost := so.lost
-	so.mu.Unlock()
-	// The store holds every number handed out: the reservation is over.
-	if err := so.saveState(func(c *upstreamState) { c.HandedOut = 0 }); err != nil {
+	if err := so.allStored(); err != nil {
 		return s.stillFailing(fmt.Errorf("write the stream's state: %w", err))
 	}
+	so.mu.Lock()
+	lost := so.lost
+	so.mu.Unlock()
 	so.failing.Store(false)
 	s.noteStored(last)
 	s.log.WithField("lost_from_history", lost).Info("history: the store works again; what was served from memory is written to it")
