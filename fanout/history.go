@@ -2,6 +2,7 @@ package fanout
 
 import (
 	"errors"
+	"slices"
 	"time"
 
 	"golang.org/x/time/rate"
@@ -197,7 +198,19 @@ func (s *Subscriber) readHistory(from uint64, maxBytes int, size func(*Entry) in
 			return nil, 0, nil, nil, false
 		}
 		s.replaySlot = true
-		s.replay, s.recs = h.hist.Replay(from), nil
+		s.replay, s.recs, s.served = h.hist.Replay(from), nil, s.served[:0]
+	}
+	if n := len(s.served); n > 0 {
+		if s.served[n-1].Seq >= from {
+			// Poll did not take all the last read gave: those records
+			// are read again (history has already handed them over).
+			i := 0
+			for s.served[i].Seq < from {
+				i++
+			}
+			s.recs = append(slices.Clone(s.served[i:]), s.recs...)
+		}
+		s.served = s.served[:0]
 	}
 	budget, later := h.replayBudget(cap(s.buf))
 	if budget == 0 {
@@ -256,6 +269,7 @@ func (s *Subscriber) readHistory(from uint64, maxBytes int, size func(*Entry) in
 		}
 		taken += size(e)
 		entries = append(entries, e)
+		s.served = append(s.served, r)
 		s.recs = s.recs[1:]
 		from = r.Seq + 1
 	}
@@ -270,7 +284,7 @@ func (s *Subscriber) readHistory(from uint64, maxBytes int, size func(*Entry) in
 func (s *Subscriber) endReplay() {
 	if s.replay != nil {
 		s.replay.Close()
-		s.replay, s.recs = nil, nil
+		s.replay, s.recs, s.served = nil, nil, nil
 	}
 	if s.replaySlot {
 		<-s.hub.replays

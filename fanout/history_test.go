@@ -244,3 +244,44 @@ func TestReplaySlotGoesBackWhenHistoryCannotServe(t *testing.T) {
 	}
 	next.Close()
 }
+
+// TestFilteredReplayStoppedByItsBudgetLosesNothing: a filtered
+// subscriber's Poll stops part-way through what history handed over when
+// its filters run over their budget (per second, or per Poll); the rest
+// is served by the next Poll, not skipped with a gap notice for hits
+// history holds.
+func TestFilteredReplayStoppedByItsBudgetLosesNothing(t *testing.T) {
+	for _, tc := range []struct {
+		name, filter string
+		budget       float64
+		burst        int
+	}{
+		{"per second", `hit.n % 1 == 0`, 50_000, 50},
+		{"per Poll", `[1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20].exists(x, x == hit.n % 10 + 1)`, 200_000, 400_000},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h, _ := filled(3000, nil, 4)
+			f, err := mustCompiler(t).Filter(tc.filter)
+			if err != nil {
+				t.Fatal(err)
+			}
+			s, err := h.Open(1, Info{}, &Selector{Filter: f}, Limits{FilterBudget: tc.budget, FilterBurst: tc.burst})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			seqs, gaps := drain(t, s)
+			if len(gaps) != 0 {
+				t.Errorf("gap notices %v for hits history holds", gaps[:min(3, len(gaps))])
+			}
+			for i, q := range seqs {
+				if q != uint64(i+1) {
+					t.Fatalf("hit %d has number %d (%d hits in all); want 1..3000 in order", i, q, len(seqs))
+				}
+			}
+			if len(seqs) != 3000 {
+				t.Fatalf("got %d hits; want 3000", len(seqs))
+			}
+		})
+	}
+}

@@ -41,10 +41,14 @@ type Subscriber struct {
 	liveFrom uint64
 	closed   bool
 	// While the cursor is older than the ring: the read of history, the
-	// records it handed over not yet taken, and whether the subscriber
-	// holds one of the hub's replay slots (history.go).
+	// records it handed over not yet taken, those the last read of history
+	// turned into entries (Poll may stop part-way through them: a filter
+	// over its budget, a subscriber found late; the rest is read again),
+	// and whether the subscriber holds one of the hub's replay slots
+	// (history.go).
 	replay     Replay
 	recs       []Record
+	served     []Record
 	replaySlot bool
 	// While parked (park.go): what to call at the next wake-up, and
 	// 1 + the subscriber's index in the hub's parked list (0: not parked).
