@@ -137,6 +137,11 @@ func (s *Stream) runSolo(ctx context.Context) {
 	s.cc.Stop() // from now on hits reach the hub from the store's acknowledgements
 	s.consumeMu.Lock()
 	s.gen++
+	if last := s.histLast.Load(); last > s.hub.Stats().Newest {
+		// The store ends in placeholders (the ring skips them): the next
+		// hit is numbered after them, not given one of their numbers.
+		s.hub.Reset(last + 1)
+	}
 	s.consumeMu.Unlock()
 	if skip := so.skipTo; skip >= s.hub.Stats().Newest+1 {
 		// The previous run died while its store failed, having numbered
@@ -321,6 +326,15 @@ func (s *Stream) storeFailed(ctx context.Context, err error) {
 			}
 			s.stored(next, batch[0])
 			s.pub.remove(1)
+			continue
+		}
+		if raw.Header.Get(lostHeader) != "" {
+			// A placeholder (a number whose hit history lacks): no hit for
+			// subscribers, but its number is taken.
+			s.consumeMu.Lock()
+			s.hub.Reset(next + 1)
+			s.consumeMu.Unlock()
+			s.noteStored(next)
 			continue
 		}
 		m := outMsg{id: raw.Header.Get(jetstream.MsgIDHeader), data: raw.Data, received: time.Now()}

@@ -63,18 +63,7 @@ func TestRestartAfterAFailingRunSkipsItsNumbers(t *testing.T) {
 	stop()
 
 	// The previous run, as if it had reserved 50 numbers while failing.
-	path := filepath.Join(dir, "upstream-"+NamesFor("bench").Stream+".state")
-	st := readState(t, path)
-	st.HandedOut = before + 50
-	sf := &stateFile{path: path}
-	var err error
-	if sf.f, err = os.OpenFile(path, os.O_RDWR, 0); err != nil {
-		t.Fatal(err)
-	}
-	if err := sf.write(st); err != nil {
-		t.Fatal(err)
-	}
-	sf.close()
+	path := reserveInState(t, dir, before+50)
 
 	s, stop = soloStream(t, dir, fanout.Options{MaxHits: 1000}, Options{StoreRetry: 100 * time.Millisecond})
 	defer stop()
@@ -139,6 +128,86 @@ func TestStopWhileFailingKeepsItsNumbers(t *testing.T) {
 	if got := s.Hub().Stats().Newest; got <= served {
 		t.Errorf("the first hit after the restart got number %d; the previous run had served hits up to %d", got, served)
 	}
+}
+
+// TestPlaceholdersAtTheStoresEndKeepTheirNumbers: the store ends in
+// placeholders (a run wrote them for numbers a failing run had handed
+// out). After a restart the next hit is numbered after them, also when
+// the store fails and it is served from memory, and a subscriber resuming
+// before them is told they are gone, never handed one as an empty hit.
+func TestPlaceholdersAtTheStoresEndKeepTheirNumbers(t *testing.T) {
+	dir := t.TempDir()
+	s, stop := soloStream(t, dir, fanout.Options{MaxHits: 1000}, Options{})
+	deliverAll(t, s, 1, 10)
+	before := s.Hub().Stats().Newest
+	stop()
+	reserveInState(t, dir, before+50)
+	s, stop = soloStream(t, dir, fanout.Options{MaxHits: 1000}, Options{StoreRetry: 100 * time.Millisecond})
+	waitFor(t, 30*time.Second, "the placeholders to be written", func() bool {
+		hs := s.HistoryStatus()
+		return !hs.Failing && hs.LastSeq == before+50
+	})
+	stop()
+
+	s, stop = soloStream(t, dir, fanout.Options{MaxHits: 1000}, Options{StoreRetry: time.Hour})
+	defer stop()
+	sub := s.Hub().Subscribe(before+1, fanout.Info{}, nil)
+	defer sub.Close()
+	refuseWrites(t, s, 10)
+	deliverAll(t, s, 100, 100)
+	waitFor(t, 10*time.Second, "the store to fail", func() bool { return s.solo.failing.Load() })
+	var gaps []fanout.Gap
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if time.Now().After(deadline) {
+			t.Fatalf("no hit after gap notices %v", gaps)
+		}
+		es, gap, wake, err := sub.Poll(context.Background(), func(*fanout.Entry) int { return 1 }, 1000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n := len(gaps); gap != nil && n > 0 && gaps[n-1].To+1 == gap.From {
+			gaps[n-1].To = gap.To // history names lost numbers as it reads them
+		} else if gap != nil {
+			gaps = append(gaps, *gap)
+		}
+		if len(es) == 0 {
+			if wake != nil && gap == nil {
+				select {
+				case <-wake:
+				case <-time.After(100 * time.Millisecond):
+				}
+			}
+			continue
+		}
+		if len(es[0].Raw()) == 0 {
+			t.Fatalf("number %d reached the subscriber as an empty hit", es[0].Seq)
+		}
+		if es[0].Seq != before+51 || len(gaps) != 1 || gaps[0] != (fanout.Gap{From: before + 1, To: before + 50}) {
+			t.Fatalf("got hit %d after gap notices %v; want hit %d after notices for %d..%d", es[0].Seq, gaps, before+51, before+1, before+50)
+		}
+		return
+	}
+}
+
+// reserveInState writes into dir's state file that numbers up to to were
+// handed out from memory (as a run whose store failed leaves it), and
+// returns the file's path.
+func reserveInState(t *testing.T, dir string, to uint64) string {
+	t.Helper()
+	path := filepath.Join(dir, "upstream-"+NamesFor("bench").Stream+".state")
+	st := readState(t, path)
+	st.HandedOut = to
+	sf := &stateFile{path: path}
+	var err error
+	if sf.f, err = os.OpenFile(path, os.O_RDWR, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := sf.write(st); err != nil {
+		t.Fatal(err)
+	}
+	sf.close()
+	return path
 }
 
 func readState(t *testing.T, path string) upstreamState {
