@@ -170,6 +170,13 @@ func (s *Stream) runSolo(ctx context.Context) {
 			}
 		}
 	}
+	// The first attempt starts now: a run that dies before its first
+	// heartbeat must not leave the previous run's times behind, or the
+	// next one would connect at once (a crash loop reconnecting on every
+	// start).
+	if err := so.saveState(func(c *upstreamState) { c.Heartbeat = time.Now() }); err != nil {
+		s.log.Warnf("history: cannot record in the data dir that the upstream is connecting: %v", err)
+	}
 	s.leaderFlag.Store(true)
 	beat := make(chan struct{})
 	go func() { defer close(beat); s.heartbeat(ctx) }()
@@ -204,7 +211,8 @@ func (so *soloState) saveState(change func(*upstreamState)) error {
 	return so.state.write(st)
 }
 
-// heartbeat records every StateInterval that the upstream may be open.
+// heartbeat records every StateInterval that the upstream may be open
+// (runSolo records the start).
 func (s *Stream) heartbeat(ctx context.Context) {
 	so := s.solo
 	beat := func() {
@@ -220,7 +228,6 @@ func (s *Stream) heartbeat(ctx context.Context) {
 			s.log.Warnf("history: cannot record the upstream's state in the data dir: %v", err)
 		}
 	}
-	beat()
 	wait.Every(ctx, s.node.opts.StateInterval, beat)
 }
 

@@ -111,6 +111,21 @@ func TestRestartNumbersOnAndRemembersHitIDs(t *testing.T) {
 // TestReplacedStoreIsRefused: a data dir whose store lost the stream it
 // held (deleted, or restored from an older copy) is refused at start
 // instead of numbering from scratch.
+// TestFirstAttemptIsRecordedBeforeAnyHeartbeat: the data dir says the
+// upstream may be open from the moment the first attempt starts, so a
+// run killed before its first heartbeat still makes the next one wait
+// the reconnect delay.
+func TestFirstAttemptIsRecordedBeforeAnyHeartbeat(t *testing.T) {
+	dir := t.TempDir()
+	start := time.Now()
+	_, stop := soloStream(t, dir, fanout.Options{MaxHits: 1000}, Options{StateInterval: time.Hour})
+	defer stop()
+	st := readState(t, filepath.Join(dir, "upstream-"+NamesFor("bench").Stream+".state"))
+	if last := st.lastConnected(time.Hour); last.Before(start) {
+		t.Fatalf("the state file says the upstream was last open at %v (heartbeat %v, ended %v); the first attempt started after %v", last, st.Heartbeat, st.Ended, start)
+	}
+}
+
 func TestReplacedStoreIsRefused(t *testing.T) {
 	dir := t.TempDir()
 	s, stop := soloStream(t, dir, fanout.Options{}, Options{})
