@@ -417,7 +417,9 @@ func (s *Stream) reserve(seq uint64) uint64 {
 
 // recoverStore reopens the store when the disk has room and writes what
 // was served from memory (placeholders for what could not be kept), in
-// number order. It reports whether the store works again.
+// number order. Hits arriving meanwhile are served from memory between
+// writes and join the backlog, so live subscribers do not wait for it.
+// It reports whether the store works again.
 func (s *Stream) recoverStore(ctx context.Context) bool {
 	so := s.solo
 	if free, err := so.emb.FreeBytes(); err == nil && free < minFreeBytes {
@@ -432,15 +434,24 @@ func (s *Stream) recoverStore(ctx context.Context) bool {
 			return false
 		}
 	}
-	ictx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
+	answer := s.node.opts.AckTimeout // bounds each request to the store
+	ictx, cancel := context.WithTimeout(ctx, answer)
 	st, err := s.node.js.Stream(ictx, s.names.Stream)
+	cancel()
 	if err != nil {
 		s.log.Warnf("history: the store does not answer yet: %v", err)
 		return false
 	}
+	// Each write has its own deadline: a backlog of 200,000 hits takes
+	// longer than one.
+	put := func(m outMsg, last uint64) error {
+		pctx, cancel := context.WithTimeout(ctx, answer)
+		defer cancel()
+		return s.publishSync(pctx, m, last)
+	}
 	last := st.CachedInfo().State.LastSeq
 	for {
+		s.serveFromMemory()
 		so.mu.Lock()
 		var next numbered
 		have := len(so.backlog) > 0
@@ -454,7 +465,7 @@ func (s *Stream) recoverStore(ctx context.Context) bool {
 			target = next.seq - 1
 		}
 		for last < target { // placeholders up to the next kept hit
-			if err := s.publishSync(ictx, outMsg{id: "lost-" + strconv.FormatUint(last+1, 10), lost: true}, last); err != nil {
+			if err := put(outMsg{id: "lost-" + strconv.FormatUint(last+1, 10), lost: true}, last); err != nil {
 				return s.stillFailing(err)
 			}
 			last++
@@ -464,11 +475,11 @@ func (s *Stream) recoverStore(ctx context.Context) bool {
 		}
 		if next.seq <= last {
 			// Stored before the failure was noticed.
-		} else if err := s.publishSync(ictx, next.m, last); errors.Is(err, errHeld) {
+		} else if err := put(next.m, last); errors.Is(err, errHeld) {
 			// The store holds this hit under an earlier number (Adobe's
 			// backfill while the store failed): its number here gets a
 			// placeholder, and recovery goes on.
-			if err := s.publishSync(ictx, outMsg{id: "lost-" + strconv.FormatUint(last+1, 10), lost: true}, last); err != nil {
+			if err := put(outMsg{id: "lost-" + strconv.FormatUint(last+1, 10), lost: true}, last); err != nil {
 				return s.stillFailing(err)
 			}
 			last = next.seq

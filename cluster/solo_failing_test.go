@@ -102,6 +102,32 @@ func TestRecoveryGoesPastAHitTheStoreHolds(t *testing.T) {
 	})
 }
 
+// TestLiveHitsFlowWhileTheStoreRecovers: when the store works again,
+// writing what was served from memory meanwhile (here 30,000 hits) does
+// not hold up live hits: one delivered during the recovery reaches the
+// hub before the recovery ends, and every number reaches the store.
+func TestLiveHitsFlowWhileTheStoreRecovers(t *testing.T) {
+	s, stop := soloStream(t, t.TempDir(), fanout.Options{MaxHits: 100_000}, Options{StoreRetry: 50 * time.Millisecond, BufferBytes: 1 << 30})
+	defer stop()
+	deliverAll(t, s, 1, 10)
+	restore := refuseWrites(t, s, 10)
+	deliverAll(t, s, 11, 11)
+	waitFor(t, 10*time.Second, "the store to fail", func() bool { return s.solo.failing.Load() })
+	deliverAll(t, s, 12, 30_000)
+	restore()
+	waitFor(t, 30*time.Second, "the recovery to begin", func() bool { return s.HistoryStatus().LastSeq > s.Hub().Stats().Oldest+10 })
+	n := s.Hub().Stats().Newest
+	s.Deliver(benchHit(50_000, benchPad()))
+	waitFor(t, 30*time.Second, "the live hit to reach the hub", func() bool { return s.Hub().Stats().Newest > n })
+	if hs := s.HistoryStatus(); !hs.Failing {
+		t.Error("the live hit reached the hub only after the recovery had written every held hit")
+	}
+	waitFor(t, 120*time.Second, "the store to hold every number", func() bool {
+		hs := s.HistoryStatus()
+		return !hs.Failing && hs.LastSeq == n+1
+	})
+}
+
 // TestStopWhileFailingKeepsItsNumbers: the store fails, hits are served
 // from memory, and lsmux stops before any heartbeat, serving the last of
 // them as it drains; the next run gives none of those numbers to other
