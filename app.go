@@ -275,7 +275,7 @@ func (c *config) clusterOptions(log logrus.FieldLogger) cluster.Options {
 	return cluster.Options{
 		URL: c.NATSURL, Replica: c.ReplicaName, CredsFile: c.NATSCreds, CAFile: c.NATSCA, CertFile: c.NATSCert, KeyFile: c.NATSKey,
 		LeaseTTL: c.LeaseTTL, ReconnectDelay: c.ReconnectDelay, RetryWait: c.NATSRetryWait,
-		MaxAge: c.historyMaxAge(), MaxBytes: c.historyMaxBytes(), DuplicateWindow: c.NATSDuplicateWindow, Replicas: c.NATSReplicas,
+		MaxAge: c.historyMaxAge(), MaxBytes: c.historyMaxBytes(), DuplicateWindow: c.duplicateWindow(), Replicas: c.NATSReplicas,
 		BufferBytes: c.NATSBufferBytes, FlushTimeout: c.ShutdownTimeout / 2,
 		MaxReplays: c.MaxReplays, ReplayRate: c.ReplayRate, StateInterval: c.HeartbeatInterval, StoreRetry: c.StoreRetry,
 		Logger: log,

@@ -180,7 +180,7 @@ func (c *config) flags(f *cli.FlagSet) {
 	f.Duration(&c.NATSRetryWait, "nats-retry-wait", time.Second, "cluster mode: pause between NATS reconnect attempts")
 	f.Duration(&c.NATSMaxAge, "nats-max-age", 0, "cluster mode: JetStream keeps hits this long; 0: LSMUX_HISTORY_MAX_AGE")
 	f.Bytes(&c.NATSMaxBytes, "nats-max-bytes", 0, "cluster mode: JetStream keeps at most this many bytes of hits per stream; 0: LSMUX_HISTORY_MAX_BYTES")
-	f.Duration(&c.NATSDuplicateWindow, "nats-duplicate-window", 5*time.Minute, "cluster mode: JetStream drops a hit id published again within this window (covers a failover's backfill)")
+	f.Duration(&c.NATSDuplicateWindow, "nats-duplicate-window", 5*time.Minute, "JetStream drops a hit id stored again within this window: in cluster mode a failover's backfill, with LSMUX_DATA_DIR Adobe's backfill after a restart (there at most LSMUX_HISTORY_MAX_AGE)")
 	f.Int(&c.NATSReplicas, "nats-replicas", 1, "cluster mode: JetStream replicas of the hit stream and the lease (3 on a 3-node NATS cluster)")
 	f.Bytes(&c.NATSBufferBytes, "nats-buffer-bytes", 256<<20, "cluster mode: hits a leader holds while NATS is away; past it hits are dropped and counted")
 }
@@ -291,8 +291,8 @@ func (c *config) check() error {
 	if c.DataDir != "" || c.NATSURL != "" {
 		errs = append(errs, positive(durationSetting{"LSMUX_HISTORY_MAX_AGE", c.historyMaxAge()}, durationSetting{"LSMUX_HEARTBEAT_INTERVAL", c.HeartbeatInterval},
 			durationSetting{"LSMUX_STORE_RETRY", c.StoreRetry})...)
-		if c.historyMaxBytes() < 64<<20 || c.NATSMaxBytes < 0 {
-			errs = append(errs, fmt.Errorf("LSMUX_HISTORY_MAX_BYTES=%d (or LSMUX_NATS_MAX_BYTES): want at least 64MiB, such as 10GiB", c.historyMaxBytes()))
+		if c.historyMaxBytes() < 1<<20 || c.NATSMaxBytes < 0 {
+			errs = append(errs, fmt.Errorf("LSMUX_HISTORY_MAX_BYTES=%d (or LSMUX_NATS_MAX_BYTES): want at least 1MiB, such as 10GiB", c.historyMaxBytes()))
 		}
 		if c.MaxReplays < 1 {
 			errs = append(errs, fmt.Errorf("LSMUX_MAX_REPLAYS=%d: want at least 1", c.MaxReplays))
@@ -302,9 +302,6 @@ func (c *config) check() error {
 		}
 		if c.ReplayRate < 0 {
 			errs = append(errs, fmt.Errorf("LSMUX_REPLAY_RATE=%g: want hits per second such as 20000, or 0 (unlimited)", c.ReplayRate))
-		}
-		if c.DataDir != "" && c.NATSDuplicateWindow > c.historyMaxAge() {
-			errs = append(errs, fmt.Errorf("LSMUX_NATS_DUPLICATE_WINDOW=%v is longer than LSMUX_HISTORY_MAX_AGE=%v (JetStream refuses that)", c.NATSDuplicateWindow, c.historyMaxAge()))
 		}
 	}
 	if c.ShutdownDelay < 0 {
@@ -562,6 +559,17 @@ func (c *config) historyMaxAge() time.Duration {
 		return c.NATSMaxAge
 	}
 	return c.HistoryMaxAge
+}
+
+// duplicateWindow is how long JetStream remembers a hit id. With only a
+// data dir it is cut to the history's age (JetStream refuses a longer
+// one, and a hit older than history is gone from it anyway); cluster mode
+// checks it against a failover instead (check).
+func (c *config) duplicateWindow() time.Duration {
+	if c.NATSURL == "" {
+		return min(c.NATSDuplicateWindow, c.historyMaxAge())
+	}
+	return c.NATSDuplicateWindow
 }
 
 func (c *config) historyMaxBytes() int64 {

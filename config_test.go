@@ -101,7 +101,7 @@ func TestBadHistorySettingIsTheOneNamed(t *testing.T) {
 	for env, want := range map[string]string{
 		"LSMUX_REPLAY_RATE=-1":         "LSMUX_REPLAY_RATE=-1: want hits per second",
 		"LSMUX_MAX_REPLAYS=0":          "LSMUX_MAX_REPLAYS=0: want at least 1",
-		"LSMUX_HISTORY_MAX_BYTES=1KiB": "LSMUX_HISTORY_MAX_BYTES=1024 (or LSMUX_NATS_MAX_BYTES): want at least 64MiB",
+		"LSMUX_HISTORY_MAX_BYTES=1KiB": "LSMUX_HISTORY_MAX_BYTES=1024 (or LSMUX_NATS_MAX_BYTES): want at least 1MiB",
 	} {
 		k, v, _ := strings.Cut(env, "=")
 		_, err := testConfig(nil, cli.Env{k: v, "LSMUX_DATA_DIR": t.TempDir()})
@@ -110,6 +110,21 @@ func TestBadHistorySettingIsTheOneNamed(t *testing.T) {
 		} else if strings.Count(err.Error(), "LSMUX_") > 2 {
 			t.Errorf("%s: error names other settings too: %v", env, err)
 		}
+	}
+}
+
+// TestShortHistoryWithADataDirStarts: with only a data dir, a history
+// shorter than the duplicate window's default (5 minutes) is accepted and
+// the window cut to it (JetStream refuses a window longer than the
+// history; lsmux used to refuse to start), and 1 MiB of history is
+// enough.
+func TestShortHistoryWithADataDirStarts(t *testing.T) {
+	c, err := testConfig(nil, cli.Env{"LSMUX_DATA_DIR": t.TempDir(), "LSMUX_HISTORY_MAX_AGE": "5s", "LSMUX_HISTORY_MAX_BYTES": "1MiB"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := c.clusterOptions(nil).DuplicateWindow; got != 5*time.Second {
+		t.Errorf("duplicate window %v; want the history's 5s", got)
 	}
 }
 
