@@ -26,8 +26,14 @@ type compileRateError struct {
 }
 
 func (e *compileRateError) Error() string {
-	return fmt.Sprintf("too many new filters from this address: compiling one costs CPU, so each address may have %g compiled a second (LSMUX_COMPILE_RATE); retry in %v (filters already in use by anyone cost nothing)",
-		e.perSec, e.retry.Round(time.Second)+time.Second)
+	return fmt.Sprintf("too many new filters from this address: compiling one costs CPU, so each address may have %g compiled a second (LSMUX_COMPILE_RATE); retry in %ds (filters already in use by anyone cost nothing)",
+		e.perSec, e.retrySeconds())
+}
+
+// retrySeconds is the wait in whole seconds, rounded up, as Retry-After
+// and the message both give it.
+func (e *compileRateError) retrySeconds() int {
+	return max(1, int((e.retry+time.Second-1)/time.Second))
 }
 
 func newCompileRate(perSec float64, burst int) *compileRate {

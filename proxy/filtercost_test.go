@@ -64,6 +64,9 @@ func TestCompileRateIsPerAddress(t *testing.T) {
 	if rec.Code != http.StatusTooManyRequests || rec.Header().Get("Retry-After") == "" || !strings.Contains(rec.Body.String(), "LSMUX_COMPILE_RATE") {
 		t.Fatalf("past the burst: %d %q %s", rec.Code, rec.Header().Get("Retry-After"), rec.Body)
 	}
+	if wait := "retry in " + rec.Header().Get("Retry-After") + "s"; !strings.Contains(rec.Body.String(), wait) {
+		t.Errorf("Retry-After %s, but the message says: %s", rec.Header().Get("Retry-After"), rec.Body)
+	}
 	if rec := validate("10.0.0.2:1", "hit.n == 99"); rec.Code != 200 {
 		t.Fatalf("another address: %d", rec.Code)
 	}

@@ -8,7 +8,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"time"
 
 	"lsmux/fanout"
 	"lsmux/internal/names"
@@ -206,7 +205,7 @@ func (s *Server) selectorError(w http.ResponseWriter, err error) {
 	var re *compileRateError
 	if errors.As(err, &re) {
 		s.obs.Rejected("compile_rate")
-		w.Header().Set("Retry-After", strconv.Itoa(int(re.retry/time.Second)+1))
+		w.Header().Set("Retry-After", strconv.Itoa(re.retrySeconds()))
 		writeError(w, http.StatusTooManyRequests, err.Error())
 		return
 	}
