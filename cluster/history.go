@@ -8,9 +8,9 @@ type HistoryStatus struct {
 	// Store is "embedded" (LSMUX_DATA_DIR) or "cluster" (NATS).
 	Store string `json:"store"`
 	Dir   string `json:"dir,omitempty"`
-	// Hits and Bytes are what history holds and Oldest when its oldest
-	// hit was stored, as the store said at its last look (historyRefresh);
-	// FirstSeq..LastSeq are its numbers now.
+	// Hits and Bytes are what history holds, FirstSeq its first number
+	// and Oldest when that hit was stored, as the store said at its last
+	// look (historyRefresh); LastSeq is its newest number now.
 	Hits     uint64    `json:"hits"`
 	Bytes    uint64    `json:"bytes"`
 	FirstSeq uint64    `json:"firstSeq"`
