@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -268,7 +269,7 @@ func (s *Stream) soloPublish(ctx context.Context, drain *atomic.Bool) {
 	}
 	for ctx.Err() == nil {
 		if so.failing.Load() {
-			s.serveFromMemory()
+			s.serveFromMemory(math.MaxInt)
 			if drain.Load() {
 				s.reportUnstored()
 				return
@@ -352,15 +353,18 @@ func (s *Stream) storeFailed(ctx context.Context, err error) {
 	}
 }
 
-// serveFromMemory numbers what the upstream handed over in the hub and
-// keeps it for the store, dropping the oldest kept beyond the bound.
-func (s *Stream) serveFromMemory() {
+// serveFromMemory numbers up to limit hits the upstream handed over in
+// the hub and keeps them for the store, dropping the oldest kept beyond
+// the bound. It returns how many it served.
+func (s *Stream) serveFromMemory(limit int) int {
 	p, so := s.pub, s.solo
-	for {
-		batch := p.peek(publishBatch)
+	served := 0
+	for served < limit {
+		batch := p.peek(min(publishBatch, limit-served))
 		if len(batch) == 0 {
-			return
+			return served
 		}
+		served += len(batch)
 		so.mu.Lock()
 		reserved := so.cur.HandedOut // changed only by this goroutine from here on
 		so.mu.Unlock()
@@ -385,6 +389,7 @@ func (s *Stream) serveFromMemory() {
 		}
 		p.remove(len(batch))
 	}
+	return served
 }
 
 // Reservations: how many numbers one takes at least and at most.
@@ -418,8 +423,11 @@ func (s *Stream) reserve(seq uint64) uint64 {
 // recoverStore reopens the store when the disk has room and writes what
 // was served from memory (placeholders for what could not be kept), in
 // number order. Hits arriving meanwhile are served from memory between
-// writes and join the backlog, so live subscribers do not wait for it.
-// It reports whether the store works again.
+// writes and join the backlog, so live subscribers do not wait for it,
+// but at most one for every two hits written: the backlog shrinks even
+// when hits arrive faster than it is written one by one (the rest wait
+// in the queue for the store's batched writes once it is done). It
+// reports whether the store works again.
 func (s *Stream) recoverStore(ctx context.Context) bool {
 	so := s.solo
 	if free, err := so.emb.FreeBytes(); err == nil && free < minFreeBytes {
@@ -450,8 +458,11 @@ func (s *Stream) recoverStore(ctx context.Context) bool {
 		return s.publishSync(pctx, m, last)
 	}
 	last := st.CachedInfo().State.LastSeq
+	written, served := 0, 0
 	for {
-		s.serveFromMemory()
+		if allow := written/2 - served; allow > 0 {
+			served += s.serveFromMemory(allow)
+		}
 		so.mu.Lock()
 		var next numbered
 		have := len(so.backlog) > 0
@@ -494,6 +505,7 @@ func (s *Stream) recoverStore(ctx context.Context) bool {
 		so.backlog[0] = numbered{}
 		so.backlog = so.backlog[1:]
 		so.mu.Unlock()
+		written++
 	}
 	if err := so.allStored(); err != nil {
 		return s.stillFailing(fmt.Errorf("write the stream's state: %w", err))

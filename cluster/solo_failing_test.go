@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"runtime"
 	"testing"
 	"time"
 
@@ -33,6 +34,10 @@ func refuseWrites(t *testing.T, s *Stream, keep int64) func() {
 		t.Fatal(err)
 	}
 	return func() {
+		// Recovery restarts the store every StoreRetry while it fails
+		// (Embedded.Recover, under emb.mu): update it between restarts.
+		s.solo.emb.mu.Lock()
+		defer s.solo.emb.mu.Unlock()
 		if _, err := s.node.js.UpdateStream(ctx, cfg); err != nil {
 			t.Fatal(err)
 		}
@@ -125,6 +130,36 @@ func TestLiveHitsFlowWhileTheStoreRecovers(t *testing.T) {
 	waitFor(t, 120*time.Second, "the store to hold every number", func() bool {
 		hs := s.HistoryStatus()
 		return !hs.Failing && hs.LastSeq == n+1
+	})
+}
+
+// TestRecoveryEndsWhileHitsArriveFasterThanItWrites: hits keep coming
+// faster than recovery writes the held ones one by one; recovery still
+// ends (it used to serve every new hit into the backlog and never
+// emptied it), and then the store holds every number the hub gave.
+func TestRecoveryEndsWhileHitsArriveFasterThanItWrites(t *testing.T) {
+	s, stop := soloStream(t, t.TempDir(), fanout.Options{MaxHits: 100_000}, Options{StoreRetry: 50 * time.Millisecond, BufferBytes: 64 << 20})
+	defer stop()
+	deliverAll(t, s, 1, 10)
+	restore := refuseWrites(t, s, 10)
+	deliverAll(t, s, 11, 11)
+	waitFor(t, 10*time.Second, "the store to fail", func() bool { return s.solo.failing.Load() })
+	deliverAll(t, s, 12, 3_000)
+	restore()
+	pad := benchPad()
+	id := uint64(100_000)
+	for s.solo.failing.Load() { // as fast as this goroutine can: bounded by the deadline below
+		if id > 100_000+2_000_000 {
+			t.Fatalf("still recovering after %d more hits: held %d, lost %d", id-100_000, s.HistoryStatus().HeldInMemory, s.HistoryStatus().LostFromHistory)
+		}
+		for range 100 {
+			s.Deliver(benchHit(id, pad))
+			id++
+		}
+		runtime.Gosched()
+	}
+	waitFor(t, 60*time.Second, "the store to hold every number the hub gave", func() bool {
+		return s.HistoryStatus().LastSeq == s.Hub().Stats().Newest && s.pub.status().Buffered == 0
 	})
 }
 
