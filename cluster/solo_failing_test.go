@@ -107,19 +107,28 @@ func TestRecoveryGoesPastAHitTheStoreHolds(t *testing.T) {
 	})
 }
 
+// recoveringWith is a solo stream whose store failed after 10 hits and
+// works again, with hits 11..held served from memory meanwhile (kept up
+// to bufferBytes): its recovery starts within a StoreRetry (50 ms).
+func recoveringWith(t *testing.T, held uint64, bufferBytes int64) *Stream {
+	t.Helper()
+	s, stop := soloStream(t, t.TempDir(), fanout.Options{MaxHits: 100_000}, Options{StoreRetry: 50 * time.Millisecond, BufferBytes: bufferBytes})
+	t.Cleanup(stop)
+	deliverAll(t, s, 1, 10)
+	restore := refuseWrites(t, s, 10)
+	deliverAll(t, s, 11, 11)
+	waitFor(t, 10*time.Second, "the store to fail", func() bool { return s.solo.failing.Load() })
+	deliverAll(t, s, 12, held)
+	restore()
+	return s
+}
+
 // TestLiveHitsFlowWhileTheStoreRecovers: when the store works again,
 // writing what was served from memory meanwhile (here 30,000 hits) does
 // not hold up live hits: one delivered during the recovery reaches the
 // hub before the recovery ends, and every number reaches the store.
 func TestLiveHitsFlowWhileTheStoreRecovers(t *testing.T) {
-	s, stop := soloStream(t, t.TempDir(), fanout.Options{MaxHits: 100_000}, Options{StoreRetry: 50 * time.Millisecond, BufferBytes: 1 << 30})
-	defer stop()
-	deliverAll(t, s, 1, 10)
-	restore := refuseWrites(t, s, 10)
-	deliverAll(t, s, 11, 11)
-	waitFor(t, 10*time.Second, "the store to fail", func() bool { return s.solo.failing.Load() })
-	deliverAll(t, s, 12, 30_000)
-	restore()
+	s := recoveringWith(t, 30_000, 1<<30)
 	waitFor(t, 30*time.Second, "the recovery to begin", func() bool { return s.HistoryStatus().LastSeq > s.Hub().Stats().Oldest+10 })
 	n := s.Hub().Stats().Newest
 	s.Deliver(benchHit(50_000, benchPad()))
@@ -138,14 +147,7 @@ func TestLiveHitsFlowWhileTheStoreRecovers(t *testing.T) {
 // ends (it used to serve every new hit into the backlog and never
 // emptied it), and then the store holds every number the hub gave.
 func TestRecoveryEndsWhileHitsArriveFasterThanItWrites(t *testing.T) {
-	s, stop := soloStream(t, t.TempDir(), fanout.Options{MaxHits: 100_000}, Options{StoreRetry: 50 * time.Millisecond, BufferBytes: 64 << 20})
-	defer stop()
-	deliverAll(t, s, 1, 10)
-	restore := refuseWrites(t, s, 10)
-	deliverAll(t, s, 11, 11)
-	waitFor(t, 10*time.Second, "the store to fail", func() bool { return s.solo.failing.Load() })
-	deliverAll(t, s, 12, 3_000)
-	restore()
+	s := recoveringWith(t, 3_000, 64<<20)
 	pad := benchPad()
 	id := uint64(100_000)
 	for s.solo.failing.Load() { // as fast as this goroutine can: bounded by the deadline below
