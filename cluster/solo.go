@@ -138,11 +138,6 @@ func (s *Stream) runSolo(ctx context.Context) {
 	s.cc.Stop() // from now on hits reach the hub from the store's acknowledgements
 	s.consumeMu.Lock()
 	s.gen++
-	if last := s.histLast.Load(); last > s.hub.Stats().Newest {
-		// The store ends in placeholders (the ring skips them): the next
-		// hit is numbered after them, not given one of their numbers.
-		s.hub.Reset(last + 1)
-	}
 	s.consumeMu.Unlock()
 	if skip := so.skipTo; skip >= s.hub.Stats().Newest+1 {
 		// The previous run died while its store failed, having numbered
@@ -337,10 +332,8 @@ func (s *Stream) storeFailed(ctx context.Context, err error) {
 			continue
 		}
 		if raw.Header.Get(lostHeader) != "" {
-			// A placeholder (a number whose hit history lacks): no hit for
-			// subscribers, but its number is taken.
 			s.consumeMu.Lock()
-			s.hub.Reset(next + 1)
+			s.placeholderLocked(next)
 			s.consumeMu.Unlock()
 			s.noteStored(next)
 			continue

@@ -416,14 +416,22 @@ func (s *Stream) consume(gen uint64, m jetstream.Msg) {
 	s.noteStored(seq)
 	s.hub.SetHorizon(seq + md.NumPending)
 	if m.Headers().Get(lostHeader) != "" {
-		// A placeholder: no hit. The ring holds only contiguous numbers,
-		// so the hits before it are dropped from the ring (history still
-		// has them).
+		s.placeholderLocked(seq)
 	} else if s.hub.AppendAt(seq, m.Data(), md.Timestamp) {
 		s.consumed.Store(seq)
 	}
 	if !s.ready.Load() && (md.NumPending == 0 || seq >= s.catchUpTo.Load()) {
 		s.ready.Store(true)
+	}
+}
+
+// placeholderLocked takes number seq for a placeholder (solo.go): no hit,
+// but the next hit is numbered after it, never given its number. The
+// ring holds only contiguous numbers, so the hits before it leave the
+// ring (history still has them). Caller holds consumeMu.
+func (s *Stream) placeholderLocked(seq uint64) {
+	if seq > s.hub.Stats().Newest {
+		s.hub.Reset(seq + 1)
 	}
 }
 
