@@ -61,16 +61,8 @@ func deliverAll(t *testing.T, s *Stream, first, last uint64) {
 // writes placeholders for them, and its store works: new hits are stored
 // and reach subscribers under the numbers after the skip.
 func TestRestartAfterAFailingRunSkipsItsNumbers(t *testing.T) {
-	dir := t.TempDir()
-	s, stop := soloStream(t, dir, fanout.Options{MaxHits: 1000}, Options{})
-	deliverAll(t, s, 1, 10)
-	before := s.Hub().Stats().Newest
-	stop()
-
-	// The previous run, as if it had reserved 50 numbers while failing.
-	path := reserveInState(t, dir, before+50)
-
-	s, stop = soloStream(t, dir, fanout.Options{MaxHits: 1000}, Options{StoreRetry: 100 * time.Millisecond})
+	dir, before, path := afterAFailingRun(t)
+	s, stop := soloStream(t, dir, fanout.Options{MaxHits: 1000}, Options{StoreRetry: 100 * time.Millisecond})
 	defer stop()
 	deliverAll(t, s, 100, 104)
 	if got := s.Hub().Stats().Newest; got != before+55 {
@@ -199,13 +191,8 @@ func TestStopWhileFailingKeepsItsNumbers(t *testing.T) {
 // the store fails and it is served from memory, and a subscriber resuming
 // before them is told they are gone, never handed one as an empty hit.
 func TestPlaceholdersAtTheStoresEndKeepTheirNumbers(t *testing.T) {
-	dir := t.TempDir()
-	s, stop := soloStream(t, dir, fanout.Options{MaxHits: 1000}, Options{})
-	deliverAll(t, s, 1, 10)
-	before := s.Hub().Stats().Newest
-	stop()
-	reserveInState(t, dir, before+50)
-	s, stop = soloStream(t, dir, fanout.Options{MaxHits: 1000}, Options{StoreRetry: 100 * time.Millisecond})
+	dir, before, _ := afterAFailingRun(t)
+	s, stop := soloStream(t, dir, fanout.Options{MaxHits: 1000}, Options{StoreRetry: 100 * time.Millisecond})
 	waitFor(t, 30*time.Second, "the placeholders to be written", func() bool {
 		hs := s.HistoryStatus()
 		return !hs.Failing && hs.LastSeq == before+50
@@ -253,14 +240,19 @@ func TestPlaceholdersAtTheStoresEndKeepTheirNumbers(t *testing.T) {
 	}
 }
 
-// reserveInState writes into dir's state file that numbers up to to were
-// handed out from memory (as a run whose store failed leaves it), and
-// returns the file's path.
-func reserveInState(t *testing.T, dir string, to uint64) string {
+// afterAFailingRun is a data dir whose store holds 10 hits, up to number
+// before, and whose state file says the last run handed out 50 more from
+// memory (as a run whose store failed leaves it), and that file's path.
+func afterAFailingRun(t *testing.T) (dir string, before uint64, path string) {
 	t.Helper()
-	path := filepath.Join(dir, "upstream-"+NamesFor("bench").Stream+".state")
+	dir = t.TempDir()
+	s, stop := soloStream(t, dir, fanout.Options{MaxHits: 1000}, Options{})
+	deliverAll(t, s, 1, 10)
+	before = s.Hub().Stats().Newest
+	stop()
+	path = filepath.Join(dir, "upstream-"+NamesFor("bench").Stream+".state")
 	st := readState(t, path)
-	st.HandedOut = to
+	st.HandedOut = before + 50
 	sf := &stateFile{path: path}
 	var err error
 	if sf.f, err = os.OpenFile(path, os.O_RDWR, 0); err != nil {
@@ -270,7 +262,7 @@ func reserveInState(t *testing.T, dir string, to uint64) string {
 		t.Fatal(err)
 	}
 	sf.close()
-	return path
+	return dir, before, path
 }
 
 func readState(t *testing.T, path string) upstreamState {
